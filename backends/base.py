@@ -1,0 +1,71 @@
+"""The Backend protocol and its registry.
+
+A backend trains a recipe into a run directory (see ``clipa.rundir``), resuming from
+whatever that directory already holds. Backends are registered by name with the module
+that implements them, and imported only when asked for: the planner never pays for
+importing torch or jax.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Protocol
+
+from clipa.errors import UserError
+from clipa.recipe import Recipe
+
+
+@dataclass
+class LaunchOptions:
+    """How to launch: process counts and cluster addresses, never what to train."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: Optional[str] = None
+    rdzv_id: Optional[str] = None
+    tpu: Optional[str] = None
+    zone: Optional[str] = None
+    project: Optional[str] = None
+    dry_run: bool = False
+    device: Optional[str] = None  # "cpu", "cuda"; default: best available
+    max_samples: Optional[int] = None  # stop early after this many samples in total (debugging)
+    extra: dict = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    name: str
+
+    def launch(self, recipe_path: Path, recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
+        """Train (or print the launch command with opts.dry_run); return a process exit code."""
+        ...
+
+
+_REGISTRY: dict[str, str] = {}
+
+
+def register(name: str, target: str) -> None:
+    """Register ``name`` -> "module:attr" (a Backend class); a duplicate name is an error."""
+    if name in _REGISTRY:
+        raise ValueError(f"backend {name!r} registered twice")
+    _REGISTRY[name] = target
+
+
+register("torch", "clipa.backends.torch.backend:TorchBackend")
+register("jax", "clipa.backends.jax.backend:JaxBackend")
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get(name: str) -> Backend:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown backend {name!r}; known: {', '.join(_REGISTRY)}")
+    module, attr = _REGISTRY[name].split(":")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise UserError(f"backend {name!r} is not available: {e}") from None
+    return getattr(mod, attr)()

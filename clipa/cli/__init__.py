@@ -1,0 +1,1 @@
+"""Console entry points: clipa-plan, clipa-run, clipa-report."""

@@ -1,0 +1,228 @@
+"""The recipe: the one contract between the planner, the backends and the report.
+
+A recipe is data: an encoder, a dataset, the hardware, an ordered list of stages and
+the predictions the planner made for it. Durations are in samples seen (one internal
+unit); steps are derived from samples and the global batch only at the edges.
+
+``load(path)`` validates a YAML file and raises ``UserError`` naming the bad field.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from clipa import encoders
+from clipa.errors import UserError
+
+ImageReduction = Literal["resize", "random_mask", "grid_mask", "block_mask"]
+TextReduction = Literal["truncate", "random", "block", "syntax"]
+DATASETS = ("laion-400m", "laion-2b", "datacomp-1b", "demo", "custom")
+
+
+class _Strict(BaseModel):
+    # Unknown fields fail at load (big_vision's parse_arg lesson): a typo never silently does nothing.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EncoderSpec(_Strict):
+    name: str = Field(description="registry name, e.g. 'L/16' (clipa.encoders)")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        try:
+            encoders.get(v)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @property
+    def spec(self) -> encoders.Encoder:
+        return encoders.get(self.name)
+
+
+class DatasetSpec(_Strict):
+    name: str = Field(description="laion-400m | laion-2b | datacomp-1b | demo | custom")
+    train: Optional[str] = Field(None, description="webdataset shards: path, brace pattern or list file")
+    train_samples: Optional[int] = Field(None, gt=0, description="samples in one pass of `train`")
+    val: Optional[str] = Field(None, description="ImageNet-style val folder (val/CLASS/*.jpg)")
+    classnames: Optional[str] = Field(None, description="file with one class name per line")
+    templates: Optional[str] = Field(None, description="file with one prompt template per line, '{}' for the class")
+    workers: int = Field(2, ge=0, description="data-loading worker processes per device")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; known: {', '.join(DATASETS)}")
+        return v
+
+
+class HardwareSpec(_Strict):
+    name: str = Field(description="hardware name, e.g. 'a100x8', 'tpu-v4-64', 'cpu' (clipa.costmodels.hardware)")
+    usd_per_hour: Optional[float] = Field(None, ge=0, description="price of the whole machine/slice, $/hour")
+
+
+class ImageReductionSpec(_Strict):
+    kind: ImageReduction = "resize"
+    mask_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of patch tokens removed (mask kinds)")
+
+    @model_validator(mode="after")
+    def _ratio_only_for_masks(self):
+        if self.kind == "resize" and self.mask_ratio != 0.0:
+            raise ValueError("mask_ratio must be 0 when kind is 'resize' (resize reduces tokens by image_size)")
+        return self
+
+
+class OptimizerSpec(_Strict):
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(gt=0, description="peak learning rate")
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.2, ge=0)
+    grad_clip: Optional[float] = Field(None, gt=0, description="global-norm clip; none by default")
+
+
+class ScheduleSpec(_Strict):
+    name: Literal["cosine", "constant"] = "cosine"
+    warmup_samples: int = Field(0, ge=0, description="linear warmup length in samples seen")
+    min_lr: float = Field(0.0, ge=0)
+
+
+class AugmentSpec(_Strict):
+    """CLIPA's augmentation (recipes_clipa_reference.md): RRC scale, colour jitter, grayscale."""
+
+    random_resized_crop: Optional[tuple[float, float]] = (0.4, 1.0)
+    color_jitter: Optional[tuple[float, float, float, float]] = None
+    color_jitter_p: float = Field(0.8, ge=0, le=1)
+    grayscale_p: float = Field(0.0, ge=0, le=1)
+
+
+class Stage(_Strict):
+    name: str
+    samples: int = Field(gt=0, description="samples seen in this stage")
+    global_batch: int = Field(gt=0)
+    image_size: int = Field(gt=0, description="input resolution in px")
+    image_reduction: ImageReductionSpec = ImageReductionSpec()
+    text_len: int = Field(gt=0, description="text tokens per caption, incl. start/end tokens")
+    text_reduction: TextReduction = "truncate"
+    optimizer: OptimizerSpec
+    schedule: ScheduleSpec = ScheduleSpec()
+    augment: AugmentSpec = AugmentSpec()
+    pos_embed: Literal["sincos", "learned"] = "sincos"
+
+    def image_tokens(self, encoder: encoders.Encoder) -> int:
+        """Patch tokens the image tower sees after reduction."""
+        full = encoder.vision.tokens(self.image_size)
+        keep = full * (1.0 - self.image_reduction.mask_ratio)
+        return max(1, int(math.floor(keep + 1e-9)))
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.samples / self.global_batch)
+
+
+class TrainSpec(_Strict):
+    """How to execute, not what to train: the same recipe runs on a laptop or a pod."""
+
+    seed: int = 0
+    precision: Literal["bf16", "fp32"] = "bf16"
+    grad_checkpointing: bool = False
+    compile: bool = False
+    checkpoint_every_samples: Optional[int] = Field(None, gt=0)
+    eval_every_samples: Optional[int] = Field(None, gt=0)
+    log_every_steps: int = Field(10, gt=0)
+
+
+class StagePrediction(_Strict):
+    name: str
+    image_size: int
+    image_tokens: int
+    text_len: int
+    samples: int
+    train_flops_per_sample: float
+    train_flops: float
+    gpu_hours: float
+    wall_hours: float
+    cost_usd: float
+    predicted_top1: Optional[float] = None
+
+
+class Predictions(_Strict):
+    predicted_top1: float = Field(description="zero-shot ImageNet-1k top-1, percent")
+    predicted_top1_interval: tuple[float, float]
+    gpu_hours: float = Field(description="device-hours (GPU or TPU chip)")
+    wall_hours: float
+    cost_usd: float
+    hardware: str
+    cost_model_version: str
+    stages: list[StagePrediction] = []
+
+
+class Recipe(_Strict):
+    name: str
+    encoder: EncoderSpec
+    dataset: DatasetSpec
+    hardware: HardwareSpec
+    stages: list[Stage] = Field(min_length=1)
+    train: TrainSpec = TrainSpec()
+    predictions: Optional[Predictions] = None
+    notes: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _fits_encoder(self):
+        enc = self.encoder.spec
+        for i, st in enumerate(self.stages):
+            if st.image_size < enc.vision.patch:
+                raise ValueError(f"stages[{i}].image_size: {st.image_size} px is smaller than the patch ({enc.vision.patch} px)")
+            if st.text_len > enc.text.max_len:
+                raise ValueError(f"stages[{i}].text_len: {st.text_len} exceeds the text tower's context ({enc.text.max_len})")
+        return self
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in first["loc"]).replace(".[", "[")
+    msg = first["msg"].removeprefix("Value error, ")
+    where = f"{loc}: " if loc else ""
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {where}{msg}{more}"
+
+
+def from_dict(data: dict, source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise UserError(_format_error(e, source)) from None
+
+
+def load(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return from_dict(data, str(path))
+
+
+def dump(recipe: Recipe, path: str | Path) -> Path:
+    """Write atomically (temp file + rename) so a crash never leaves half a recipe."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(to_yaml(recipe))
+    tmp.replace(path)
+    return path
+
+
+def to_yaml(recipe: Recipe) -> str:
+    data = recipe.model_dump(mode="json", exclude_none=True)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,116 @@
+"""The run directory: what every backend writes and what ``clipa-report`` reads.
+
+    RUN_DIR/recipe.yaml      the resolved recipe (with the planner's predictions)
+    RUN_DIR/metrics.jsonl    one JSON object a line (see ``MetricsLine``)
+    RUN_DIR/checkpoints/     backend-specific, resumable
+    RUN_DIR/achieved.json    written last, only when the run finished (see ``Achieved``)
+
+Both backends write the same files, so the report needs no backend code.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from clipa.errors import UserError
+
+RECIPE = "recipe.yaml"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+ACHIEVED = "achieved.json"
+DEFAULT_ROOT = Path("runs")
+
+
+class MetricsLine(BaseModel):
+    """A training line (kind='train') or an evaluation line (kind='eval')."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["train", "eval"] = "train"
+    stage: str
+    step: int
+    samples: int  # samples seen so far in this stage
+    time_s: float  # wall seconds since the run started (resumed runs continue the count)
+    loss: Optional[float] = None
+    lr: Optional[float] = None
+    samples_per_s: Optional[float] = None
+    mfu: Optional[float] = None  # model FLOPs utilisation, 0..1, against the device's peak
+    top1: Optional[float] = None  # eval lines: zero-shot top-1, percent
+
+
+class StageAchieved(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    samples: int
+    top1: Optional[float]  # zero-shot top-1 after this stage, percent
+    wall_seconds: float
+    device_hours: float
+    samples_per_s: float
+    mfu: Optional[float] = None
+
+
+class Achieved(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    backend: str  # "torch" | "jax"
+    device: str  # e.g. "cpu", "NVIDIA A100-SXM4-80GB", "TPU v4"
+    hardware: str  # the recipe's hardware name
+    n_devices: int
+    eval_set: str  # "demo-heldout", "imagenet-val", ...
+    top1: Optional[float]  # final zero-shot top-1, percent
+    wall_seconds: float
+    device_hours: float
+    cost_usd: float
+    usd_per_hour: float
+    skipped_samples: int = 0
+    stages: list[StageAchieved]
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def write_achieved(run_dir: Path, achieved: Achieved) -> None:
+    write_json_atomic(Path(run_dir) / ACHIEVED, achieved.model_dump(mode="json"))
+
+
+def read_achieved(run_dir: Path) -> Optional[Achieved]:
+    """The achieved figures, or None for an unfinished run; UserError if the file is corrupt."""
+    p = Path(run_dir) / ACHIEVED
+    if not p.exists():
+        return None
+    try:
+        return Achieved.model_validate_json(p.read_text())
+    except ValidationError as e:
+        raise UserError(f"{p}: not a valid achieved.json ({e.errors()[0]['loc']}: {e.errors()[0]['msg']})") from None
+
+
+def read_metrics(run_dir: Path) -> list[MetricsLine]:
+    """All complete metric lines; a torn last line (killed run) is ignored, not an error."""
+    p = Path(run_dir) / METRICS
+    out = []
+    if not p.exists():
+        return out
+    for line in p.read_text().splitlines():
+        try:
+            out.append(MetricsLine.model_validate_json(line))
+        except ValidationError:
+            continue
+    return out
+
+
+def default_run_dir(recipe_name: str, root: Path = DEFAULT_ROOT) -> Path:
+    """Deterministic from the recipe name, so running the same command again resumes."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in recipe_name)
+    return root / safe
+
+
+def latest_run(root: Path = DEFAULT_ROOT) -> Optional[Path]:
+    if not root.is_dir():
+        return None
+    dirs = [d for d in root.iterdir() if (d / RECIPE).exists()]
+    return max(dirs, key=lambda d: d.stat().st_mtime) if dirs else None

@@ -1,0 +1,1 @@
+"""Recipes shipped with clipa: the CPU demo and the published CLIPA recipes."""

@@ -1,0 +1,69 @@
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from clipa import encoders, recipe
+from clipa.errors import UserError
+
+BASE = {
+    "name": "t",
+    "encoder": {"name": "L/16"},
+    "dataset": {"name": "laion-400m"},
+    "hardware": {"name": "a100x8"},
+    "stages": [
+        {"name": "pretrain", "samples": 2_560_000_000, "global_batch": 32768, "image_size": 96,
+         "text_len": 8, "text_reduction": "syntax", "optimizer": {"lr": 1.024e-3}},
+        {"name": "finetune", "samples": 131_072_000, "global_batch": 7168, "image_size": 224,
+         "text_len": 32, "optimizer": {"lr": 2.24e-5}, "pos_embed": "learned"},
+    ],
+}
+
+
+def test_valid_recipe_roundtrips(tmp_path):
+    r = recipe.from_dict(copy.deepcopy(BASE))
+    enc = encoders.get("L/16")
+    assert r.stages[0].image_tokens(enc) == 36  # 96/16 = 6 -> 6x6
+    assert r.stages[1].image_tokens(enc) == 196
+    p = recipe.dump(r, tmp_path / "r.yaml")
+    assert recipe.load(p) == r
+
+
+def test_mask_reduces_tokens():
+    d = copy.deepcopy(BASE)
+    d["stages"][1]["image_reduction"] = {"kind": "random_mask", "mask_ratio": 0.3}
+    r = recipe.from_dict(d)
+    assert r.stages[1].image_tokens(encoders.get("L/16")) == int(196 * 0.7)
+
+
+@pytest.mark.parametrize("path,value,needle", [
+    (("stages", 0, "text_len"), 0, "stages[0].text_len"),
+    (("stages", 0, "text_reduction"), "nouns", "stages[0].text_reduction"),
+    (("encoder", "name"), "Z/99", "unknown encoder 'Z/99'"),
+    (("stages", 1, "samplez"), 5, "stages[1].samplez"),
+    (("stages", 0, "image_size"), 8, "smaller than the patch"),
+])
+def test_bad_field_is_named(path, value, needle):
+    d = copy.deepcopy(BASE)
+    node = d
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    with pytest.raises(UserError) as e:
+        recipe.from_dict(d)
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_bad_recipe_one_line_exit_2(tmp_path):
+    d = copy.deepcopy(BASE)
+    d["stages"][0]["global_batch"] = -1
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(d))
+    out = subprocess.run([sys.executable, "-m", "clipa.cli.run", str(p)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "stages[0].global_batch" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
