@@ -1,0 +1,180 @@
+"""Webdataset tar shards (LAION / DataComp layout) read by random access.
+
+A shard is a plain (uncompressed) tar whose members are ``KEY.EXT``: one image (``jpg``/``jpeg``/
+``png``/``webp``), its caption (``txt``), optionally ``json`` and our ``pos.json`` (syntax_prep.py).
+We index a shard's tar headers (cheap: 512-byte headers, data is seeked over) and read members by
+offset. Knowing the sample count of each shard without reading images is what lets a resumed run
+fast-forward to sample N exactly (pipeline.py).
+"""
+from __future__ import annotations
+
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from braceexpand import braceexpand
+
+from clipa.errors import UserError
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+TEXT_EXT = "txt"
+POS_EXT = "pos.json"
+
+
+@dataclass(frozen=True)
+class SampleEntry:
+    """One sample of a shard: its key and ``{ext: (offset, size)}`` of the members we read."""
+
+    key: str
+    members: tuple[tuple[str, int, int], ...]
+
+
+@dataclass
+class ShardIndex:
+    path: Path
+    entries: list[SampleEntry]
+    errors: dict[str, int]  # reason -> count (corrupt_shard, missing_image, missing_text)
+
+
+def expand_shards(spec: str) -> list[Path]:
+    """Shard paths from a brace pattern (``/d/{00000..00099}.tar``), a list file (one path or pattern
+    per line, ``#`` comments; relative to the file), a directory (its ``*.tar``, sorted) or one tar.
+    Several specs may be joined with ``::`` (webdataset's convention). UserError on a missing path."""
+    out: list[Path] = []
+    for part in str(spec).split("::"):
+        part = part.strip()
+        if not part:
+            continue
+        p = Path(os.path.expanduser(part))
+        if p.is_dir():
+            found = sorted(p.glob("*.tar"))
+            if not found:
+                raise UserError(f"{p}: directory holds no .tar shards")
+            out += found
+        elif p.is_file() and not part.endswith(".tar"):
+            lines = [ln.split("#")[0].strip() for ln in p.read_text().splitlines()]
+            for ln in filter(None, lines):
+                q = ln if os.path.isabs(ln) else str(p.parent / ln)
+                out += expand_shards(q)
+        else:
+            for name in braceexpand(part):
+                q = Path(os.path.expanduser(name))
+                if not q.is_file():
+                    raise UserError(f"{q}: shard not found (from {part!r})")
+                out.append(q)
+    if not out:
+        raise UserError(f"{spec!r}: no shards")
+    return out
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """Webdataset's rule: the key is the path up to the first dot of the basename, the rest the ext."""
+    d, base = os.path.split(name)
+    stem, _, ext = base.partition(".")
+    return (f"{d}/{stem}" if d else stem), ext.lower()
+
+
+def index_shard(path: Path) -> ShardIndex:
+    """Read the tar headers of ``path``. A truncated or corrupt tar keeps the complete samples before
+    the damage and reports ``corrupt_shard``; samples without an image or caption are left out."""
+    groups: dict[str, dict[str, tuple[int, int]]] = {}
+    order: list[str] = []
+    errors: dict[str, int] = {}
+    size = path.stat().st_size
+    try:
+        with tarfile.open(path, "r:") as tf:
+            while True:
+                m = tf.next()
+                if m is None:
+                    break
+                if not m.isfile():
+                    continue
+                if m.offset_data + m.size > size:
+                    raise tarfile.ReadError("member past end of file")
+                key, ext = split_name(m.name)
+                if key not in groups:
+                    groups[key] = {}
+                    order.append(key)
+                groups[key][ext] = (m.offset_data, m.size)
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        errors["corrupt_shard"] = 1
+        if order:  # the last group may be cut short: drop it
+            groups.pop(order.pop(), None)
+    entries = []
+    for key in order:
+        g = groups[key]
+        img = next((e for e in IMAGE_EXTS if e in g), None)
+        if img is None:
+            errors["missing_image"] = errors.get("missing_image", 0) + 1
+            continue
+        if TEXT_EXT not in g:
+            errors["missing_text"] = errors.get("missing_text", 0) + 1
+            continue
+        members = [(img, *g[img]), (TEXT_EXT, *g[TEXT_EXT])]
+        if POS_EXT in g:
+            members.append((POS_EXT, *g[POS_EXT]))
+        entries.append(SampleEntry(key, tuple(members)))
+    return ShardIndex(path, entries, errors)
+
+
+class ShardReader:
+    """Open file handles for a working set of shards; ``read`` returns ``{ext: bytes}``."""
+
+    def __init__(self):
+        self._files: dict[Path, object] = {}
+
+    def read(self, path: Path, entry: SampleEntry) -> dict[str, bytes]:
+        f = self._files.get(path)
+        if f is None:
+            f = self._files[path] = open(path, "rb")
+        out = {}
+        for ext, off, n in entry.members:
+            f.seek(off)
+            out[ext] = f.read(n)
+        return out
+
+    def keep_only(self, paths: set[Path]) -> None:
+        for p in [p for p in self._files if p not in paths]:
+            self._files.pop(p).close()
+
+    def close(self) -> None:
+        self.keep_only(set())
+
+
+def write_shard(path: Path, samples: list[dict[str, bytes]]) -> Path:
+    """Write ``samples`` (each ``{"__key__": str, ext: bytes}``) as a tar, atomically (temp + rename)."""
+    import io
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for s in samples:
+            key = s["__key__"]
+            for ext, data in s.items():
+                if ext == "__key__":
+                    continue
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                info.mtime = 0  # same bytes for the same samples: shards are reproducible
+                tf.addfile(info, io.BytesIO(data))
+    tmp.replace(path)
+    return path
+
+
+def read_shard_samples(path: Path) -> tuple[list[dict[str, bytes]], dict[str, int]]:
+    """All samples of a shard with every member (``__key__`` + ext -> bytes); used by syntax_prep."""
+    idx_groups: dict[str, dict[str, bytes]] = {}
+    errors: dict[str, int] = {}
+    try:
+        with tarfile.open(path, "r:") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                key, ext = split_name(m.name)
+                idx_groups.setdefault(key, {"__key__": key})[ext] = tf.extractfile(m).read()
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        errors["corrupt_shard"] = 1
+        if idx_groups:
+            idx_groups.pop(next(reversed(idx_groups)))
+    return list(idx_groups.values()), errors
+

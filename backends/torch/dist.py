@@ -1,0 +1,102 @@
+"""Process groups, the all-gather with gradients and the contrastive loss (local-loss form).
+
+Parallelism lives here, apart from the model (torchtitan's split): ``wrap`` gives DDP by default and
+FSDP (per-block sharding) when the caller says the replicated model does not fit a device.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init(device: str | None = None) -> World:
+    """Join torchrun's process group (env RANK/WORLD_SIZE/LOCAL_RANK) or run as a single process.
+
+    gloo on CPU, nccl on CUDA. ``device``: "cpu" | "cuda" | None (cuda when available).
+    """
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+    return World(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` [B, D] from all ranks into [world*B, D]; gradients flow back to every rank."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over the global batch, computed for this rank's rows only (open_clip's local loss).
+
+    ``img``/``txt`` [B, D] L2-normalised local features. Each rank's loss is the mean over its own B
+    rows against all world*B columns; the mean of the ranks' losses (what DDP's gradient averaging
+    optimises) equals the single-process loss over the global batch.
+    """
+    all_img, all_txt = gather_with_grad(img), gather_with_grad(txt)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    labels = torch.arange(img.shape[0], device=img.device) + rank * img.shape[0]
+    logits_i = scale * img @ all_txt.T
+    logits_t = scale * txt @ all_img.T
+    return (F.cross_entropy(logits_i, labels) + F.cross_entropy(logits_t, labels)) / 2
+
+
+def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Average a scalar tensor over ranks (for logging; no gradient)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / dist.get_world_size()
+
+
+def wrap(model: nn.Module, world: World, fsdp: bool = False) -> nn.Module:
+    """DDP (or FSDP2 ``fully_shard`` per transformer block when ``fsdp``) for world > 1; else the model."""
+    if world.world_size == 1:
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for blk in list(model.visual.blocks) + list(model.text.blocks):
+            fully_shard(blk)
+        return fully_shard(model)
+    ids = [world.local_rank] if world.device.type == "cuda" else None
+    # The fixed sin-cos position embedding has requires_grad=False; DDP skips it (no broadcast needed:
+    # every rank computes it identically).
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

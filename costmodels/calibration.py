@@ -1,0 +1,128 @@
+"""The calibration file: what finished runs taught the cost models, read back by ``clipa-plan --calibration``.
+
+Written by ``clipa-report --calibrate RUN_DIR ...`` (``clipa.report.calibrate``), as YAML (or JSON
+when the path ends in ``.json``), loaded with ``yaml.safe_load`` and validated (extra fields fail).
+
+Per hardware name, the wall time of a stage of ``samples`` samples is modelled as
+
+    wall_s = samples * (flops_s_per_sample(u) + overhead_s_per_sample) + fixed_s_per_stage
+
+- ``u`` (``utilisation``): the fraction of the hardware's peak FLOP/s the training step reaches on
+  the FLOPs model's count; it replaces the throughput model's default (``throughput.stage_time``).
+- ``overhead_s_per_sample``: machine-seconds per sample that do not scale with model FLOPs (data
+  decoding, augmentation, tokenisation, host-side Python). On accelerators fed by async loaders it
+  is small; on CPU for tiny models it dominates, which is why it is a separate term.
+- ``fixed_s_per_stage``: seconds per stage outside the steady-state loop (warm-up, evaluation,
+  checkpointing).
+
+Per dataset, ``offset`` is added (percentage points) to the accuracy law's zero-shot top-1.
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from clipa.errors import UserError
+
+FORMAT_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HardwareCalibration(_Strict):
+    utilisation: float = Field(gt=0, le=1, description="achieved fraction of peak FLOP/s on the FLOPs model")
+    overhead_s_per_sample: float = Field(0.0, ge=0, description="machine-seconds per sample not explained by FLOPs")
+    fixed_s_per_stage: float = Field(0.0, ge=0, description="seconds per stage outside the steady-state loop")
+    points: int = Field(ge=1, description="(configuration, throughput) points the fit used")
+    rel_rmse: float = Field(ge=0, description="relative RMS error of the fit on its own points")
+    runs: list[str] = Field(default_factory=list, description="run directories it was fitted on")
+    note: Optional[str] = None
+
+
+class DatasetCalibration(_Strict):
+    offset: float = Field(description="percentage points added to the accuracy law's top-1")
+    runs: list[str] = Field(default_factory=list)
+    residuals: list[float] = Field(default_factory=list, description="achieved - law (offset 0) per run, points")
+
+
+class Calibration(_Strict):
+    version: int = FORMAT_VERSION
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    hardware: dict[str, HardwareCalibration] = Field(default_factory=dict)
+    datasets: dict[str, DatasetCalibration] = Field(default_factory=dict)
+
+    def utilisation(self, hw_name: str) -> Optional[float]:
+        """Calibrated fraction of peak FLOP/s on ``hw_name``, or None (use the model's default)."""
+        h = self.hardware.get(hw_name)
+        return h.utilisation if h else None
+
+    def offset(self, dataset: str) -> float:
+        """Percentage points to add to the accuracy law's top-1 on ``dataset`` (0 if never calibrated)."""
+        d = self.datasets.get(dataset)
+        return d.offset if d else 0.0
+
+    def overhead_s_per_sample(self, hw_name: str) -> float:
+        h = self.hardware.get(hw_name)
+        return h.overhead_s_per_sample if h else 0.0
+
+    def fixed_s_per_stage(self, hw_name: str) -> float:
+        h = self.hardware.get(hw_name)
+        return h.fixed_s_per_stage if h else 0.0
+
+    def adjust_stage(self, sp, hw):
+        """A ``clipa.recipe.StagePrediction`` with this hardware's non-FLOPs time added.
+
+        ``sp`` must already use ``self.utilisation(hw.name)`` for its FLOPs time (``predict_recipe``
+        does). Device-hours and dollars follow the wall time: the whole machine is held meanwhile.
+        """
+        h = self.hardware.get(hw.name)
+        if h is None:
+            return sp
+        extra_s = sp.samples * h.overhead_s_per_sample + h.fixed_s_per_stage
+        wall_h = sp.wall_hours + extra_s / 3600.0
+        return sp.model_copy(update={
+            "wall_hours": wall_h,
+            "gpu_hours": wall_h * hw.n_devices,
+            "cost_usd": wall_h * hw.usd_per_hour,
+        })
+
+
+def save(cal: Calibration, path: str | Path) -> Path:
+    """Write atomically (temp file + rename); ``.json`` -> JSON, anything else -> YAML."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = cal.model_dump(mode="json")
+    text = json.dumps(data, indent=2) if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | Path) -> Calibration:
+    """Read and validate a calibration file; a bad file is a one-line ``UserError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: calibration file not found")
+    try:
+        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a valid calibration file ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a calibration file must be a mapping, got {type(data).__name__}")
+    if data.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise UserError(f"{path}: calibration format version {data.get('version')!r}; this clipa reads {FORMAT_VERSION}")
+    try:
+        return Calibration.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"{path}: {loc}: {first['msg']}") from None

@@ -1,0 +1,85 @@
+"""Rich tables for plans and predictions, and the JSON object scripts rely on."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from clipa import recipe as recipe_mod
+from clipa.planner.evaluate import Plan
+
+
+def _hours(h: float) -> str:
+    return f"{h:,.1f}" if h >= 1 else f"{h * 60:,.1f} min"
+
+
+def _samples(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:,.3g}{unit}"
+    return f"{n:,.0f}"
+
+
+def stage_table(rec: recipe_mod.Recipe, title: str) -> Table:
+    pred = rec.predictions
+    t = Table(title=title, title_justify="left")
+    for col in ("stage", "px", "img tokens", "reduction", "text len", "text red.", "samples", "GFLOPs/sample",
+                "device-h", "wall h", "$", "top-1 after"):
+        t.add_column(col, justify="left" if col in ("stage", "reduction", "text red.") else "right")
+    for st, sp in zip(rec.stages, pred.stages):
+        red = st.image_reduction.kind + (f" {st.image_reduction.mask_ratio:.0%}" if st.image_reduction.mask_ratio else "")
+        t.add_row(st.name, str(st.image_size), str(sp.image_tokens), red, str(st.text_len), st.text_reduction,
+                  _samples(st.samples), f"{sp.train_flops_per_sample / 1e9:,.1f}", _hours(sp.gpu_hours),
+                  _hours(sp.wall_hours), f"{sp.cost_usd:,.0f}",
+                  f"{sp.predicted_top1:.1f}" if sp.predicted_top1 is not None else "")
+    lo, hi = pred.predicted_top1_interval
+    t.caption = (f"predicted zero-shot IN-1k top-1 {pred.predicted_top1:.1f}% [{lo:.1f}, {hi:.1f}]  |  "
+                 f"{pred.gpu_hours:,.0f} device-h  |  {pred.wall_hours / 24:,.2f} days wall  |  "
+                 f"${pred.cost_usd:,.0f} on {pred.hardware}")
+    return t
+
+
+def plans_table(plans: list[Plan], title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("encoder", "pretrain px", "tokens", "img red.", "text", "samples", "fine-tune", "top-1 [interval]",
+                "device-h", "$"):
+        t.add_column(col, justify="right" if col not in ("encoder", "img red.", "fine-tune", "text") else "left")
+    for p in plans:
+        pt = p.point
+        t.add_row(pt.encoder, str(pt.image_size()), str(pt.side ** 2), pt.image_reduction,
+                  f"{pt.text_len} {pt.text_reduction}", _samples(p.samples), pt.finetune,
+                  f"{p.top1:.1f} [{p.low:.1f}, {p.high:.1f}]", f"{p.device_hours:,.0f}", f"{p.cost_usd:,.0f}")
+    return t
+
+
+def prediction_json(rec: recipe_mod.Recipe, recipe_path: str | None) -> dict:
+    pred = rec.predictions
+    return {
+        "predicted_top1": pred.predicted_top1,
+        "predicted_top1_interval": list(pred.predicted_top1_interval),
+        "gpu_hours": pred.gpu_hours,
+        "wall_hours": pred.wall_hours,
+        "cost_usd": pred.cost_usd,
+        "hardware": pred.hardware,
+        "recipe": recipe_path,
+        "stages": [
+            {"name": s.name, "image_size": s.image_size, "image_tokens": s.image_tokens, "text_len": s.text_len,
+             "samples": s.samples, "train_flops_per_sample": s.train_flops_per_sample, "train_flops": s.train_flops,
+             "gpu_hours": s.gpu_hours, "wall_hours": s.wall_hours, "cost_usd": s.cost_usd,
+             "predicted_top1": s.predicted_top1}
+            for s in pred.stages
+        ],
+    }
+
+
+def plan_json(p: Plan) -> dict:
+    return {"encoder": p.point.encoder, "image_size": p.point.image_size(), "image_tokens": p.point.side ** 2,
+            "image_reduction": p.point.image_reduction, "text_len": p.point.text_len,
+            "text_reduction": p.point.text_reduction, "samples": p.samples, "finetune": p.point.finetune,
+            "predicted_top1": p.top1, "predicted_top1_interval": [p.low, p.high], "gpu_hours": p.device_hours,
+            "wall_hours": p.wall_hours, "cost_usd": p.cost_usd}
+
+
+def print_tables(console: Console, *tables) -> None:
+    for t in tables:
+        console.print(t)
+        console.print()

@@ -1,0 +1,68 @@
+"""make_plan: budget + hardware -> the best recipe, with the cost models' predictions attached."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from clipa import recipe as recipe_mod
+from clipa.costmodels import hardware
+from clipa.costmodels.predict import predict_recipe
+from clipa.errors import UserError
+from clipa.planner import optimize, published
+from clipa.planner import search_space as ss
+from clipa.planner.evaluate import Budget, Context, cheapest
+
+
+@dataclass
+class PlanResult:
+    recipe: recipe_mod.Recipe
+    search: optimize.Result
+
+
+def recipe_name(p: optimize.Plan) -> str:
+    pt = p.point
+    samples = f"{p.samples / 1e9:g}B" if p.samples >= 1e9 else f"{p.samples / 1e6:g}M"
+    return f"{pt.encoder.replace('/', '')}-{pt.image_size()}px-{pt.image_reduction}-t{pt.text_len}{pt.text_reduction}-{samples}-ft{pt.finetune}"
+
+
+def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_name: str, dataset: str,
+              deadline_days: Optional[float] = None, seed: int = 0, risk: bool = False, trials: int = 200,
+              prices: Optional[Path] = None, calibration=None, name: Optional[str] = None,
+              quiet: bool = False) -> PlanResult:
+    hw = hardware.get(hw_name, prices)
+    if budget_usd is not None and hw.usd_per_hour <= 0:
+        raise UserError(f"--budget: {hw.name} has no price ($0/hour); give --gpu-hours instead, or a price with --prices")
+    ctx = Context(
+        hw=hw, dataset=dataset, risk=risk,
+        budget=Budget(usd=budget_usd, device_hours=gpu_hours,
+                      wall_hours=deadline_days * 24 if deadline_days is not None else None),
+        utilisation=calibration.utilisation(hw.name) if calibration is not None else None,
+        offset=calibration.offset(dataset) if calibration is not None else 0.0,
+    )
+    enqueue = [p for p in (ss.point_from_recipe(r) for r in published.load_all().values()) if p is not None]
+    result = _search(ctx, seed, trials, enqueue, quiet)
+    if result is None:
+        low = cheapest(ctx)
+        raise UserError(
+            f"no plan fits {ctx.budget.describe()} on {hw.name}: the cheapest plan in the search space costs "
+            f"${low.cost_usd:,.0f} / {low.device_hours:,.1f} device-hours / {low.wall_hours / 24:,.2f} days "
+            f"({low.point.encoder}, {low.point.image_size()} px, {low.samples:,.0f} samples, no fine-tune)")
+    best = result.best
+    rec = ss.build_recipe(best.point, best.samples, dataset=dataset, hardware=hw.name,
+                          name=name or recipe_name(best), ft_batch=best.ft_batch,
+                          grad_checkpointing=best.grad_checkpointing)
+    rec = rec.model_copy(update={"predictions": predict_recipe(rec, hw_name, prices, calibration)})
+    return PlanResult(rec, result)
+
+
+def _search(ctx: Context, seed: int, trials: int, enqueue, quiet: bool):
+    if quiet:
+        return optimize.plan(ctx, seed=seed, n_trials=trials, enqueue=enqueue)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("searching recipes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as bar:
+        task = bar.add_task("search", total=trials)
+        return optimize.plan(ctx, seed=seed, n_trials=trials, enqueue=enqueue,
+                             progress=lambda: bar.advance(task))

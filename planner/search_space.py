@@ -1,0 +1,143 @@
+"""The planner's discretised search space, and how a point in it becomes a recipe.
+
+A point fixes the encoder, the pretraining image tokens (as tokens per side) and how they
+are reduced, the text length and its reduction, the global batch and the fine-tune
+schedule. Pretraining samples are not searched: more samples never predict lower accuracy
+(a tested property of the accuracy law), so each point takes the largest value of
+``SAMPLES_GRID`` that the budget leaves after fine-tuning. Hyperparameters follow the
+published CLIPA configs (sources inline).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from clipa import encoders
+from clipa import recipe as recipe_mod
+
+ENCODERS = ("S/16", "B/16", "L/16", "L/14", "H/14", "g/14", "bigG/14")
+# Pretraining tokens per side: 4x4 = 16 (CLIPA L/16 I17) ... 16x16 (full 224 px at /14).
+SIDES = (4, 5, 6, 7, 8, 10, 12, 14, 16)
+IMAGE_REDUCTIONS = ("resize", "random_mask", "grid_mask", "block_mask")
+TEXT_LENS = (8, 16, 32)
+TEXT_REDUCTIONS = ("syntax", "truncate", "random", "block")
+GLOBAL_BATCHES = (16384, 32768, 65536)
+# Samples seen in pretraining; includes the published 2.4e9 (6 LAION-400M epochs, open_clip docs/clipa.md),
+# 2.56e9 (CLIPA-v2 Table 1) and 12.8e9 (CLIPA-v2).
+SAMPLES_GRID = (1e8, 2e8, 4e8, 8e8, 1.28e9, 2.4e9, 2.56e9, 4e9, 6.4e9, 8e9, 12.8e9, 16e9, 25.6e9, 32e9)
+FULL_RES = 224  # the fine-tune / evaluation resolution of every published CLIPA run
+
+# Fine-tune schedules: (image_size, samples, mask_ratio, lr per 256 samples, warmup steps, text_len).
+# CLIPA-v1: 131,072,000 samples @224, full tokens (open_clip docs/clipa.md, i37_t8_finetune.sh).
+# CLIPA-v2: 512M @224 with 30% random mask, lr 4e-7 x batch/256, warmup 800
+# (CLIPA clipa_jax/configs/model_h/unmask_tuning_224_scheduleX4.py); then 128M @336 with 40% mask,
+# lr 1e-7 x batch/256, warmup 1600 (model_h/unmask_tuning_336_scheduleX1.py).
+FT_224_V1 = (224, 131_072_000, 0.0, 4e-7, 800, 32)
+FT_224_V2 = (224, 512_000_000, 0.3, 4e-7, 800, 32)
+FT_336_V2 = (336, 128_000_000, 0.4, 1e-7, 1600, 32)
+FINETUNES = {
+    "none": (),
+    "224-short": (FT_224_V1,),
+    "224": (FT_224_V2,),
+    "224+336": (FT_224_V2, FT_336_V2),
+}
+FT_BATCHES = (4096, 8192, 16384, 32768)
+
+# Pretraining: lr = 8e-6 x batch/256, warmup 3200 steps of 65536 (CLIPA clipa_jax/configs/model_h/84_8_pre_training.py),
+# AdamW betas (0.9, 0.95), weight decay 0.2 (recipes_clipa_reference.md).
+PRETRAIN_LR_PER_256 = 8e-6
+PRETRAIN_WARMUP_SAMPLES = 3200 * 65536
+BETAS = (0.9, 0.95)
+WEIGHT_DECAY = 0.2
+# CLIPA's augmentation (recipes_clipa_reference.md): RRC scale (0.4, 1.0); jitter/grayscale only in
+# the v1 torch scripts, so the planner leaves them off.
+RRC_SCALE = (0.4, 1.0)
+
+
+@dataclass(frozen=True)
+class Point:
+    encoder: str
+    side: int
+    image_reduction: str
+    text_len: int
+    text_reduction: str
+    global_batch: int
+    finetune: str
+
+    def image_size(self) -> int:
+        """Pretraining resolution in px: resize shrinks the image; masks keep full resolution."""
+        patch = encoders.get(self.encoder).vision.patch
+        return self.side * patch if self.image_reduction == "resize" else _full_size(patch)
+
+    def mask_ratio(self) -> float:
+        if self.image_reduction == "resize":
+            return 0.0
+        patch = encoders.get(self.encoder).vision.patch
+        full = (_full_size(patch) // patch) ** 2
+        return 1.0 - (self.side ** 2) / full
+
+    def valid(self) -> bool:
+        enc = encoders.get(self.encoder)
+        full_side = _full_size(enc.vision.patch) // enc.vision.patch
+        if self.side > full_side:
+            return False
+        # A "mask" that keeps every token is just the unreduced baseline: count it once, as resize.
+        return not (self.image_reduction != "resize" and self.side == full_side)
+
+
+def _full_size(patch: int) -> int:
+    return (FULL_RES // patch) * patch
+
+
+def all_points(encoders_: tuple[str, ...] = ENCODERS) -> Iterator[Point]:
+    for combo in itertools.product(encoders_, SIDES, IMAGE_REDUCTIONS, TEXT_LENS, TEXT_REDUCTIONS,
+                                   GLOBAL_BATCHES, FINETUNES):
+        p = Point(*combo)
+        if p.valid():
+            yield p
+
+
+def build_recipe(p: Point, samples: float, *, dataset: str, hardware: str, name: str,
+                 ft_batch: int = 32768, grad_checkpointing: bool = False,
+                 usd_per_hour: Optional[float] = None) -> recipe_mod.Recipe:
+    """The recipe for point ``p`` with ``samples`` pretraining samples."""
+    stages = [dict(
+        name="pretrain", samples=int(samples), global_batch=p.global_batch, image_size=p.image_size(),
+        image_reduction={"kind": p.image_reduction, "mask_ratio": p.mask_ratio()},
+        text_len=p.text_len, text_reduction=p.text_reduction,
+        optimizer={"lr": PRETRAIN_LR_PER_256 * p.global_batch / 256, "betas": BETAS, "weight_decay": WEIGHT_DECAY},
+        schedule={"warmup_samples": min(PRETRAIN_WARMUP_SAMPLES, int(samples) // 10)},
+        augment={"random_resized_crop": RRC_SCALE}, pos_embed="sincos",
+    )]
+    for i, (size, ft_samples, ratio, lr256, warm_steps, text_len) in enumerate(FINETUNES[p.finetune]):
+        kind = "random_mask" if ratio > 0 else "resize"
+        stages.append(dict(
+            name=f"finetune{size}", samples=ft_samples, global_batch=ft_batch, image_size=size,
+            image_reduction={"kind": kind, "mask_ratio": ratio}, text_len=text_len, text_reduction="truncate",
+            optimizer={"lr": lr256 * ft_batch / 256, "betas": BETAS, "weight_decay": WEIGHT_DECAY},
+            schedule={"warmup_samples": warm_steps * ft_batch},
+            augment={"random_resized_crop": RRC_SCALE}, pos_embed="learned",
+        ))
+    hw = {"name": hardware}
+    if usd_per_hour is not None:
+        hw["usd_per_hour"] = usd_per_hour
+    return recipe_mod.from_dict(dict(
+        name=name, encoder={"name": p.encoder}, dataset={"name": dataset}, hardware=hw, stages=stages,
+        train={"grad_checkpointing": grad_checkpointing, "precision": "bf16"},
+    ), source="planner")
+
+
+def point_from_recipe(rec: recipe_mod.Recipe) -> Optional[Point]:
+    """The search-space point closest to a (published) recipe, or None if it lies outside the space."""
+    enc = rec.encoder.spec
+    pre = rec.stages[0]
+    tokens = pre.image_tokens(enc)
+    side = round(tokens ** 0.5)
+    ft = [(s.image_size, s.samples, s.image_reduction.mask_ratio) for s in rec.stages[1:]]
+    name = next((k for k, v in FINETUNES.items() if [(a, b, c) for a, b, c, *_ in v] == ft), None)
+    if name is None or side not in SIDES or pre.text_len not in TEXT_LENS:
+        return None
+    batch = min(GLOBAL_BATCHES, key=lambda b: abs(b - pre.global_batch))
+    return Point(rec.encoder.name if rec.encoder.name in ENCODERS else encoders.get(rec.encoder.name).name,
+                 side, pre.image_reduction.kind, pre.text_len, pre.text_reduction, batch, name)
