@@ -49,7 +49,17 @@ class MaskDrop:
 @functools.lru_cache(maxsize=None)
 def _rows(fname: str, key: str) -> dict[str, dict]:
     with open(DATA / fname, newline="") as fh:
-        return {r[key]: r for r in csv.DictReader(fh)}
+        rows = list(csv.reader(fh))
+    head, out = rows[0], {}
+    for r in rows[1:]:
+        # published_clipa_results.csv leaves the commas in "CLIPA-B/16(I50,T16) pretrain" unquoted:
+        # surplus fields belong to the first column (the run name), never to the numbers after it.
+        extra = len(r) - len(head)
+        if extra > 0:
+            r = [",".join(r[:extra + 1])] + r[extra + 1:]
+        d = dict(zip(head, r))
+        out[d[key]] = d
+    return out
 
 
 def value(fname: str, key: str, row: str, col: str) -> float:
@@ -71,9 +81,6 @@ T1_FT = 128e6
 
 def _clipa_runs() -> list[Run]:
     from clipa.costmodels.accuracy_law import FinetuneStage as FT, RunFeatures as RF
-
-    def ft224(samples, text_len=32, mask=0.0, tokens=None):
-        return FT(224, tokens if tokens is not None else 0, samples, text_len, mask)
 
     def h_ft224(samples, mask):  # H/14 @224: 256 patches, floor(256 * (1 - mask)) kept (recipe.Stage.image_tokens)
         return FT(224, int(256 * (1 - mask) + 1e-9), samples, 32, mask)
@@ -170,7 +177,9 @@ def _openclip_runs() -> list[Run]:
             try:
                 s = float(r["samples_seen"].split()[0])
             except (ValueError, IndexError):
-                continue  # "32 epochs" or blank: samples not stated as a number, not guessed
+                continue  # blank: samples not stated, not guessed
+            if s < 1e6:
+                continue  # "32 epochs": a count of passes, not samples; not converted by guessing a set size
             if enc is None or ds is None:
                 continue
             # The same checkpoint is in the scaling-law table with a slightly different count

@@ -27,6 +27,7 @@ from clipa.errors import UserError
 PRECISIONS = ("bf16", "fp32")
 _ACT_BYTES = {"bf16": 2, "fp32": 4}
 _PARAM_BYTES, _GRAD_BYTES, _ADAM_BYTES = 4, 4, 8   # fp32 weights, fp32 grads, two fp32 moments
+_RESID_BYTES = 4                                    # the residual stream stays fp32 (params are fp32)
 
 # Design margin, not a measurement: the CUDA context, cuBLAS workspaces, transient backward
 # buffers and allocator fragmentation take memory the model above does not count; `fits` keeps
@@ -101,6 +102,21 @@ def _tower_activation_bytes(tokens, width, depth, mlp, heads, act, resid, checkp
     return depth * tokens * width * resid + block
 
 
+def vision_activation_bytes(enc: Encoder, image_tokens: int, *, grad_checkpointing: bool,
+                            precision: str = "bf16") -> float:
+    """Bytes the image tower's blocks save for backward, per image."""
+    v = enc.vision
+    return _tower_activation_bytes(image_tokens, v.width, v.depth, v.mlp_dim, v.heads, _ACT_BYTES[precision],
+                                   _RESID_BYTES, grad_checkpointing)
+
+
+def text_activation_bytes(enc: Encoder, text_len: int, *, grad_checkpointing: bool, precision: str = "bf16") -> float:
+    """Bytes the text tower's blocks save for backward, per caption."""
+    t = enc.text
+    return _tower_activation_bytes(text_len, t.width, t.depth, t.mlp_dim, t.heads, _ACT_BYTES[precision],
+                                   _RESID_BYTES, grad_checkpointing)
+
+
 def activation_bytes(enc: Encoder, per_device_batch: int, image_tokens: int, text_len: int, *,
                      grad_checkpointing: bool, precision: str = "bf16",
                      image_size: Optional[int] = None, global_batch: Optional[int] = None) -> float:
@@ -111,12 +127,9 @@ def activation_bytes(enc: Encoder, per_device_batch: int, image_tokens: int, tex
     (defaults to ``per_device_batch``).
     """
     act = _ACT_BYTES[precision]
-    resid = 4                                   # autocast keeps LayerNorm inputs in fp32
-    v, t = enc.vision, enc.text
-    vis = _tower_activation_bytes(image_tokens, v.width, v.depth, v.mlp_dim, v.heads, act, resid,
-                                  grad_checkpointing)
-    txt = _tower_activation_bytes(text_len, t.width, t.depth, t.mlp_dim, t.heads, act, resid,
-                                  grad_checkpointing)
+    v = enc.vision
+    vis = vision_activation_bytes(enc, image_tokens, grad_checkpointing=grad_checkpointing, precision=precision)
+    txt = text_activation_bytes(enc, text_len, grad_checkpointing=grad_checkpointing, precision=precision)
     side = image_size if image_size is not None else int(round(image_tokens ** 0.5)) * v.patch
     image_in = 3 * side * side * act
     # Two logit matrices (image->text, text->image) and their softmax outputs, fp32.

@@ -47,10 +47,23 @@ class Context:
     dataset: str
     budget: Budget
     risk: bool = False  # maximise the interval's lower bound instead of the mean
-    utilisation: Optional[float] = None  # from a calibration file
-    offset: float = 0.0  # accuracy offset for this dataset, from a calibration file
+    calibration: Optional[object] = None  # costmodels.calibration.Calibration
     encoders: tuple[str, ...] = ss.ENCODERS
     law: accuracy_law.AccuracyLaw = field(default_factory=accuracy_law.default)
+
+    @property
+    def utilisation(self) -> Optional[float]:
+        return self.calibration.utilisation(self.hw.name) if self.calibration is not None else None
+
+    @property
+    def offset(self) -> float:
+        return self.calibration.offset(self.dataset) if self.calibration is not None else 0.0
+
+    def overheads(self) -> tuple[float, float]:
+        """(seconds per sample, seconds per stage) of non-FLOPs time, as calibrated on this hardware."""
+        if self.calibration is None:
+            return 0.0, 0.0
+        return self.calibration.overhead_s_per_sample(self.hw.name), self.calibration.fixed_s_per_stage(self.hw.name)
 
 
 @dataclass
@@ -123,16 +136,27 @@ def evaluate(p: ss.Point, ctx: Context, samples: Optional[float] = None) -> Opti
         return None
     ckpt, ft_batch = mem
     enc = encoders.get(p.encoder)
+    per_sample_s, per_stage_s = ctx.overheads()
+    n_dev, price = ctx.hw.n_devices, ctx.hw.usd_per_hour
+
+    def rate(tokens, text_len, size):
+        d, w = _stage_rate(p.encoder, tokens, text_len, size, ctx.hw, ckpt, ctx.utilisation)
+        if per_sample_s:  # calibrated non-FLOPs time: the whole machine is held meanwhile
+            w += per_sample_s / 3600.0
+            d = w * n_dev
+        return d, w
+
     ft_dev = ft_wall = 0.0
     for s in ss.FINETUNES[p.finetune]:
-        d, w = _stage_rate(p.encoder, _ft_tokens(enc, s), s[5], s[0], ctx.hw, ckpt, ctx.utilisation)
-        ft_dev, ft_wall = ft_dev + d * s[1], ft_wall + w * s[1]
-    d_pre, w_pre = _stage_rate(p.encoder, p.side ** 2, p.text_len, p.image_size(), ctx.hw, ckpt, ctx.utilisation)
-    price = ctx.hw.usd_per_hour
+        d, w = rate(_ft_tokens(enc, s), s[5], s[0])
+        ft_wall += w * s[1] + per_stage_s / 3600.0
+        ft_dev += d * s[1] + n_dev * per_stage_s / 3600.0
+    d_pre, w_pre = rate(p.side ** 2, p.text_len, p.image_size())
+    fixed_h = per_stage_s / 3600.0
 
     def totals(n):
-        wall = ft_wall + w_pre * n
-        return wall * price, ft_dev + d_pre * n, wall
+        wall = ft_wall + w_pre * n + fixed_h
+        return wall * price, ft_dev + d_pre * n + fixed_h * n_dev, wall
 
     grid = [samples] if samples is not None else sorted(ss.SAMPLES_GRID, reverse=True)
     n = next((n for n in grid if ctx.budget.allows(*totals(n))), None)

@@ -37,8 +37,7 @@ def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_nam
         hw=hw, dataset=dataset, risk=risk,
         budget=Budget(usd=budget_usd, device_hours=gpu_hours,
                       wall_hours=deadline_days * 24 if deadline_days is not None else None),
-        utilisation=calibration.utilisation(hw.name) if calibration is not None else None,
-        offset=calibration.offset(dataset) if calibration is not None else 0.0,
+        calibration=calibration,
     )
     enqueue = [p for p in (ss.point_from_recipe(r) for r in published.load_all().values()) if p is not None]
     result = _search(ctx, seed, trials, enqueue, quiet)

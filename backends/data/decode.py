@@ -83,7 +83,9 @@ def decode_crop(data: bytes, size: int, scale: Optional[tuple[float, float]], rn
             im.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
             sx, sy = im.size[0] / width, im.size[1] / height
             box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-        im = im.convert("RGB")
+        im.load()
+        if im.mode != "RGB":  # draft already decodes JPEGs to RGB: no extra copy for them
+            im = im.convert("RGB")
         return im.resize((size, size), Image.BICUBIC, box=box)
     except Exception as e:
         raise DecodeError(f"{type(e).__name__}: {e}") from None

@@ -1,25 +1,180 @@
 """Training batches from webdataset shards: the one entry point both backends call.
 
-INTERFACE PUBLISHED EARLY (implementation in progress): names and semantics below are fixed.
+The sample order of a rank is a pure function of (seed, rank, world_size) and the shards' sample
+counts (read from tar headers), never of the image bytes:
+  epoch e: shards permuted by rng(seed, e); rank r takes every world_size-th shard (or, with fewer
+  shards than ranks, every world_size-th sample of all shards); the rank's samples are cut into
+  blocks of ``SHUFFLE_BLOCK`` and each block is permuted by rng(seed, rank, e, block).
+Epochs follow each other without end (epoch-free): the caller stops after the stage's samples.
+Because the order needs no decoding, ``start_sample`` fast-forwards by counting, and a resumed run
+yields exactly the batches of an uninterrupted one. The shuffle holds references, not bytes, so a
+block can span many shards at no memory cost (webdataset's byte buffer holds ~1000 samples).
+
+A sample that cannot be decoded is replaced by a copy of another sample of the same batch (counted
+in ``DataStats``), so batch i always consists of stream positions [i*B, (i+1)*B) and resume stays
+exact. Corrupt shards and samples without image or caption are dropped when the shard is indexed.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures as cf
+import multiprocessing as mp
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
 
+from clipa.backends.data import batch_job
+from clipa.backends.data.decode import normalize
+from clipa.backends.data.image_reduction import MASK_KINDS
+from clipa.backends.data.webdataset_io import SampleEntry, ShardIndex, ShardReader, expand_shards, index_shard
 from clipa.encoders import Encoder
+from clipa.errors import UserError
 from clipa.recipe import DatasetSpec, Stage
+
+# References per shuffle block: ~1 LAION shard (10k samples). A reference is a few dozen bytes.
+SHUFFLE_BLOCK = 10_000
+# Epochs in a row that give this rank no sample before we call the data unusable.
+_MAX_EMPTY_EPOCHS = 64
 
 
 @dataclass
 class DataStats:
-    """What the pipeline saw; the backend logs it. ``skipped`` counts samples (or shards) dropped."""
+    """What the pipeline saw; the backend logs it. ``seen``: samples delivered in batches;
+    ``skipped``: samples (or whole corrupt shards) dropped; ``reasons``: reason -> count."""
 
     seen: int = 0
     skipped: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, reason: str, n: int = 1) -> None:
+        self.skipped += n
+        self.reasons[reason] = self.reasons.get(reason, 0) + n
+
+
+class RankStream:
+    """The infinite, deterministic sequence of (position, shard path, entry) for one rank."""
+
+    def __init__(self, shards: list[Path], rank: int, world_size: int, seed: int,
+                 stats: DataStats, block: int = SHUFFLE_BLOCK):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.shards, self.rank, self.world, self.seed, self.block = shards, rank, world_size, seed, block
+        self.stats = stats
+        self._counts: dict[int, int] = {}
+        self._index: dict[int, ShardIndex] = {}
+
+    def _record(self, s: int, idx: ShardIndex) -> None:
+        if s in self._counts:  # report a shard's problems once, not every epoch
+            return
+        self._counts[s] = len(idx.entries)
+        for reason, n in idx.errors.items():
+            self.stats.add(reason, n)
+        if "corrupt_shard" in idx.errors:
+            print(f"clipa data: {idx.path}: corrupt shard, kept {len(idx.entries)} complete samples",
+                  file=sys.stderr)
+
+    def _shard(self, s: int) -> ShardIndex:
+        idx = self._index.get(s)
+        if idx is None:
+            idx = self._index[s] = index_shard(self.shards[s])
+            self._record(s, idx)
+        return idx
+
+    def _count(self, s: int) -> int:
+        if s not in self._counts:  # index without keeping it: only the current block's shards stay in memory
+            self._record(s, index_shard(self.shards[s]))
+        return self._counts[s]
+
+    def _plan(self, e: int) -> tuple[np.ndarray, int, int]:
+        """Epoch ``e``: this rank's shards (in order), and the stride/offset of its samples among them."""
+        order = np.random.default_rng([self.seed, e]).permutation(len(self.shards))
+        if len(self.shards) >= self.world:
+            return order[self.rank::self.world], 1, 0
+        return order, self.world, self.rank
+
+    def epoch_length(self, e: int) -> int:
+        """Samples this rank draws in epoch ``e`` (indexes every shard of the epoch)."""
+        mine, stride, offset = self._plan(e)
+        total = sum(self._count(int(s)) for s in mine)
+        return max(0, -(-(total - offset) // stride))
+
+    def refs(self, start: int = 0) -> Iterator[tuple[int, Path, SampleEntry]]:
+        """Samples from rank position ``start`` on; shards are indexed lazily, as the blocks reach them."""
+        skip, pos, e, empty = start, start, 0, 0
+        n = len(self.shards)
+        while True:
+            mine, stride, offset = self._plan(e)
+            cum: list[int] = []
+
+            def covered(raw_last: int) -> int:
+                """Samples of this rank in the epoch, counting shards until ``raw_last`` is inside."""
+                while len(cum) < len(mine) and (not cum or cum[-1] <= raw_last):
+                    cum.append((cum[-1] if cum else 0) + self._count(int(mine[len(cum)])))
+                total = cum[-1] if cum else 0
+                return max(0, -(-(total - offset) // stride))
+
+            b, produced = 0, 0
+            while True:
+                lo = b * self.block
+                hi = min((b + 1) * self.block, covered(offset + ((b + 1) * self.block - 1) * stride))
+                if lo >= hi:
+                    break
+                produced += hi - lo
+                if skip >= hi - lo:  # fast-forward a whole block by counting
+                    skip -= hi - lo
+                    b += 1
+                    continue
+                perm = np.random.default_rng([self.seed, self.rank, e, b]).permutation(hi - lo)
+                raw = offset + (lo + perm[skip:]) * stride
+                where = np.searchsorted(cum, raw, side="right")
+                live = {int(mine[w]) for w in np.unique(where)}
+                self._index = {s: i for s, i in self._index.items() if s in live}
+                for r, w in zip(raw.tolist(), where.tolist()):
+                    s = int(mine[w])
+                    yield pos, self.shards[s], self._shard(s).entries[r - (cum[w - 1] if w else 0)]
+                    pos += 1
+                skip = 0
+                b += 1
+            empty = empty + 1 if produced == 0 else 0
+            if empty >= _MAX_EMPTY_EPOCHS:
+                raise UserError(f"no readable samples for rank {self.rank} in {n} shards (first: {self.shards[0]})")
+            e += 1
+
+
+def _job_config(stage: Stage, encoder: Encoder, seed: int, rank: int) -> batch_job.JobConfig:
+    kind = stage.image_reduction.kind
+    return batch_job.JobConfig(
+        image_size=stage.image_size, augment=stage.augment,
+        mask_kind=kind if kind in MASK_KINDS else None,
+        grid_side=stage.image_size // encoder.vision.patch,
+        keep_tokens=stage.image_tokens(encoder),
+        text_len=stage.text_len, text_kind=stage.text_reduction, seed=seed, rank=rank)
+
+
+def _finish(out: dict, stats: DataStats) -> dict[str, np.ndarray]:
+    """Fill failed slots with copies of good samples of the same batch; normalise the images."""
+    n = len(out["image"])
+    failed = out["failed"]
+    if failed:
+        bad = {i for i, _, _ in failed}
+        good = [i for i in range(n) if i not in bad]
+        if not good:
+            i, name, why = failed[0]
+            raise UserError(f"every sample of a batch failed to decode (first: {name}: {why})")
+        for k, (i, name, why) in enumerate(failed):
+            j = good[k % len(good)]
+            for key in ("image", "text", "keep"):
+                if out[key] is not None:
+                    out[key][i] = out[key][j]
+            stats.add(why.split(":")[0])
+    batch = {"image": normalize(out["image"]), "text": out["text"]}
+    if out["keep"] is not None:
+        batch["keep"] = out["keep"]
+    stats.seen += n
+    return batch
 
 
 def train_batches(dataset: DatasetSpec, stage: Stage, encoder: Encoder, *, batch_size: int, rank: int = 0,
@@ -33,6 +188,50 @@ def train_batches(dataset: DatasetSpec, stage: Stage, encoder: Encoder, *, batch
     ``start_sample``: samples (all ranks together) already drawn from this dataset in this run, earlier
     stages included (sum of steps * global_batch); must be a multiple of ``world_size``. Given the same
     (seed, rank, world_size, start_sample) the batches equal an uninterrupted run's from that point.
-    ``workers``: decoding processes (default ``dataset.workers``; 0 = decode in the calling process).
+    ``workers``: decoding processes (default ``dataset.workers``; 0 = decode in the calling process);
+    batches come back in order, so the result does not depend on ``workers``.
     """
-    raise NotImplementedError("in progress")
+    if not dataset.train:
+        raise UserError("dataset.train: no training shards given")
+    if start_sample % world_size:
+        raise ValueError(f"start_sample {start_sample} is not a multiple of world_size {world_size}")
+    shards = expand_shards(dataset.train)  # UserError naming a missing path, before the generator starts
+    return batches_for(shards, _job_config(stage, encoder, seed, rank), batch_size, rank, world_size,
+                       start_sample // world_size, dataset.workers if workers is None else workers,
+                       stats if stats is not None else DataStats())
+
+
+def batches_for(shards: list[Path], cfg: batch_job.JobConfig, batch_size: int, rank: int, world_size: int,
+                start: int, workers: int, stats: DataStats) -> Iterator[dict[str, np.ndarray]]:
+    """``train_batches`` below the recipe: an explicit job config and the rank's own ``start``
+    position (benchmarks/data_pipeline.py uses it to switch draft decoding off)."""
+    stream = RankStream(shards, rank, world_size, cfg.seed, stats)
+    reader = ShardReader()
+
+    def jobs():
+        items = []
+        for position, path, entry in stream.refs(start):
+            items.append((position, f"{path}:{entry.key}", reader.read(path, entry)))
+            if len(items) == batch_size:
+                yield items
+                items = []
+
+    try:
+        if workers <= 0:
+            for items in jobs():
+                yield _finish(batch_job.run(cfg, items), stats)
+            return
+        # spawn, not fork: the caller may hold torch/JAX threads, which fork would copy half-way.
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            pending: collections.deque = collections.deque()
+            source = jobs()
+            try:
+                while True:
+                    while len(pending) < 2 * workers:
+                        pending.append(pool.submit(batch_job.run, cfg, next(source)))
+                    yield _finish(pending.popleft().result(), stats)
+            finally:
+                for f in pending:
+                    f.cancel()
+    finally:
+        reader.close()

@@ -105,3 +105,15 @@ def check_divisible(global_batch_size: int, mesh: Mesh, where: str) -> None:
         raise UserError(f"{where}: global_batch {global_batch_size} is not divisible by the {n} devices")
     if global_batch_size % jax.process_count():
         raise UserError(f"{where}: global_batch {global_batch_size} is not divisible by the {jax.process_count()} hosts")
+
+
+def to_host(tree):
+    """A pytree of (possibly multi-host, possibly fsdp-sharded) arrays -> numpy on every host."""
+    def one(x):
+        if not isinstance(x, jax.Array):
+            return np.asarray(x)
+        if not x.is_fully_replicated:
+            x = jax.jit(lambda y: y, out_shardings=NamedSharding(x.sharding.mesh, P()))(x)
+        return np.asarray(x.addressable_data(0))
+
+    return jax.tree_util.tree_map(one, tree)

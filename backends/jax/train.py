@@ -3,7 +3,8 @@
 Each builder gets only its own section of the recipe (a ``Stage``'s optimizer/schedule), never
 the whole recipe. Learning rates are per optimizer step; durations arrive in samples and are
 turned into steps here, the same way as the PyTorch backend (``Stage.steps`` = ceil(samples /
-global_batch), warmup steps = ceil(warmup_samples / global_batch)).
+global_batch), warmup steps = round(warmup_samples / global_batch), at most the stage's steps;
+``backends/torch/optim.py``).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from clipa.backends.jax.model import CLIP
 
 
 def warmup_steps(stage: Stage) -> int:
-    return math.ceil(stage.schedule.warmup_samples / stage.global_batch)
+    """Warmup length in optimizer steps (Python's round, as the PyTorch backend)."""
+    return min(stage.steps, round(stage.schedule.warmup_samples / stage.global_batch))
 
 
 def lr_at(step, peak: float, sched: ScheduleSpec, total_steps: int, warm: int):
@@ -116,4 +118,6 @@ def make_step(model: CLIP, tx: optax.GradientTransformation, mesh: Mesh, state, 
 
 
 def place_state(state, mesh: Mesh):
+    """Lay ``state`` out on ``mesh``. The step donates its input: pass host (numpy) arrays or device
+    arrays no longer needed elsewhere (device_put may alias them)."""
     return jax.device_put(state, state_sharding(state, mesh))

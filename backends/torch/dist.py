@@ -89,9 +89,14 @@ def wrap(model: nn.Module, world: World, fsdp: bool = False) -> nn.Module:
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
         for blk in list(model.visual.blocks) + list(model.text.blocks):
             fully_shard(blk)
-        return fully_shard(model)
+        fully_shard(model)
+        for name in ("encode_image", "encode_text"):  # evaluation calls these, not forward
+            register_fsdp_forward_method(model, name)
+        return model
     ids = [world.local_rank] if world.device.type == "cuda" else None
     # The fixed sin-cos position embedding has requires_grad=False; DDP skips it (no broadcast needed:
     # every rank computes it identically).
@@ -100,3 +105,30 @@ def wrap(model: nn.Module, world: World, fsdp: bool = False) -> nn.Module:
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def full_weights(model: nn.Module, fsdp: bool) -> dict[str, torch.Tensor]:
+    """The whole model's weights as plain CPU tensors (a collective under FSDP: every rank calls it)."""
+    if not fsdp:
+        return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
+
+
+def optim_state(model: nn.Module, opt: torch.optim.Optimizer, fsdp: bool) -> dict:
+    """Optimizer state as plain tensors/dicts (loadable with weights_only=True); collective under FSDP."""
+    if not fsdp:
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optim_state(model: nn.Module, opt: torch.optim.Optimizer, state: dict, fsdp: bool) -> None:
+    if not fsdp:
+        opt.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))

@@ -39,5 +39,4 @@ def build(model: nn.Module, stage: Stage) -> torch.optim.AdamW:
         {"params": [p for n, p in named if not _no_decay(n, p)], "weight_decay": o.weight_decay},
         {"params": [p for n, p in named if _no_decay(n, p)], "weight_decay": 0.0},
     ]
-    # foreach=False keeps the update bit-identical between a resumed and an uninterrupted CPU run.
-    return torch.optim.AdamW(groups, lr=lr_at(stage, 0), betas=o.betas, eps=o.eps, foreach=False)
+    return torch.optim.AdamW(groups, lr=lr_at(stage, 0), betas=o.betas, eps=o.eps)

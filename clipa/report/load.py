@@ -63,10 +63,9 @@ def _predictions(rec: recipe_mod.Recipe) -> tuple[Optional[recipe_mod.Prediction
         from clipa.costmodels.predict import predict_recipe
 
         return predict_recipe(rec), "computed"
-    except UserError as e:
-        return None, f"unavailable ({e})"
-    except ImportError as e:  # a cost model not installed yet: report what was achieved anyway
-        return None, f"unavailable ({e})"
+    except (UserError, ImportError, ValueError, KeyError) as e:
+        # e.g. hardware the cost models do not know: report what was achieved anyway, say why
+        return None, f"unavailable ({type(e).__name__}: {e})"
 
 
 def load_run(path: str | Path) -> Run:

@@ -18,6 +18,7 @@ from clipa.report.tables import run_rows  # noqa: E402
 
 DPI = 110
 STAGE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown")
+CHOSEN_COLOURS = ("tab:purple", "tab:orange", "tab:cyan", "tab:olive", "tab:pink", "tab:brown")
 
 
 def _save(fig, path: Path) -> Path:
@@ -54,6 +55,7 @@ def curves(run: Run, path: Path) -> Optional[Path]:
     ax_acc.set(xlabel="samples seen", ylabel="zero-shot top-1 (%)",
                title=f"{run.name}: zero-shot top-1 ({run.achieved.eval_set if run.achieved else 'eval'})")
     for ax in (ax_loss, ax_acc):
+        ax.set_xlim(0, offset)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
@@ -112,50 +114,70 @@ def pareto(front: Sequence[tuple[float, float, str]], chosen: Sequence[tuple[str
            published: Sequence[tuple[float, float, str]], path: Path, *, title: str,
            predicted_published: Sequence[tuple[float, float, str]] = ()) -> Optional[Path]:
     """Accuracy against cost: the front (cost $, top-1, label), the chosen recipes (name, predicted
-    cost, predicted top-1, achieved cost, achieved top-1) and the published runs (cost, top-1, label)."""
+    cost, predicted top-1, achieved cost or None, achieved top-1 or None) and the published runs
+    (cost, top-1, label). Published points are numbered and listed in a key (labels would overlap)."""
     if not front and not chosen and not published:
         return None
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, (ax, key_ax) = plt.subplots(2, 1, figsize=(10, 6.8), height_ratios=[5, 0.6])
+    key_ax.axis("off")
     if front:
         pts = sorted(front)
-        ax.step([c for c, _, _ in pts], [t for _, t, _ in pts], "-", where="post", color="tab:blue", alpha=0.6)
+        ax.step([c for c, _, _ in pts], [t for _, t, _ in pts], "-", where="post", color="tab:blue", alpha=0.5)
         ax.plot([c for c, _, _ in pts], [t for _, t, _ in pts], "o", ms=4, color="tab:blue", label="Pareto front (predicted)")
+    key = []
+    for i, (c, t, label) in enumerate(published, 1):
+        ax.plot(c, t, "^", color="tab:red", ms=7)
+        ax.annotate(str(i), (c, t), fontsize=7, color="tab:red", xytext=(4, 2), textcoords="offset points")
+        key.append(f"{i}: {label}  {t:.1f}%, ${c:,.0f}")
+    if published:
+        ax.plot([], [], "^", color="tab:red", label="published run (paper's top-1 and cost)")
     for c, t, label in predicted_published:
         ax.plot(c, t, "s", mfc="none", color="tab:green", ms=7)
-        ax.annotate(label, (c, t), fontsize=7, color="tab:green", xytext=(5, -9), textcoords="offset points")
     if predicted_published:
-        ax.plot([], [], "s", mfc="none", color="tab:green", label="published recipe, as predicted")
-    for c, t, label in published:
-        ax.plot(c, t, "^", color="tab:red", ms=7)
-        ax.annotate(label, (c, t), fontsize=7, color="tab:red", xytext=(5, 3), textcoords="offset points")
-    if published:
-        ax.plot([], [], "^", color="tab:red", label="published CLIPA run (paper's cost)")
-    for name, pc, pt, ac, at in chosen:
-        ax.plot(pc, pt, "*", color="black", ms=13)
-        ax.annotate(f"{name} (predicted)", (pc, pt), fontsize=8, xytext=(6, 4), textcoords="offset points")
+        ax.plot([], [], "s", mfc="none", color="tab:green", label="published recipe, as clipa predicts it")
+    for i, (name, pc, pt, ac, at) in enumerate(chosen):
+        colour = CHOSEN_COLOURS[i % len(CHOSEN_COLOURS)]
+        ax.plot(pc, pt, "*", mfc="none", mec=colour, ms=15, mew=1.5, label=f"{name}: predicted")
         if ac is not None and at is not None:
-            ax.plot(ac, at, "*", color="gold", mec="black", ms=13)
-            ax.annotate(f"{name} (achieved)", (ac, at), fontsize=8, xytext=(6, -10), textcoords="offset points")
-            ax.plot([pc, ac], [pt, at], ":", color="grey")
-    if chosen:
-        ax.plot([], [], "*", color="black", ms=10, label="chosen recipe")
+            ax.plot(ac, at, "*", color=colour, mec="black", ms=15, label=f"{name}: achieved")
+            ax.plot([pc, ac], [pt, at], ":", color=colour)
+    if key:  # below the axes: a key inside them hides points
+        half = (len(key) + 1) // 2
+        for col, lines in enumerate((key[:half], key[half:])):
+            key_ax.text(0.5 * col, 1.0, "\n".join(lines), transform=key_ax.transAxes, va="top", ha="left",
+                        fontsize=7, color="tab:red", family="monospace")
     ax.set_xscale("log")
-    ax.set(xlabel="cost ($, log scale)", ylabel="zero-shot ImageNet top-1 (%)", title=title)
+    ax.set(xlabel="cost ($, log scale)", ylabel="zero-shot ImageNet top-1 (%)")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
 
 
-def residuals(rows: Sequence[tuple[str, float, float]], path: Path, *, title: str) -> Optional[Path]:
-    """The accuracy law's residuals (label, published top-1, fitted top-1), largest first."""
+def _short(label: str, n: int = 60) -> str:
+    """Drop checkpoint file names in parentheses; cut to ``n`` characters."""
+    import re
+
+    label = re.sub(r"\s*\([^)]*\.pt\)", "", label)
+    return label if len(label) <= n else label[: n - 1] + "…"
+
+
+def residuals(rows: Sequence[tuple[str, float, float, Optional[float]]], path: Path, *, title: str) -> Optional[Path]:
+    """The accuracy law's residuals: rows of (label, published top-1, fitted top-1, leave-one-out top-1 or None)."""
     if not rows:
         return None
     rows = sorted(rows, key=lambda r: r[2] - r[1])
-    res = [fit - pub for _, pub, fit in rows]
-    fig, ax = plt.subplots(figsize=(9, max(3.0, 0.32 * len(rows) + 1.2)))
-    ax.barh(range(len(rows)), res, color=["tab:red" if r > 0 else "tab:blue" for r in res])
-    ax.set_yticks(range(len(rows)), [f"{label} ({pub:.1f}%)" for label, pub, _ in rows], fontsize=7)
+    y = list(range(len(rows)))
+    fit = [f - pub for _, pub, f, _ in rows]
+    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.3 * len(rows) + 1.5)))
+    ax.barh(y, fit, height=0.6, color=["tab:red" if r > 0 else "tab:blue" for r in fit], label="fit (in sample)")
+    loo = [(i, lo - pub) for i, (_, pub, _, lo) in enumerate(rows) if lo is not None]
+    if loo:
+        ax.plot([r for _, r in loo], [i for i, _ in loo], "kx", ms=5, label="leave-one-out")
+    ax.set_yticks(y, [f"{_short(label)} ({pub:.1f}%)" for label, pub, _, _ in rows], fontsize=7)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set(xlabel="fitted - published top-1 (points)", title=title)
+    ax.set_xlabel("predicted - published zero-shot top-1 (points)")
+    fig.suptitle(title, fontsize=10)
     ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)

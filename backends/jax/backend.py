@@ -1,0 +1,65 @@
+"""JaxBackend: ``launch(recipe_path, recipe, run_dir, opts)`` trains a recipe into a run directory.
+
+One process per host drives all of that host's devices (a ``jax.sharding`` mesh); several hosts
+join through ``jax.distributed.initialize`` (TPU pods: ``--tpu NAME --zone ZONE``; other
+clusters: ``--nnodes N --node-rank R --rdzv-endpoint HOST:PORT`` on every host).
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+from rich.console import Console
+
+from clipa import rundir
+from clipa.backends.base import LaunchOptions
+from clipa.backends.jax import launch
+from clipa.recipe import Recipe
+
+_PLATFORMS = {"cpu": "cpu", "cuda": "cuda", "gpu": "cuda", "tpu": "tpu"}
+
+
+class JaxBackend:
+    name = "jax"
+
+    def launch(self, recipe_path: Path, recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
+        launch.validate(opts)
+        run_dir = Path(run_dir)
+        if opts.tpu:
+            cmd = launch.tpu_command(recipe_path, run_dir, opts)
+            if opts.dry_run:
+                print(shlex.join(cmd))
+                return 0
+            cmd[0] = launch.require_gcloud()
+            return subprocess.call(cmd)
+        if opts.dry_run:
+            print(shlex.join(launch.worker_command(recipe_path, run_dir, opts)))
+            return 0
+        return train(recipe, run_dir, opts)
+
+
+def train(recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
+    """Train in this process (one host of possibly several); 0 when finished or stopped at max_samples."""
+    import jax
+
+    # The platform must be chosen before JAX touches a device.
+    if opts.device:
+        jax.config.update("jax_platforms", _PLATFORMS[opts.device])
+    from clipa.backends.jax import loop, sharding as shd
+    from clipa.backends.torch import datasets  # framework-free (no torch import): shared data resolution
+    from clipa.backends.torch.backend import prepare_run_dir
+
+    console = Console(stderr=True)
+    shd.maybe_initialize_distributed(shd.cluster_from_env_and_opts(opts.nnodes, opts.node_rank, opts.rdzv_endpoint))
+    state = prepare_run_dir(recipe, run_dir)
+    if state == "finished":
+        console.print(f"{run_dir}: already finished ({rundir.ACHIEVED} exists); nothing to do")
+        return 0
+    ds = datasets.resolve(recipe, run_dir, generate=True)
+    achieved = loop.run(recipe, run_dir, ds, max_samples=opts.max_samples, console=console)
+    if achieved is not None:
+        rundir.write_achieved(run_dir, achieved)
+        console.print(f"finished: {run_dir}/{rundir.ACHIEVED} (top-1 {achieved.top1}%, "
+                      f"{achieved.wall_seconds:.0f} s, ${achieved.cost_usd:.4f})")
+    return 0

@@ -1,0 +1,72 @@
+"""Launch commands for the JAX backend: one host in-process, or every worker of a TPU VM via gcloud.
+
+``clipa-run RECIPE --backend jax --tpu NAME --zone ZONE [--project P]`` runs
+
+    gcloud compute tpus tpu-vm ssh NAME --zone ZONE [--project P] --worker=all \
+        --command 'env CLIPA_JAX_DISTRIBUTED=1 clipa-run RECIPE --backend jax --run-dir RUN_DIR'
+
+so every worker runs the same recipe and joins the others through ``jax.distributed.initialize``
+(which finds the pod's peers itself on Cloud TPU). The recipe and run-directory paths are used as
+given on every worker: put the checkout and the run directory at the same path on all of them
+(a shared filesystem for the run directory; orbax writes each host's shards there).
+"""
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+
+from clipa.backends.base import LaunchOptions
+from clipa.backends.jax.sharding import ENV_DISTRIBUTED
+from clipa.errors import UserError
+
+
+def validate(opts: LaunchOptions) -> None:
+    """One-line errors for flag combinations the JAX backend cannot honour."""
+    if opts.tpu is not None and not opts.tpu.strip():
+        raise UserError("--tpu: empty TPU VM name")
+    if opts.tpu and not opts.zone:
+        raise UserError(f"--zone is required with --tpu {opts.tpu} (the TPU VM's zone, e.g. us-central2-b)")
+    if not opts.tpu and (opts.zone or opts.project):
+        flag = "--zone" if opts.zone else "--project"
+        raise UserError(f"{flag} is only used with --tpu NAME (a TPU VM to run on)")
+    if opts.tpu and (opts.nnodes > 1 or opts.rdzv_endpoint):
+        raise UserError("--tpu runs on every worker of the TPU VM itself; drop --nnodes/--rdzv-endpoint")
+    if opts.nproc != 1:
+        raise UserError(f"--nproc {opts.nproc}: the JAX backend drives every local device from one process "
+                        "per host; use --nnodes/--node-rank/--rdzv-endpoint for several hosts")
+    if opts.nnodes > 1 and not opts.rdzv_endpoint:
+        raise UserError(f"--rdzv-endpoint HOST:PORT is required with --nnodes {opts.nnodes} (the JAX coordinator)")
+    if not 0 <= opts.node_rank < opts.nnodes:
+        raise UserError(f"--node-rank {opts.node_rank} must be in [0, {opts.nnodes})")
+    if opts.device not in (None, "cpu", "cuda", "gpu", "tpu"):
+        raise UserError(f"--device {opts.device!r}: the JAX backend knows cpu, cuda, tpu")
+
+
+def worker_command(recipe_path: Path, run_dir: Path, opts: LaunchOptions) -> list[str]:
+    """What each host runs (argument list)."""
+    cmd = ["clipa-run", str(recipe_path), "--backend", "jax", "--run-dir", str(run_dir)]
+    if opts.device:
+        cmd += ["--device", opts.device]
+    if opts.max_samples is not None:
+        cmd += ["--max-samples", str(opts.max_samples)]
+    if opts.nnodes > 1:
+        cmd += ["--nnodes", str(opts.nnodes), "--node-rank", str(opts.node_rank), "--rdzv-endpoint", opts.rdzv_endpoint]
+    return cmd
+
+
+def tpu_command(recipe_path: Path, run_dir: Path, opts: LaunchOptions) -> list[str]:
+    """The gcloud argument list that runs ``worker_command`` on all workers of ``opts.tpu``."""
+    validate(opts)
+    inner = shlex.join(["env", f"{ENV_DISTRIBUTED}=1", *worker_command(recipe_path, run_dir, opts)])
+    cmd = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", opts.tpu, "--zone", opts.zone]
+    if opts.project:
+        cmd += ["--project", opts.project]
+    return cmd + ["--worker=all", "--command", inner]
+
+
+def require_gcloud() -> str:
+    path = shutil.which("gcloud")
+    if path is None:
+        raise UserError("--tpu: the gcloud CLI is not on PATH (install the Google Cloud SDK, or use --dry-run)")
+    return path

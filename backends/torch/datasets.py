@@ -1,0 +1,64 @@
+"""Where a recipe's data is: check the paths (one-line errors) and generate the demo data when missing.
+
+No torch import here: the JAX backend can resolve datasets the same way.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from clipa.errors import UserError
+from clipa.recipe import DatasetSpec, Recipe
+
+# The demo's synthetic data (backends/data/demo_data.py), generated into the run directory on first
+# use so that `clipa-run recipes/demo.yaml` works from a fresh clone. Sizes chosen so that data
+# generation takes seconds on 2 CPU cores (measured with scripts/demo.sh).
+DEMO_TRAIN_DEFAULT = 4096
+DEMO_VAL = 500
+
+
+def demo_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "data"
+
+
+def resolve(recipe: Recipe, run_dir: Path, generate: bool = True) -> DatasetSpec:
+    """The dataset section with every path filled in and checked; UserError naming a missing one."""
+    ds = recipe.dataset
+    if ds.name == "demo" and ds.train is None:
+        ds = _demo(recipe, run_dir, generate)
+    if ds.train is None:
+        raise UserError(f"dataset.train: required for dataset {ds.name!r} (webdataset shards)")
+    from clipa.backends.data import webdataset_io
+
+    try:
+        webdataset_io.expand_shards(ds.train)
+    except UserError as e:
+        raise UserError(f"dataset.train: {e}") from None
+    if ds.val is not None:
+        for field in ("val", "classnames", "templates"):
+            value = getattr(ds, field)
+            if value is None:
+                raise UserError(f"dataset.{field}: required for zero-shot evaluation when dataset.val is set")
+            if not Path(value).exists():
+                raise UserError(f"dataset.{field}: {value} not found")
+    return ds
+
+
+def _demo(recipe: Recipe, run_dir: Path, generate: bool) -> DatasetSpec:
+    from clipa.backends.data import demo_data
+
+    out = demo_dir(run_dir)
+    done = out / "DONE"
+    n_train = recipe.dataset.train_samples or DEMO_TRAIN_DEFAULT
+    size = max(st.image_size for st in recipe.stages)
+    if not done.exists():
+        if not generate:
+            raise UserError(f"{out}: demo data missing (clipa-run generates it before starting workers)")
+        paths = demo_data.generate(out, n_train, DEMO_VAL, size, recipe.train.seed)
+        # written last: a generation killed half-way is redone, never used
+        done.write_text(json.dumps({k: str(v) for k, v in paths.items()}))
+    paths = json.loads(done.read_text())
+    return recipe.dataset.model_copy(update={
+        "train": paths["train"], "train_samples": int(paths.get("train_samples", n_train)), "val": paths["val"],
+        "classnames": paths["classnames"], "templates": paths["templates"],
+    })

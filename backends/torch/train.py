@@ -1,0 +1,358 @@
+"""The training loop: every stage of a recipe in sequence, resumable from the run directory.
+
+One process per device (torchrun) runs ``run``. Stage k starts from stage k-1's weights with the
+position embedding adapted (``CLIPA.set_stage``) and a fresh AdamW + schedule. Rank 0 writes the
+metrics, checkpoints and achieved.json; every rank reads the latest checkpoint on start.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from clipa import rundir
+from clipa.backends.torch import checkpoint, dist as tdist, evaluate, optim
+from clipa.backends.torch.model import CLIPA
+from clipa.errors import UserError
+from clipa.recipe import DatasetSpec, Recipe
+
+
+class Diverged(UserError):
+    """The loss became NaN/inf: the run stops, the last good checkpoint stays."""
+
+    exit_code = 3
+
+
+@dataclass
+class Progress_:
+    """Where the run is; saved in every checkpoint's state.pt (plain numbers, lists, dicts)."""
+
+    stage: int = 0
+    step: int = 0  # optimizer steps done in ``stage``
+    samples_drawn: int = 0  # samples drawn from the dataset so far, all stages and ranks
+    time_s: float = 0.0  # wall seconds of all earlier processes of this run
+    stage_time_s: float = 0.0  # wall seconds spent in ``stage`` by earlier processes
+    skipped: int = 0
+    reasons: dict = field(default_factory=dict)
+    metrics_bytes: int = 0  # metrics.jsonl is truncated to this on resume (no duplicated lines)
+    history: list = field(default_factory=list)  # one dict per finished stage (StageAchieved fields)
+
+
+def _mfu_fn(recipe: Recipe, world: tdist.World):
+    """samples/s -> MFU against the recipe hardware's per-device peak; None without the cost models."""
+    try:
+        from clipa.costmodels import flops, hardware
+
+        hw = hardware.get(recipe.hardware.name)
+        peak = hw.peak_flops * world.world_size
+    except Exception:  # cost models not installed/known: MFU is simply not reported
+        return lambda stage, sps: None
+    enc = recipe.encoder.spec
+
+    def mfu(stage, sps):
+        return flops.train_flops_per_sample(enc, stage.image_tokens(enc), stage.text_len) * sps / peak
+
+    return mfu
+
+
+def _amp(world: tdist.World, recipe: Recipe):
+    if world.device.type == "cuda" and recipe.train.precision == "bf16":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext  # fp32 on CPU (bf16 matmuls there are slow and not what a GPU does)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _stats_total(stats, world: tdist.World) -> tuple[int, dict]:
+    """Skipped samples and reasons summed over ranks (since this process started)."""
+    local = {"skipped": stats.skipped, "reasons": dict(stats.reasons)}
+    if not dist.is_initialized():
+        return local["skipped"], local["reasons"]
+    every = [None] * world.world_size
+    dist.all_gather_object(every, local)
+    reasons: dict = {}
+    for e in every:
+        for k, v in e["reasons"].items():
+            reasons[k] = reasons.get(k, 0) + v
+    return sum(e["skipped"] for e in every), reasons
+
+
+def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, world: tdist.World, *,
+        max_samples: Optional[int] = None, console: Optional[Console] = None) -> Optional[rundir.Achieved]:
+    """Train every stage not yet done; returns the achieved figures (rank 0, finished run) or None."""
+    from clipa.backends.data import pipeline, tokenizer, zeroshot
+
+    console = console or Console(stderr=True)
+    run_dir = Path(run_dir)
+    enc = recipe.encoder.spec
+    tr = recipe.train
+    t_start = time.monotonic()
+    amp = _amp(world, recipe)
+    mfu = _mfu_fn(recipe, world)
+    stages = recipe.stages
+    for i, st in enumerate(stages):
+        if st.global_batch % world.world_size:
+            raise UserError(f"stages[{i}].global_batch: {st.global_batch} is not divisible by {world.world_size} processes")
+
+    torch.manual_seed(tr.seed)
+    model = CLIPA(enc, stages[0].image_size)
+    prog = Progress_()
+    opt_state = None
+    last = checkpoint.latest(run_dir)
+    if last is not None:
+        weights, state = checkpoint.load(last)
+        prog = Progress_(**{k: v for k, v in state.items() if k in Progress_.__dataclass_fields__})
+        model.set_stage(stages[prog.stage].image_size, stages[prog.stage].pos_embed)
+        model.load_state_dict(weights)
+        opt_state = state.get("optimizer")
+        torch.set_rng_state(state["rng"])
+        if world.is_main:
+            console.print(f"resuming {run_dir} from {last.name} (stage {stages[prog.stage].name}, step {prog.step})")
+            metrics = run_dir / rundir.METRICS
+            if metrics.exists():
+                with open(metrics, "r+b") as fh:
+                    fh.truncate(prog.metrics_bytes)
+    model.to(world.device)
+    if tr.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    fsdp = _needs_fsdp(recipe, world)
+
+    zs = zeroshot.load_zeroshot(dataset.val, dataset.classnames, dataset.templates) if dataset.val else None
+    tok = tokenizer.Tokenizer()
+    stats = pipeline.DataStats()
+    metrics_path = run_dir / rundir.METRICS
+
+    def elapsed() -> float:
+        return prog.time_s + time.monotonic() - t_start
+
+    def write_metrics(line: dict) -> None:
+        if world.is_main:
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(rundir.MetricsLine(**line).model_dump(mode="json", exclude_none=True)) + "\n")
+
+    while prog.stage < len(stages):
+        k = prog.stage
+        st = stages[k]
+        if prog.step >= st.steps:  # resumed from the checkpoint that closed this stage
+            prog.stage, prog.step, prog.stage_time_s, opt_state = k + 1, 0, 0.0, None
+            if prog.stage < len(stages):
+                nxt = stages[prog.stage]
+                model.set_stage(nxt.image_size, nxt.pos_embed)
+                model.to(world.device)
+            continue
+        stage_t0 = time.monotonic()
+        per_rank = st.global_batch // world.world_size
+        ddp = tdist.wrap(model, world, fsdp=fsdp)
+        opt = optim.build(ddp, st)
+        if opt_state is not None:
+            tdist.load_optim_state(ddp, opt, opt_state, fsdp)
+            opt_state = None
+        step_fn = torch.compile(ddp) if tr.compile else ddp
+        batches = pipeline.train_batches(dataset, st, enc, batch_size=per_rank, rank=world.rank,
+                                         world_size=world.world_size, seed=tr.seed,
+                                         start_sample=prog.samples_drawn, stats=stats)
+        bad = torch.zeros((), dtype=torch.bool, device=world.device)
+        loss_sum = torch.zeros((), device=world.device)
+        win_t, win_steps = time.monotonic(), 0
+        ckpt_every = _every(tr.checkpoint_every_samples, st.global_batch)
+        eval_every = _every(tr.eval_every_samples, st.global_batch)
+
+        def save_ckpt() -> None:
+            if bool(bad):
+                raise Diverged(_diverged_msg(st.name, prog.step, run_dir))
+            skipped, reasons = _stats_total(stats, world)
+            weights, osd = tdist.full_weights(ddp, fsdp), tdist.optim_state(ddp, opt, fsdp)
+            if world.is_main:
+                state = {**prog.__dict__, "skipped": prog.skipped + skipped,
+                         "reasons": _merge(prog.reasons, reasons), "time_s": elapsed(),
+                         "stage_time_s": prog.stage_time_s + time.monotonic() - stage_t0,
+                         "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0,
+                         "optimizer": osd, "rng": torch.get_rng_state()}
+                checkpoint.save(run_dir, k, prog.step, weights, state, _meta(recipe, st, model))
+            if dist.is_initialized():
+                dist.barrier()
+
+        with _progress(world, console) as bar:
+            task = bar.add_task(f"{st.name}", total=st.steps, completed=prog.step, info="")
+            while prog.step < st.steps:
+                if max_samples is not None and prog.samples_drawn >= max_samples:
+                    save_ckpt()
+                    console.print(f"stopped at --max-samples {max_samples}; run again to continue")
+                    return None
+                lr = optim.lr_at(st, prog.step)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                b = _to_device(next(batches), world.device)
+                with amp():
+                    img, txt, scale = step_fn(b["image"], b["text"].long(), b.get("keep"))
+                    loss = tdist.contrastive_loss(img, txt, scale)
+                loss.backward()
+                if st.optimizer.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(ddp.parameters(), st.optimizer.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                bad |= ~torch.isfinite(loss.detach())  # no host sync per step; checked at log/ckpt time
+                loss_sum += loss.detach()
+                prog.step += 1
+                prog.samples_drawn += st.global_batch
+                win_steps += 1
+                if prog.step % tr.log_every_steps == 0 or prog.step == st.steps:
+                    if bool(bad):
+                        raise Diverged(_diverged_msg(st.name, prog.step, run_dir))
+                    avg = tdist.mean_over_ranks(loss_sum / win_steps).item()
+                    sps = win_steps * st.global_batch / (time.monotonic() - win_t)
+                    write_metrics(dict(stage=st.name, step=prog.step, samples=prog.step * st.global_batch,
+                                       time_s=elapsed(), loss=avg, lr=lr, samples_per_s=sps, mfu=mfu(st, sps)))
+                    bar.update(task, info=f"loss {avg:.3f}  {sps:,.0f} samples/s")
+                    loss_sum.zero_()
+                    win_t, win_steps = time.monotonic(), 0
+                if eval_every and prog.step % eval_every == 0 and prog.step < st.steps and zs is not None:
+                    top1 = _eval(model, zs, tok, st, per_rank, world, amp, fsdp)
+                    write_metrics(dict(kind="eval", stage=st.name, step=prog.step,
+                                       samples=prog.step * st.global_batch, time_s=elapsed(), top1=top1))
+                if ckpt_every and prog.step % ckpt_every == 0 and prog.step < st.steps:
+                    save_ckpt()
+                bar.update(task, completed=prog.step)
+
+        if bool(bad):
+            raise Diverged(_diverged_msg(st.name, prog.step, run_dir))
+        top1 = _eval(model, zs, tok, st, per_rank, world, amp, fsdp) if zs is not None else None
+        stage_wall = prog.stage_time_s + time.monotonic() - stage_t0
+        samples = st.steps * st.global_batch
+        sps = samples / max(stage_wall, 1e-9)
+        prog.history.append(dict(name=st.name, samples=samples, top1=top1, wall_seconds=stage_wall,
+                                 device_hours=stage_wall * world.world_size / 3600, samples_per_s=sps,
+                                 mfu=mfu(st, sps)))
+        write_metrics(dict(kind="eval", stage=st.name, step=prog.step, samples=samples, time_s=elapsed(), top1=top1))
+        weights = tdist.full_weights(ddp, fsdp)
+        if world.is_main:
+            console.print(f"stage {st.name}: {samples:,} samples in {stage_wall:.0f} s"
+                          + (f", zero-shot top-1 {top1:.2f}%" if top1 is not None else ""))
+            checkpoint.save_weights_atomic(tdist.full_weights(model, False), checkpoint.ckpt_dir(run_dir) / f"stage-{k}-{_safe(st.name)}.safetensors",
+                                           _meta(recipe, st, model))
+        save_ckpt()  # step == steps: marks the stage done (resuming goes on with the next stage)
+        prog.stage_time_s = 0.0
+        if fsdp:  # FSDP shards the module in place: continue from a plain copy of the full weights
+            model = CLIPA(enc, st.image_size)
+            model.set_stage(st.image_size, st.pos_embed)
+            model.load_state_dict(weights)
+            model.to(world.device)
+            if tr.grad_checkpointing:
+                model.set_grad_checkpointing(True)
+
+    skipped, reasons = _stats_total(stats, world)
+    skipped, reasons = prog.skipped + skipped, _merge(prog.reasons, reasons)
+    if not world.is_main:
+        return None
+    if skipped:
+        console.print(f"[yellow]skipped {skipped} undecodable samples/shards[/yellow]: "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    last_st = stages[-1]
+    checkpoint.save_weights_atomic(tdist.full_weights(model, False), checkpoint.ckpt_dir(run_dir) / "final.safetensors",
+                                   _meta(recipe, last_st, model))
+    return _achieved(recipe, world, prog, elapsed(), skipped, reasons, dataset)
+
+
+def _achieved(recipe: Recipe, world, prog: Progress_, wall: float, skipped: int, reasons: dict,
+              dataset: DatasetSpec) -> rundir.Achieved:
+    usd_per_hour, per_machine = recipe.hardware.usd_per_hour, 1
+    try:
+        from clipa.costmodels import hardware
+
+        hw = hardware.get(recipe.hardware.name)
+        usd_per_hour = hw.usd_per_hour if usd_per_hour is None else usd_per_hour
+        per_machine = hw.n_devices
+    except Exception:  # cost models absent or hardware unknown to them: only the recipe's price counts
+        pass
+    usd_per_hour = usd_per_hour or 0.0
+    device_hours = wall * world.world_size / 3600
+    # The price is for a whole machine of ``per_machine`` devices; a run on fewer pays its share.
+    cost = wall / 3600 * usd_per_hour * world.world_size / max(1, per_machine)
+    dev_name = torch.cuda.get_device_name(world.device) if world.device.type == "cuda" else "cpu"
+    return rundir.Achieved(
+        backend="torch", device=dev_name, hardware=recipe.hardware.name, n_devices=world.world_size,
+        eval_set="demo-heldout" if recipe.dataset.name == "demo" else Path(dataset.val or "none").name,
+        top1=prog.history[-1]["top1"] if prog.history else None, wall_seconds=wall, device_hours=device_hours,
+        cost_usd=cost, usd_per_hour=usd_per_hour, skipped_samples=skipped, skipped_reasons=reasons,
+        stages=[rundir.StageAchieved(**h) for h in prog.history],
+    )
+
+
+def _eval(model, zs, tok, st, batch_size, world, amp, fsdp) -> float:
+    return evaluate.zero_shot_top1(model, zs, tok, image_size=st.image_size, text_len=st.text_len,
+                                   batch_size=batch_size, device=world.device, amp=amp, shard=not fsdp)
+
+
+def _needs_fsdp(recipe: Recipe, world: tdist.World) -> bool:
+    """FSDP only where a replicated model + optimizer state would not fit one device (cost model's verdict)."""
+    if world.world_size == 1 or world.device.type != "cuda":
+        return False
+    try:
+        import dataclasses
+
+        from clipa.costmodels import hardware, memory
+
+        # The recipe's hardware, with the memory of the device this process actually has.
+        hw = dataclasses.replace(hardware.get(recipe.hardware.name),
+                                 memory_bytes=float(torch.cuda.get_device_properties(world.device).total_memory))
+        enc = recipe.encoder.spec
+        return not all(memory.fits(enc, st.global_batch // world.world_size, st.image_tokens(enc), st.text_len, hw,
+                                   grad_checkpointing=recipe.train.grad_checkpointing, precision=recipe.train.precision)
+                       for st in recipe.stages)
+    except (ImportError, AttributeError, TypeError, UserError):  # no memory model / unknown hardware: DDP
+        return False
+
+
+def _every(samples: Optional[int], global_batch: int) -> int:
+    return max(1, round(samples / global_batch)) if samples else 0
+
+
+def _diverged_msg(stage: str, step: int, run_dir: Path) -> str:
+    last = checkpoint.latest(run_dir)
+    keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
+    return (f"loss is NaN/inf in stage {stage!r} by step {step}: training diverged (lower optimizer.lr "
+            f"or add optimizer.grad_clip); {keep}")
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + v
+    return out
+
+
+def _meta(recipe: Recipe, st, model: CLIPA) -> dict[str, str]:
+    return {"encoder": recipe.encoder.name, "stage": st.name, "image_size": str(st.image_size),
+            "pos_embed": model.pos_embed_mode, "format": "clipa-torch-1"}
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+@contextlib.contextmanager
+def _progress(world: tdist.World, console: Console):
+    if not world.is_main:
+        yield _NoBar()
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[info]}"), console=console, transient=False) as p:
+        yield p
+
+
+class _NoBar:
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass

@@ -1,0 +1,63 @@
+"""One training process (run by clipa-run directly, or by torchrun once per device).
+
+    python -m clipa.backends.torch.worker --run-dir RUN_DIR [--device cpu|cuda] [--max-samples N]
+
+Reads the resolved recipe from RUN_DIR/recipe.yaml; clipa-run wrote it (and any demo data) first.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+
+from clipa import recipe as recipe_mod
+from clipa import rundir
+from clipa.errors import UserError
+
+
+def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int] = None) -> int:
+    """Train; returns 0 when finished or stopped at max_samples, raises UserError on user mistakes."""
+    import torch
+
+    from clipa.backends.torch import datasets, dist as tdist, train
+
+    rec = recipe_mod.load(Path(run_dir) / rundir.RECIPE)
+    world = tdist.init(device)
+    if world.device.type == "cpu":
+        # The node's cores are shared by its ranks and their decoding workers; more compute threads than
+        # cores left makes OpenMP spin against the decoders (a 2-core box ran 10x slower with 2 threads
+        # next to 1 decoding worker, measured with recipes/demo.yaml).
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local - rec.dataset.workers))
+    console = Console(stderr=True)
+    try:
+        ds = datasets.resolve(rec, run_dir, generate=False)
+        achieved = train.run(rec, run_dir, ds, world, max_samples=max_samples, console=console)
+        if achieved is not None:
+            rundir.write_achieved(run_dir, achieved)
+            console.print(f"finished: {run_dir}/{rundir.ACHIEVED} (top-1 {achieved.top1}%, "
+                          f"{achieved.wall_seconds:.0f} s, ${achieved.cost_usd:.4f})")
+    finally:
+        tdist.shutdown()
+    return 0
+
+
+def cli(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="clipa.backends.torch.worker")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-samples", type=int, default=None)
+    a = p.parse_args(argv)
+    try:
+        return main(a.run_dir, a.device, a.max_samples)
+    except UserError as e:
+        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {e}", soft_wrap=True)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

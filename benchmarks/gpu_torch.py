@@ -1,0 +1,84 @@
+"""GPU training throughput and MFU of the torch backend: B/16 at 112 px and L/16 at 96 px, bf16 autocast.
+
+    python benchmarks/gpu_torch.py [--batch 256] [--text-len 32] [--steps 20] [--compile] [--hw h100x8]
+
+Prints samples/s per device and MFU against the device's dense bf16 peak (clipa.costmodels.hardware,
+``--hw`` names the machine whose per-device peak applies; FLOPs per sample from clipa.costmodels.flops,
+no recompute counted). On a machine without CUDA it prints a skip line and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+CASES = (("B/16", 112), ("L/16", 96))  # CLIPA's low-resolution pretraining settings (Li et al. 2023)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=256, help="per-device batch")
+    ap.add_argument("--text-len", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--grad-checkpointing", action="store_true")
+    ap.add_argument("--hw", default=None, help="hardware name for the peak FLOP/s (default: guessed from the GPU)")
+    a = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("skip: no CUDA device (this benchmark measures GPU throughput; nothing was run)")
+        return 0
+
+    from clipa import encoders
+    from clipa.backends.torch import dist as tdist
+    from clipa.backends.torch.model import CLIPA
+    from clipa.costmodels import flops, hardware
+
+    name = torch.cuda.get_device_name()
+    # H200 has the H100 SXM's dense bf16 peak (NVIDIA H200 datasheet, 2024): the h100x8 entry applies.
+    hw_name = a.hw or ("h100x8" if ("H100" in name or "H200" in name) else "a100x8")
+    peak = hardware.get(hw_name).peak_flops
+    print(f"device {name}; peak {peak / 1e12:.0f} TFLOP/s bf16 per device from hardware {hw_name!r}")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    for enc_name, size in CASES:
+        enc = encoders.get(enc_name)
+        torch.manual_seed(0)
+        model = CLIPA(enc, size).cuda().train()
+        if a.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        fwd = torch.compile(model) if a.compile else model
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+        image = torch.randn(a.batch, 3, size, size, device="cuda")
+        text = torch.randint(1, 49000, (a.batch, a.text_len), device="cuda")
+        text[:, -1] = 49407
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                img, txt, scale = fwd(image, text)
+                loss = tdist.contrastive_loss(img, txt, scale)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            step()
+        torch.cuda.synchronize()
+        sps = a.steps * a.batch / (time.perf_counter() - t0)
+        tokens = enc.vision.tokens(size)
+        mfu = flops.train_flops_per_sample(enc, tokens, a.text_len) * sps / peak
+        mem = torch.cuda.max_memory_allocated() / 2**30
+        print(f"{enc_name} @ {size} px ({tokens} tokens), text {a.text_len}, batch {a.batch}: "
+              f"{sps:,.0f} samples/s, MFU {100 * mfu:.1f}%, peak memory {mem:.1f} GiB")
+        del model, fwd, opt
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""clipa-report [RUN_DIR ...]: predicted vs achieved per run and stage, plots, one HTML report.
+
+With no RUN_DIR, reports the latest run under ./runs. Two or more runs are also put side by side.
+With --calibrate, fits the throughput model (per hardware) and the accuracy law's offset (per
+dataset) to the runs and writes a calibration file for ``clipa-plan --calibration FILE``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clipa import rundir
+from clipa.cli._common import entry
+
+app = typer.Typer(name="clipa-report", add_completion=False, help=__doc__)
+console = Console(highlight=False)
+
+
+def _calibrate(runs, out: Path) -> None:
+    from clipa.costmodels import calibration as cal_mod
+    from clipa.costmodels.predict import predict_recipe
+    from clipa.report.calibrate import calibrate
+    from clipa.report.tables import fmt_hours
+
+    base = cal_mod.load(out) if out.exists() else None
+    cal = calibrate(runs, base)
+    cal_mod.save(cal, out)
+    t = Table(title=f"calibration written to {out}", title_justify="left")
+    for col in ("hardware", "utilisation", "overhead s/sample", "fixed s/stage", "points", "fit rel. RMSE", "note"):
+        t.add_column(col)
+    for name, h in cal.hardware.items():
+        t.add_row(name, f"{h.utilisation:.4f}", f"{h.overhead_s_per_sample:.3g}", f"{h.fixed_s_per_stage:.1f}",
+                  str(h.points), f"{100 * h.rel_rmse:.1f}%", h.note or "")
+    console.print(t)
+    for ds, d in cal.datasets.items():
+        console.print(f"accuracy offset for {ds}: {d.offset:+.2f} points (from {len(d.runs)} run(s))")
+    t = Table(title="wall time on the calibration runs", title_justify="left")
+    for col in ("run", "predicted (before)", "predicted (calibrated)", "achieved"):
+        t.add_column(col, justify="right")
+    for r in runs:
+        if r.achieved is None:
+            continue
+        before = predict_recipe(r.recipe).wall_hours
+        after = predict_recipe(r.recipe, calibration=cal).wall_hours
+        t.add_row(r.name, fmt_hours(before), fmt_hours(after), fmt_hours(r.achieved.wall_seconds / 3600))
+    console.print(t)
+
+
+@app.command()
+def report(
+    run_dirs: Optional[List[Path]] = typer.Argument(None, help="run directories (default: the latest under --root)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for the PNGs and report.html (default: RUN_DIR/report)"),
+    calibrate: bool = typer.Option(False, "--calibrate", help="fit a calibration file to these runs"),
+    calibration_out: Optional[Path] = typer.Option(None, "--calibration-out",
+                                                   help="calibration file (default: calibration.yaml next to the first run); updated if it exists"),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="write the PNGs and the HTML report"),
+    front: bool = typer.Option(True, "--front/--no-front", help="draw the planner's accuracy/cost Pareto front (a few seconds)"),
+    root: Path = typer.Option(rundir.DEFAULT_ROOT, "--root", help="where to look for the latest run"),
+) -> None:
+    from clipa.report import tables
+    from clipa.report.load import load_run, resolve_dirs
+
+    dirs = resolve_dirs(run_dirs or [], root)
+    runs = [load_run(d) for d in dirs]
+    if len(runs) > 1:
+        console.print(tables.compare_table(runs))
+    for r in runs:
+        for i, line in enumerate(tables.status_lines(r)):
+            console.print(f"[red]{line}[/red]" if i == 0 and not r.finished else f"  {line}")
+        console.print(tables.rich_run_table(r))
+    if plots:
+        from clipa.report import figures, html
+
+        out_dir = out or dirs[0] / "report"
+        images, notes = figures.build(runs, out_dir, front=front)
+        page = html.write(runs, images, out_dir / "report.html", notes)
+        console.print(f"report: {page} ({sum(len(v) for v in images.values())} figures)")
+        for n in notes:
+            console.print(f"[dim]{n}[/dim]")
+    if calibrate:
+        _calibrate(runs, calibration_out or dirs[0].parent / "calibration.yaml")
+
+
+main = entry(app)
+
+if __name__ == "__main__":
+    main()

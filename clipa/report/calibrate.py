@@ -1,0 +1,167 @@
+"""Fit a calibration (``clipa.costmodels.calibration``) to finished runs.
+
+Throughput, per hardware name: every stage of every run gives one point (FLOPs-model seconds per
+sample at 100% of peak, ``t1``; the throughput model's data-bound seconds per sample, ``d``;
+measured steady-state seconds per sample, ``s``). We fit, exactly as ``predict_recipe`` then
+predicts (``throughput.stage_time`` takes the slower of compute and data, the calibration adds
+``c``),
+
+    s = max(t1 / u, d) + c      (u: utilisation of peak, 0 < u <= 1; c: overhead s/sample, c >= 0)
+
+minimising the relative squared error: a log-spaced search over ``u`` with ``c`` in closed form. The steady-state rate comes from the run's own metrics.jsonl (samples and
+wall-clock between consecutive training lines, skipping the first line of a stage, which holds
+warm-up, and any interval with an evaluation in it). Two or more points with different FLOPs
+separate ``u`` from ``c``; a single configuration cannot, and then everything is put on the FLOPs
+term (c = 0) and the file says so. What the loop does not explain (warm-up, evaluation,
+checkpointing, start-up) becomes ``fixed_s_per_stage``: (run wall time - modelled loop time) /
+stages, averaged over runs.
+
+Why a per-sample term at all: for tiny models on CPU, data loading and augmentation cost about as
+much per sample as the matmuls, so a FLOPs-only model fitted on one resolution mispredicts another.
+
+Accuracy, per dataset: the offset is the mean of (achieved top-1 - law's top-1 with offset 0).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from clipa import rundir
+from clipa.costmodels import calibration as cal_mod
+from clipa.errors import UserError
+from clipa.report.load import Run
+
+TOO_CLOSE = 0.05  # relative spread of t1 below which u and c are not separable
+
+
+@dataclass
+class Point:
+    run: str
+    stage: str
+    t1: float  # FLOPs-model seconds per sample at 100% of peak (whole machine)
+    d: float  # the throughput model's data-bound seconds per sample
+    s: float  # measured steady-state seconds per sample (whole machine)
+    samples: int
+
+
+def steady_rate(lines: Sequence[rundir.MetricsLine], evals: Sequence[rundir.MetricsLine]) -> Optional[float]:
+    """Samples per second between consecutive training lines, warm-up and evaluations excluded."""
+    lines = sorted(lines, key=lambda m: m.step)[1:]  # the first interval holds warm-up / compilation
+    eval_times = [e.time_s for e in evals]
+    ds = dt = 0.0
+    for a, b in zip(lines, lines[1:]):
+        if b.time_s <= a.time_s or any(a.time_s < t <= b.time_s for t in eval_times):
+            continue
+        ds += b.samples - a.samples
+        dt += b.time_s - a.time_s
+    return ds / dt if dt > 0 and ds > 0 else None
+
+
+def model_seconds_per_sample(run: Run, stage, hw) -> tuple[float, float]:
+    """(compute seconds per sample at 100% of peak, data-bound seconds per sample), whole machine."""
+    from clipa.costmodels import throughput
+
+    enc = run.recipe.encoder.spec
+    st = throughput.stage_time(enc, stage.image_tokens(enc), stage.text_len, 1.0, hw, image_size=stage.image_size,
+                               grad_checkpointing=run.recipe.train.grad_checkpointing, utilisation=1.0)
+    # no patch_tokens: the same call predict_recipe makes, so the fit and the prediction agree
+    return 1.0 / st.compute_samples_per_s, 1.0 / st.data_samples_per_s
+
+
+def points(run: Run, hw) -> list[Point]:
+    out = []
+    done = {s.name: s for s in run.achieved.stages} if run.achieved else {}
+    for st in run.recipe.stages:
+        rate = steady_rate(run.stage_lines(st.name), run.stage_lines(st.name, "eval"))
+        if rate is None and st.name in done and done[st.name].samples_per_s > 0:
+            rate = done[st.name].samples_per_s
+        if rate is None:
+            continue
+        t1, d = model_seconds_per_sample(run, st, hw)
+        out.append(Point(run.name, st.name, t1, d, 1.0 / rate,
+                         done[st.name].samples if st.name in done else st.samples))
+    return out
+
+
+def _best_c(m: Sequence[float], s: Sequence[float]) -> float:
+    """argmin over c >= 0 of sum(((m + c) / s - 1)^2)."""
+    num = sum((1.0 - mi / si) / si for mi, si in zip(m, s))
+    return max(0.0, num / sum(1.0 / (si * si) for si in s))
+
+
+def fit_throughput(pts: Sequence[Point]) -> tuple[float, float, float, Optional[str]]:
+    """(u, c, relative RMS error, note) for s = max(t1/u, d) + c with 0 < u <= 1 and c >= 0."""
+    if not pts:
+        raise UserError("no throughput points: the runs have no training metrics")
+    t1, s = [p.t1 for p in pts], [p.s for p in pts]
+    separable = (max(t1) - min(t1)) / max(t1) >= TOO_CLOSE
+
+    def fit_at(u: float) -> tuple[float, float]:
+        m = [max(p.t1 / u, p.d) for p in pts]
+        c = _best_c(m, s) if separable else 0.0
+        return sum(((mi + c) / si - 1.0) ** 2 for mi, si in zip(m, s)), c
+
+    grid = [10 ** (-6 + 6 * i / 3000) for i in range(3001)]  # 1e-6 .. 1, 0.2% steps
+    err, u = min((fit_at(u)[0], u) for u in grid)
+    c = fit_at(u)[1]
+    note = None if separable else ("one configuration: utilisation and per-sample overhead not separable; "
+                                   "all time put on FLOPs")
+    return u, c, math.sqrt(err / len(pts)), note
+
+
+def fixed_seconds(runs: Sequence[Run], u: float, c: float, hw) -> float:
+    """Mean over finished runs of (wall time - modelled loop time) / stages, at least 0."""
+    vals = []
+    for r in runs:
+        if not r.achieved:
+            continue
+        done = {s.name for s in r.achieved.stages}
+        loop = 0.0
+        for st in r.recipe.stages:
+            if st.name in done:
+                t1, d = model_seconds_per_sample(r, st, hw)
+                loop += st.samples * (max(t1 / u, d) + c)
+        vals.append((r.achieved.wall_seconds - loop) / max(1, len(r.achieved.stages)))
+    return max(0.0, sum(vals) / len(vals)) if vals else 0.0
+
+
+def accuracy_residual(run: Run) -> Optional[float]:
+    """Achieved top-1 minus the accuracy law's (offset 0), points; None when either is missing."""
+    if not run.achieved or run.achieved.top1 is None:
+        return None
+    from clipa.costmodels import accuracy_law
+
+    pred = accuracy_law.default().predict(accuracy_law.features_from_recipe(run.recipe), offset=0.0)
+    return run.achieved.top1 - pred.top1
+
+
+def calibrate(runs: Sequence[Run], base: Optional[cal_mod.Calibration] = None) -> cal_mod.Calibration:
+    """Fit throughput per hardware and accuracy offset per dataset; entries in ``base`` for other
+    hardware or datasets are kept."""
+    from clipa.costmodels import hardware
+
+    finished = [r for r in runs if r.finished]
+    if not finished:
+        raise UserError("nothing to calibrate on: none of the runs finished (no achieved.json)")
+    cal = base.model_copy(deep=True) if base else cal_mod.Calibration()
+    by_hw: dict[str, list[Run]] = {}
+    for r in finished:
+        by_hw.setdefault(r.recipe.hardware.name, []).append(r)
+    for hw_name, rs in by_hw.items():
+        hw = hardware.get(hw_name)
+        pts = [p for r in rs for p in points(r, hw)]
+        u, c, rel, note = fit_throughput(pts)
+        cal.hardware[hw_name] = cal_mod.HardwareCalibration(
+            utilisation=u, overhead_s_per_sample=c, fixed_s_per_stage=fixed_seconds(rs, u, c, hw),
+            points=len(pts), rel_rmse=rel, runs=[str(r.path) for r in rs], note=note)
+    by_ds: dict[str, list[tuple[Run, float]]] = {}
+    for r in finished:
+        res = accuracy_residual(r)
+        if res is not None:
+            by_ds.setdefault(r.recipe.dataset.name, []).append((r, res))
+    for ds, items in by_ds.items():
+        res = [x for _, x in items]
+        cal.datasets[ds] = cal_mod.DatasetCalibration(offset=sum(res) / len(res), runs=[str(r.path) for r, _ in items],
+                                                      residuals=res)
+    return cal

@@ -1,0 +1,253 @@
+"""Hardware and prices: what a machine or TPU slice can compute, hold and cost.
+
+Names: ``a100x8``, ``a100-40gbx8``, ``h100x8`` (8-GPU machines), ``tpu-v3-N``, ``tpu-v4-N``,
+``tpu-v5e-N`` (slices; N as in Google's slice names: TensorCores for v3/v4, chips for v5e, see
+``data/hardware.yaml``) and ``cpu`` (this machine, its peak measured once and cached).
+
+Figures and their sources live in ``data/hardware.yaml``. A user file (``prices=``, the CLIs'
+``--prices FILE``) overrides them; it is a YAML mapping from a name (``h100x8``, ``tpu-v4-64``) or a
+TPU family (``tpu-v4``) to fields::
+
+    h100x8: {usd_per_hour: 80.0, source: "my cloud's list price page", date: "2025-01-01"}
+    tpu-v4: {usd_per_device_hour: 3.0, source: "...", date: "..."}   # per chip-hour
+
+Fields: usd_per_hour (whole machine/slice), usd_per_device_hour, peak_flops (per device, FLOP/s),
+memory_bytes (per device), cpu_cores (total), source, date.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, replace
+from datetime import date
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from clipa.errors import UserError
+
+DATA = Path(__file__).parent / "data" / "hardware.yaml"
+_OVERRIDE_FIELDS = {"usd_per_hour", "usd_per_device_hour", "peak_flops", "memory_bytes", "cpu_cores", "source", "date"}
+_TPU_RE = re.compile(r"^(tpu-v(?:3|4|5e))-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One machine or slice. FLOP/s and bytes are per device; price and CPU cores are for the whole."""
+
+    name: str
+    device: str
+    n_devices: int
+    peak_flops: float                 # dense bf16 FLOP/s per device (cpu: measured fp32 matmul)
+    memory_bytes: float               # per device
+    usd_per_hour: Optional[float]     # whole machine/slice; None = unknown, see require_price
+    cpu_cores: int                    # total host cores (vCPUs) for data loading
+    source: str
+    date: str
+    price_source: str = ""
+
+    def require_price(self) -> float:
+        """$/hour of the whole machine, or a UserError saying how to give one."""
+        if self.usd_per_hour is None:
+            raise UserError(f"no price known for hardware {self.name!r}: give one with --prices FILE "
+                            f"(YAML, e.g. '{self.name}: {{usd_per_hour: 12.5, source: ..., date: ...}}')")
+        return self.usd_per_hour
+
+    def cost_usd(self, wall_hours: float) -> float:
+        """Dollars for ``wall_hours`` of the whole machine/slice."""
+        return wall_hours * self.require_price()
+
+
+@functools.lru_cache(maxsize=1)
+def _data() -> dict:
+    with open(DATA) as f:
+        return yaml.safe_load(f)
+
+
+def decode_rates() -> tuple[dict[int, float], str]:
+    """Measured JPEG decode rate (images/s per core) by target side (px), and its source."""
+    d = _data()["decode"]
+    return {int(k): float(v) for k, v in d["images_per_s_per_core"].items()}, d["source"]
+
+
+def names() -> list[str]:
+    """Known names; TPU families are listed with their N placeholder."""
+    d = _data()
+    return list(d["machines"]) + [f"{fam}-N" for fam in d["tpu_families"]] + ["cpu"]
+
+
+def _machine(name: str) -> Hardware:
+    d = _data()
+    m = d["machines"][name]
+    dev = d["devices"][m["device"]]
+    return Hardware(name=name, device=m["device"], n_devices=int(m["n_devices"]), peak_flops=float(dev["peak_flops"]),
+                    memory_bytes=float(dev["memory_bytes"]), usd_per_hour=m["usd_per_hour"],
+                    cpu_cores=int(m["cpu_cores"]), source=f"{dev['source']}; cores: {m['cpu_source']}",
+                    date=str(dev["date"]), price_source=m["price_source"])
+
+
+def _valid_tpu_n(family: str, n: int) -> bool:
+    if family == "tpu-v5e":
+        return n in (1, 4, 8, 16, 32, 64, 128, 256)
+    top = 2048 if family == "tpu-v3" else 8192
+    return n % 8 == 0 and 8 <= n <= top
+
+
+def _tpu(family: str, n: int, name: str) -> Hardware:
+    d = _data()
+    fam = d["tpu_families"][family]
+    if not _valid_tpu_n(family, n):
+        raise UserError(f"hardware {name!r}: {family} slices are {family}-N with N {fam['valid_n']}")
+    chips = max(1, int(n * fam["chips_per_n"]))
+    dev = d["devices"][fam["device"]]
+    hosts = max(1, -(-chips // fam["chips_per_host"]))
+    cores = hosts * int(fam["cpu_cores_per_host"])
+    cores = int(fam.get("cpu_cores_small_slices", {}).get(chips, cores))
+    price = fam["usd_per_chip_hour"]
+    return Hardware(name=name, device=fam["device"], n_devices=chips, peak_flops=float(dev["peak_flops"]),
+                    memory_bytes=float(dev["memory_bytes"]), usd_per_hour=None if price is None else price * chips,
+                    cpu_cores=cores, source=f"{dev['source']}; cores: {fam['cpu_source']}",
+                    date=str(dev["date"]))
+
+
+# --- the local CPU, measured -------------------------------------------------------------------
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("CLIPA_CACHE_DIR", Path.home() / ".cache" / "clipa"))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def _mem_total() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return float(line.split()[1]) * 1024          # kB -> bytes
+    except OSError:
+        pass
+    raise UserError("hardware 'cpu': cannot read MemTotal from /proc/meminfo; give memory_bytes with --prices")
+
+
+def measure_cpu_flops(n: int = 1024, seconds: float = 0.5) -> float:
+    """Best float32 matmul FLOP/s numpy reaches on this machine (all threads BLAS uses)."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = a.T.copy()
+    a @ b                                                       # warm-up (BLAS thread pool)
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        a @ b
+        dt = time.perf_counter() - t0
+        best = max(best, 2.0 * n ** 3 / dt)
+        if time.perf_counter() > t_end:
+            return best
+
+
+def cpu_peak_flops() -> tuple[float, str]:
+    """Measured peak of this machine, cached in ~/.cache/clipa/cpu_peak.json (keyed by CPU and cores)."""
+    path = _cache_dir() / "cpu_peak.json"
+    key = f"{_cpu_model()} x{os.cpu_count()}"
+    try:
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return float(cached["peak_flops"]), cached["source"]
+    except (OSError, ValueError, KeyError):
+        pass
+    peak = measure_cpu_flops()
+    src = f"measured by clipa.costmodels.hardware.measure_cpu_flops (numpy float32 1024^3 matmul) on {date.today()}, {key}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "peak_flops": peak, "source": src}))
+    os.replace(tmp, path)                                       # atomic: a reader never sees half a file
+    return peak, src
+
+
+def _cpu() -> Hardware:
+    peak, src = cpu_peak_flops()
+    return Hardware(name="cpu", device=_cpu_model(), n_devices=1, peak_flops=peak, memory_bytes=_mem_total(),
+                    usd_per_hour=0.0, cpu_cores=os.cpu_count() or 1, source=f"{src}; memory: /proc/meminfo MemTotal",
+                    date=str(date.today()), price_source="local machine: $0/hour by default")
+
+
+# --- overrides ---------------------------------------------------------------------------------
+
+def load_prices(path: Path) -> dict:
+    """Read and check a user's override file; UserError naming the file and the bad key/field."""
+    path = Path(path)
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise UserError(f"--prices {path}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"--prices {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise UserError(f"--prices {path}: must be a mapping from hardware name to fields")
+    d = _data()
+    for key, fields in data.items():
+        if not (key in d["machines"] or key in d["tpu_families"] or key == "cpu" or _TPU_RE.match(str(key))):
+            raise UserError(f"--prices {path}: {key!r} is not a hardware name; known: {', '.join(names())} "
+                            f"(or a TPU family: {', '.join(d['tpu_families'])})")
+        if not isinstance(fields, dict):
+            raise UserError(f"--prices {path}: {key}: must be a mapping of fields, got {fields!r}")
+        for field, value in fields.items():
+            if field not in _OVERRIDE_FIELDS:
+                raise UserError(f"--prices {path}: {key}.{field}: unknown field; known: {', '.join(sorted(_OVERRIDE_FIELDS))}")
+            if field in ("source", "date"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise UserError(f"--prices {path}: {key}.{field}: must be a number >= 0, got {value!r}")
+    return data
+
+
+def _apply(hw: Hardware, fields: dict, where: str) -> Hardware:
+    changes = {}
+    for k in ("peak_flops", "memory_bytes"):
+        if k in fields:
+            changes[k] = float(fields[k])
+    if "cpu_cores" in fields:
+        changes["cpu_cores"] = int(fields["cpu_cores"])
+    if "usd_per_device_hour" in fields:
+        changes["usd_per_hour"] = float(fields["usd_per_device_hour"]) * hw.n_devices
+    if "usd_per_hour" in fields:
+        changes["usd_per_hour"] = float(fields["usd_per_hour"])
+    if changes:
+        note = f"{where}" + (f": {fields['source']}" if "source" in fields else "") + (f" ({fields['date']})" if "date" in fields else "")
+        changes["price_source"] = note
+    return replace(hw, **changes)
+
+
+def get(name: str, prices: Optional[Path] = None) -> Hardware:
+    """Look hardware up by name, applying the overrides in ``prices`` (a YAML file) if given."""
+    d = _data()
+    family = None
+    if name == "cpu":
+        hw = _cpu()
+    elif name in d["machines"]:
+        hw = _machine(name)
+    elif (m := _TPU_RE.match(name)) is not None:
+        family = m.group(1)
+        hw = _tpu(family, int(m.group(2)), name)
+    else:
+        raise UserError(f"unknown hardware {name!r}; known: {', '.join(names())}")
+    if prices is not None:
+        over = load_prices(prices)
+        for key in (family, name):              # family first, the exact name wins
+            if key is not None and key in over:
+                hw = _apply(hw, over[key], f"--prices {prices} [{key}]")
+    return hw

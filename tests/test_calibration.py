@@ -1,0 +1,133 @@
+"""The calibration file (costmodels.calibration) and its fit (clipa.report.calibrate), without training.
+
+The run directories here are written by the test with timings generated from a chosen utilisation
+and overhead, so the fit must recover them; the slow test in test_calibration_e2e.py trains for real.
+"""
+import pytest
+import yaml
+from report_rundirs import demo_recipe, write_run
+
+from clipa import recipe as recipe_mod
+from clipa import rundir
+from clipa.cli._common import run_app
+from clipa.cli.report import app
+from clipa.costmodels import calibration as cal_mod
+from clipa.costmodels import hardware
+from clipa.costmodels.predict import predict_recipe
+from clipa.errors import UserError
+from clipa.report import calibrate
+from clipa.report.load import load_run
+
+
+def _cal():
+    return cal_mod.Calibration(
+        hardware={"cpu": cal_mod.HardwareCalibration(utilisation=0.05, overhead_s_per_sample=0.002,
+                                                     fixed_s_per_stage=3.0, points=2, rel_rmse=0.01)},
+        datasets={"demo": cal_mod.DatasetCalibration(offset=4.5)})
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_file_roundtrip(tmp_path, suffix):
+    path = cal_mod.save(_cal(), tmp_path / f"cal{suffix}")
+    back = cal_mod.load(path)
+    assert back == _cal()
+    assert back.utilisation("cpu") == 0.05 and back.utilisation("a100x8") is None
+    assert back.offset("demo") == 4.5 and back.offset("laion-2b") == 0.0
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("hardware: {cpu: {utilisation: 1.5, points: 1, rel_rmse: 0}}", "hardware.cpu.utilisation"),
+    ("hardware: {cpu: {utilisation: 0.5, points: 1, rel_rmse: 0, typo: 1}}", "hardware.cpu.typo"),
+    ("[1, 2]", "must be a mapping"),
+    ("version: 99", "format version 99"),
+    ("a: [", "not a valid calibration file"),
+    ("!!python/object/apply:os.system ['true']", "not a valid calibration file"),  # safe_load refuses tags
+])
+def test_bad_file_is_one_line(tmp_path, content, needle):
+    p = tmp_path / "cal.yaml"
+    p.write_text(content)
+    with pytest.raises(UserError) as e:
+        cal_mod.load(p)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_adjust_stage_adds_overhead_and_fixed_time():
+    hw = hardware.get("a100x8")
+    cal = cal_mod.Calibration(hardware={"a100x8": cal_mod.HardwareCalibration(
+        utilisation=0.4, overhead_s_per_sample=1e-4, fixed_s_per_stage=360.0, points=2, rel_rmse=0.0)})
+    sp = recipe_mod.StagePrediction(name="s", image_size=224, image_tokens=196, text_len=32, samples=1_000_000,
+                                    train_flops_per_sample=1e9, train_flops=1e15, gpu_hours=8.0, wall_hours=1.0,
+                                    cost_usd=10.0)
+    out = cal.adjust_stage(sp, hw)
+    wall = 1.0 + (1_000_000 * 1e-4 + 360.0) / 3600  # 100 s + 360 s on top of one hour
+    assert out.wall_hours == pytest.approx(wall)
+    assert out.gpu_hours == pytest.approx(wall * hw.n_devices)
+    assert out.cost_usd == pytest.approx(wall * hw.usd_per_hour)
+    assert cal_mod.Calibration().adjust_stage(sp, hw) == sp  # uncalibrated hardware: unchanged
+
+
+def test_fit_recovers_utilisation_and_overhead():
+    u, c = 0.07, 0.003
+    pts = [calibrate.Point("r", f"s{i}", t1, 1e-7, t1 / u + c, 1000) for i, t1 in enumerate((2e-4, 9e-4, 3e-3))]
+    fu, fc, rel, note = calibrate.fit_throughput(pts)
+    assert fu == pytest.approx(u, rel=0.01) and fc == pytest.approx(c, rel=0.02)
+    assert rel < 0.01 and note is None
+    # one configuration cannot separate them: everything goes on the FLOPs term, and the file says so
+    fu, fc, _, note = calibrate.fit_throughput(pts[:1])
+    assert fc == 0.0 and fu == pytest.approx(2e-4 / (2e-4 / u + c), rel=0.01) and "not separable" in note
+
+
+def test_steady_rate_skips_warmup_and_evaluations():
+    L = rundir.MetricsLine
+    lines = [L(stage="s", step=10, samples=100, time_s=50.0),  # warm-up interval: ignored
+             L(stage="s", step=20, samples=200, time_s=60.0),
+             L(stage="s", step=30, samples=300, time_s=70.0),
+             L(stage="s", step=40, samples=400, time_s=100.0),  # holds an evaluation: ignored
+             L(stage="s", step=50, samples=500, time_s=110.0)]
+    evals = [L(kind="eval", stage="s", step=35, samples=350, time_s=95.0, top1=3.0)]
+    assert calibrate.steady_rate(lines, evals) == pytest.approx(200 / 20.0)
+
+
+def _timed_run(path, rec, u, c, fixed, top1):
+    """A run dir whose stage times follow the calibrated model with (u, c, fixed)."""
+    hw = hardware.get(rec.hardware.name)
+    run0 = load_run(write_run(path / "probe", rec))
+    walls = []
+    for st in rec.stages:
+        t1, d = calibrate.model_seconds_per_sample(run0, st, hw)
+        walls.append(st.samples * (max(t1 / u, d) + c))
+    total = sum(walls) + fixed * len(walls)
+    return write_run(path / "run", rec, stage_wall=tuple(walls), total_wall=total, top1=top1)
+
+
+def test_calibrate_then_predict_another_recipe(tmp_path):
+    u, c, fixed = 0.02, 0.004, 5.0
+    a = _timed_run(tmp_path / "a", demo_recipe("a"), u, c, fixed, top1=30.0)
+    cal = calibrate.calibrate([load_run(a)])
+    h = cal.hardware["cpu"]
+    assert h.utilisation == pytest.approx(u, rel=0.02) and h.overhead_s_per_sample == pytest.approx(c, rel=0.05)
+    assert h.fixed_s_per_stage == pytest.approx(fixed, rel=0.05)
+    law = predict_recipe(recipe_mod.from_dict({**demo_recipe("a").model_dump(exclude={"predictions"})}))
+    assert cal.offset("demo") == pytest.approx(30.0 - law.predicted_top1)
+    # a different encoder and resolution, generated from the same machine model
+    d = demo_recipe("b").model_dump(mode="json", exclude={"predictions"})
+    d["encoder"]["name"] = "test"
+    d["stages"][0]["image_size"] = 48
+    b_rec = recipe_mod.from_dict(d)
+    b = load_run(_timed_run(tmp_path / "b", b_rec, u, c, fixed, top1=20.0))
+    pred = predict_recipe(b_rec, calibration=cal)
+    assert pred.wall_hours * 3600 == pytest.approx(b.achieved.wall_seconds, rel=0.02)
+    assert pred.predicted_top1 == pytest.approx(law.predicted_top1 + cal.offset("demo"), abs=1e-3)
+
+
+def test_cli_writes_a_file_the_planner_can_load(tmp_path, capsys):
+    a = _timed_run(tmp_path / "a", demo_recipe("a"), 0.02, 0.004, 5.0, top1=30.0)
+    out = tmp_path / "cal.yaml"
+    assert run_app(app, [str(a), "--no-plots", "--calibrate", "--calibration-out", str(out)]) == 0
+    cal = cal_mod.load(out)
+    assert cal.utilisation("cpu") == pytest.approx(0.02, rel=0.02)
+    assert str(a) in yaml.safe_load(out.read_text())["hardware"]["cpu"]["runs"]
+    assert "calibration written" in capsys.readouterr().out
+    # an unfinished run alone: nothing to calibrate, one line, exit 2
+    u = write_run(tmp_path / "u", demo_recipe("u"), finished=False, stop_after=1000)
+    assert run_app(app, [str(u), "--no-plots", "--calibrate", "--calibration-out", str(tmp_path / "x.yaml")]) == 2

@@ -1,0 +1,143 @@
+"""The FLOPs model against counts taken from the real modules (timm image tower, open_clip text tower).
+
+FlopCounterMode counts matmuls, convolutions and SDPA only, as clipa.costmodels.flops does. Models
+are built on the meta device: the counter needs shapes, not values, so B/16 and H/14 cost nothing;
+one small case runs on real CPU tensors to show meta counts equal real ones.
+"""
+import pytest
+
+torch = pytest.importorskip("torch")
+from open_clip.transformer import TextTransformer  # noqa: E402
+from timm.models.vision_transformer import VisionTransformer  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from clipa import encoders  # noqa: E402
+from clipa.costmodels import flops  # noqa: E402
+
+BATCH = 2
+
+
+def _vit(enc, image_size, mask_ratio=0.0):
+    v = enc.vision
+    return VisionTransformer(img_size=image_size, patch_size=v.patch, embed_dim=v.width, depth=v.depth,
+                             num_heads=v.heads, mlp_ratio=v.mlp_dim / v.width, class_token=False,
+                             global_pool="avg", num_classes=enc.embed_dim, patch_drop_rate=mask_ratio)
+
+
+def _text(enc, text_len):
+    t = enc.text
+    return TextTransformer(context_length=text_len, vocab_size=t.vocab, width=t.width, heads=t.heads,
+                           layers=t.depth, mlp_ratio=t.mlp_dim / t.width, output_dim=enc.embed_dim)
+
+
+def _count(fn) -> float:
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops() / BATCH
+
+
+def _vision_count(enc, image_size, mask_ratio=0.0, backward=False, checkpoint=False, device="meta"):
+    with torch.device(device):
+        m = _vit(enc, image_size, mask_ratio)
+        x = torch.randn(BATCH, 3, image_size, image_size)
+    m.train(mask_ratio > 0)                 # timm drops patches only in train mode
+    m.set_grad_checkpointing(checkpoint)
+    return _count(lambda: m(x).sum().backward() if backward else m(x))
+
+
+def _text_count(enc, text_len, backward=False, checkpoint=False, device="meta"):
+    with torch.device(device):
+        m = _text(enc, text_len)
+        ids = torch.randint(1, 100, (BATCH, text_len))
+    m.set_grad_checkpointing(checkpoint)
+    return _count(lambda: m(ids).sum().backward() if backward else m(ids))
+
+
+def _close(a, b, rel=0.02):
+    assert a == pytest.approx(b, rel=rel), f"model {a:.4e} vs counted {b:.4e} ({a / b - 1:+.2%})"
+
+
+@pytest.mark.parametrize("name,image_size,mask", [
+    ("B/16", 112, 0.0), ("B/16", 224, 0.0), ("B/16", 224, 0.3), ("B/16", 64, 0.0),
+    ("L/14", 84, 0.0), ("H/14", 84, 0.0), ("H/14", 336, 0.4), ("S/16", 160, 0.5),
+])
+def test_vision_forward_matches_timm(name, image_size, mask):
+    enc = encoders.get(name)
+    full = enc.vision.tokens(image_size)
+    kept = max(1, int(full * (1 - mask)))   # timm PatchDropout's own rule
+    _close(flops.vision_forward_flops(enc, kept, patch_tokens=full), _vision_count(enc, image_size, mask))
+
+
+@pytest.mark.parametrize("name,text_len", [("B/16", 8), ("B/16", 32), ("B/16", 77), ("H/14", 8), ("L/16", 16)])
+def test_text_forward_matches_open_clip(name, text_len):
+    enc = encoders.get(name)
+    _close(flops.text_forward_flops(enc, text_len), _text_count(enc, text_len))
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+@pytest.mark.parametrize("name,image_size,mask,text_len", [("B/16", 224, 0.0, 32), ("S/16", 224, 0.3, 8)])
+def test_train_flops_match_forward_backward(name, image_size, mask, text_len, checkpoint):
+    """fwd+bwd (and recomputation under activation checkpointing) as the autograd engine runs it."""
+    enc = encoders.get(name)
+    full = enc.vision.tokens(image_size)
+    kept = max(1, int(full * (1 - mask)))
+    counted = (_vision_count(enc, image_size, mask, backward=True, checkpoint=checkpoint)
+               + _text_count(enc, text_len, backward=True, checkpoint=checkpoint))
+    model = flops.train_flops_per_sample(enc, kept, text_len, recompute=checkpoint, patch_tokens=full)
+    _close(model, counted)
+
+
+def test_recompute_costs_close_to_one_more_forward():
+    enc = encoders.get("B/16")
+    fwd = flops.forward_flops(enc, 196, 32)
+    ratio = flops.train_flops_per_sample(enc, 196, 32, recompute=True) / fwd
+    assert 3.5 < ratio < 4.0
+    assert flops.train_flops_per_sample(enc, 196, 32) == pytest.approx(3 * fwd)
+
+
+def test_meta_counts_equal_real_counts():
+    enc = encoders.get("test")
+    assert _vision_count(enc, 32, device="cpu") == _vision_count(enc, 32, device="meta")
+    assert _text_count(enc, 16, device="cpu") == _text_count(enc, 16, device="meta")
+
+
+def test_contrastive_logits_matmul():
+    enc = encoders.get("B/16")
+    b = 64
+    img, txt = torch.randn(b, enc.embed_dim, device="meta"), torch.randn(b, enc.embed_dim, device="meta")
+    with FlopCounterMode(display=False) as fc:
+        img @ txt.T
+    assert flops.contrastive_flops_per_sample(enc, b) == fc.get_total_flops() / b
+    base = flops.forward_flops(enc, 49, 8)
+    assert flops.forward_flops(enc, 49, 8, global_batch=b) == base + fc.get_total_flops() / b
+
+
+def test_flops_grow_with_tokens_and_reject_empty_inputs():
+    enc = encoders.get("L/16")
+    assert flops.vision_forward_flops(enc, 16) < flops.vision_forward_flops(enc, 36) < flops.vision_forward_flops(enc, 196)
+    assert flops.text_forward_flops(enc, 8) < flops.text_forward_flops(enc, 32)
+    with pytest.raises(ValueError):
+        flops.vision_forward_flops(enc, 0)
+    with pytest.raises(ValueError):
+        flops.text_forward_flops(enc, 0)
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_train_flops_match_clipa_torch_model(checkpoint):
+    """The backend's own model, masked (keep 137 of 196 tokens) and with text 32, fwd+bwd."""
+    model_mod = pytest.importorskip("clipa.backends.torch.model")
+    enc = encoders.get("B/16")
+    with torch.device("meta"):
+        m = model_mod.CLIPA(enc, 224)
+        image = torch.randn(BATCH, 3, 224, 224)
+        text = torch.randint(1, 100, (BATCH, 32))
+        keep = torch.arange(137).expand(BATCH, -1)
+    m.train()
+    m.set_grad_checkpointing(checkpoint)
+
+    def step():
+        img, txt, scale = m(image, text, keep)
+        (scale * img @ txt.T).sum().backward()
+    counted = _count(step)
+    model = flops.train_flops_per_sample(enc, 137, 32, recompute=checkpoint, patch_tokens=196, global_batch=BATCH)
+    _close(model, counted)

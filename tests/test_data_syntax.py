@@ -1,0 +1,86 @@
+"""Syntax masking with real spaCy tags; the shard preparation step; the spaCy package pin."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipa import encoders
+from clipa.backends.data import syntax_prep
+from clipa.backends.data.batch_job import JobConfig, run
+from clipa.backends.data.pipeline import train_batches
+from clipa.backends.data.tokenizer import get as get_tokenizer
+from clipa.backends.data.webdataset_io import POS_EXT, read_shard_samples
+from clipa.errors import UserError
+from clipa.recipe import AugmentSpec, DatasetSpec, OptimizerSpec, Stage
+
+CAPTION = "well, here we can actually see a small red star that is sitting near the top of the picture"
+
+
+def test_spacy_package_is_core_web_sm_3_8_0():
+    spec = importlib.util.find_spec(syntax_prep.DEFAULT_MODEL)
+    meta = json.loads((Path(spec.origin).parent / "meta.json").read_text())
+    assert "core_web_sm" in meta["name"] and meta["version"] == "3.8.0" and meta["lang"] == "en"
+
+
+def test_model_name_overridable_and_missing_model_is_a_user_error(monkeypatch):
+    monkeypatch.setenv("CLIPA_SPACY_MODEL", "no_such_pipeline_xyz")
+    assert syntax_prep.model_name() == "no_such_pipeline_xyz"
+    with pytest.raises(UserError, match="no_such_pipeline_xyz"):
+        syntax_prep.load_nlp()
+
+
+def _cfg(text_len):
+    return JobConfig(image_size=16, augment=AugmentSpec(), mask_kind=None, grid_side=2, keep_tokens=4,
+                     text_len=text_len, text_kind="syntax", seed=0, rank=0)
+
+
+def _sample(caption, pos=None):
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 24), (200, 10, 10)).save(buf, format="JPEG")
+    m = {"jpg": buf.getvalue(), "txt": caption.encode()}
+    if pos is not None:
+        m[POS_EXT] = json.dumps(pos).encode()
+    return m
+
+
+def test_syntax_keeps_nouns_then_adjectives_in_caption_order():
+    import spacy  # the expectation comes from spaCy's own tags, read here independently
+    doc = spacy.load(syntax_prep.DEFAULT_MODEL)(CAPTION)
+    nouns = [t.text for t in doc if t.pos_ in ("NOUN", "PROPN")]
+    adjs = [t.text for t in doc if t.pos_ == "ADJ"]
+    assert nouns == ["star", "top", "picture"] and adjs == ["small", "red"]
+    tok = get_tokenizer()
+    out = run(_cfg(2 + 3), [(0, "a", _sample(CAPTION))])  # room for the nouns only
+    assert tok.decode(out["text"][0]) == "star top picture"
+    out = run(_cfg(2 + 5), [(0, "a", _sample(CAPTION))])  # nouns + adjectives, in the caption's order
+    assert tok.decode(out["text"][0]) == "small red star top picture"
+
+
+def test_stored_priorities_are_used_when_present():
+    # a pos.json that ranks the filler words first must change what is kept
+    words = ["well", ",", "red", "star"]
+    out = run(_cfg(2 + 2), [(0, "a", _sample("well, red star", {"words": words, "prio": [0, 2, 2, 0]}))])
+    assert get_tokenizer().decode(out["text"][0]) == "well star"
+
+
+def test_prepare_writes_pos_json_and_batches_equal_online_tagging(tmp_path):
+    from clipa.backends.data.demo_data import generate
+    paths = generate(tmp_path / "demo", n_train=24, n_val=10, image_size=32)
+    assert syntax_prep.main([paths["train"], str(tmp_path / "prepared"), "--spacy-model", syntax_prep.DEFAULT_MODEL]) == 0
+    samples, errors = read_shard_samples(tmp_path / "prepared" / "shard-00000.tar")
+    assert not errors and len(samples) == 24 and all(POS_EXT in s and "jpg" in s for s in samples)
+    st = Stage(name="s", samples=24, global_batch=8, image_size=32, text_len=6, text_reduction="syntax",
+               optimizer=OptimizerSpec(lr=1e-3))
+    enc = encoders.get("test")
+    online = train_batches(DatasetSpec(name="demo", train=paths["train"], workers=0), st, enc, batch_size=8)
+    stored = train_batches(DatasetSpec(name="demo", train=str(tmp_path / "prepared"), workers=0), st, enc, batch_size=8)
+    for _ in range(3):
+        a, b = next(online), next(stored)
+        np.testing.assert_array_equal(a["text"], b["text"])
+        np.testing.assert_array_equal(a["image"], b["image"])

@@ -1,0 +1,147 @@
+"""The Flax model equals the PyTorch model: same weights and inputs -> same embeddings, same step.
+
+Weights go torch -> Flax through ``convert.py`` (the converter under test); the reference is the
+real PyTorch backend (timm VisionTransformer, torch AdamW) on the ``test`` encoder.
+"""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+jax = pytest.importorskip("jax")
+
+from clipa import encoders  # noqa: E402
+from clipa.backends.jax import convert, model as M, sharding as shd, train as T  # noqa: E402
+from clipa.backends.torch import dist as tdist, optim  # noqa: E402
+from clipa.backends.torch.model import CLIPA  # noqa: E402
+from clipa.recipe import OptimizerSpec, ScheduleSpec, Stage  # noqa: E402
+
+ENC = encoders.get("test")
+SIZE, TEXT_LEN, B = 32, 16, 8
+
+
+def _batch(seed=0, keep=False):
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(B, 3, SIZE, SIZE)).astype(np.float32)
+    text = np.zeros((B, TEXT_LEN), np.int32)
+    for i in range(B):  # <start> words <end> then zero padding, end position varies
+        n = int(rng.integers(2, TEXT_LEN - 1))
+        text[i, 0], text[i, 1:n] = 49406, rng.integers(1, 49000, n - 1)
+        text[i, n] = 49407
+    out = {"image": image, "text": text}
+    if keep:
+        tokens = ENC.vision.tokens(SIZE)
+        out["keep"] = np.stack([np.sort(rng.permutation(tokens)[: tokens // 2]) for _ in range(B)]).astype(np.int32)
+    return out
+
+
+def _torch_model(pos="sincos"):
+    torch.manual_seed(0)
+    m = CLIPA(ENC, SIZE)
+    if pos == "learned":
+        m.set_stage(SIZE, "learned")
+        with torch.no_grad():  # make the learned embedding differ from sin-cos, so the mapping is tested
+            m.visual.pos_embed.add_(0.05 * torch.randn_like(m.visual.pos_embed))
+    return m
+
+
+def _sd(m):
+    return {k: v.detach().numpy().copy() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("pos,keep", [("sincos", False), ("sincos", True), ("learned", False)])
+def test_embeddings_match_torch(pos, keep):
+    tm = _torch_model(pos).eval()
+    learned = pos == "learned"
+    params = convert.torch_to_flax(_sd(tm), learned_pos=learned)
+    jm = M.build(ENC, learned_pos=learned)
+    b = _batch(1, keep)
+    with torch.no_grad():
+        ti, tt, ts = tm(torch.from_numpy(b["image"]), torch.from_numpy(b["text"]).long(),
+                        torch.from_numpy(b["keep"]) if keep else None)
+    ji, jt, js = jm.apply({"params": params}, b["image"], b["text"], b.get("keep"))
+    np.testing.assert_allclose(np.asarray(ji), ti.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.asarray(jt), tt.numpy(), atol=1e-4, rtol=0)
+    assert float(js) == pytest.approx(float(ts), rel=1e-6)
+    # embeddings are not trivially equal (e.g. all zero): different images give different vectors
+    assert np.abs(ti.numpy()[0] - ti.numpy()[1]).max() > 1e-3
+
+
+def test_converter_round_trip_is_exact():
+    tm = _torch_model("learned")
+    sd = _sd(tm)
+    back = convert.flax_to_torch(convert.torch_to_flax(sd, learned_pos=True))
+    assert set(back) == set(sd)
+    for k in sd:
+        np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+    # and the result loads strictly into the torch model
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
+
+
+def test_converter_rejects_unknown_tensor():
+    from clipa.errors import UserError
+
+    sd = _sd(_torch_model())
+    sd["visual.extra.weight"] = np.zeros((2, 2), np.float32)
+    with pytest.raises(UserError, match="visual.extra.weight"):
+        convert.torch_to_flax(sd)
+
+
+def test_sincos_and_resize_match_torch():
+    from timm.layers import resample_abs_pos_embed
+
+    from clipa.backends.torch.model import sincos_2d
+
+    np.testing.assert_allclose(M.sincos_2d(7, 64), sincos_2d(64, 7).numpy(), atol=1e-6)
+    pe = np.random.default_rng(0).normal(size=(16, 64)).astype(np.float32)
+    ref = resample_abs_pos_embed(torch.from_numpy(pe)[None], [7, 7], [4, 4], num_prefix_tokens=0)[0].numpy()
+    np.testing.assert_allclose(M.resize_pos_embed(pe, 7), ref, atol=2e-2)
+
+
+@pytest.mark.parametrize("grad_clip", [None, 0.5])
+def test_one_training_step_matches_torch(grad_clip):
+    stage = Stage(name="s", samples=10 * B, global_batch=B, image_size=SIZE, text_len=TEXT_LEN,
+                  optimizer=OptimizerSpec(lr=1e-3, grad_clip=grad_clip), schedule=ScheduleSpec(warmup_samples=0))
+    b = _batch(2)
+    tm = _torch_model()
+    params = convert.torch_to_flax(_sd(tm))
+
+    opt = optim.build(tm, stage)
+    for g in opt.param_groups:
+        g["lr"] = optim.lr_at(stage, 0)
+    img, txt, scale = tm(torch.from_numpy(b["image"]), torch.from_numpy(b["text"]).long())
+    t_loss = tdist.contrastive_loss(img, txt, scale)
+    t_loss.backward()
+    t_grads = {n: p.grad.detach().numpy().copy() for n, p in tm.named_parameters() if p.grad is not None}
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(tm.parameters(), grad_clip)
+    opt.step()
+
+    jm = M.build(ENC)
+    tx = T.optimizer(stage.optimizer, T.schedule(stage))
+    mesh = shd.make_mesh()
+    state = T.place_state(T.init_state(params, tx), mesh)
+    step = T.make_step(jm, tx, mesh, state, list(b))
+    state, out = step(state, shd.global_batch(b, mesh))
+
+    assert float(out["loss"]) == pytest.approx(float(t_loss.detach()), abs=1e-5)
+    j_grads = convert.flax_to_torch(jax.grad(lambda p: T.loss_fn(jm, p, b))(params))
+    for k, g in j_grads.items():
+        np.testing.assert_allclose(g, t_grads[k], atol=1e-5, rtol=1e-3, err_msg=k)
+    # Adam's first step is lr * g / (|g| + eps), nearly lr * sign(g): a gradient entry within float
+    # noise of zero may move by up to 2 lr either way, so weights are compared at 1% of lr.
+    updated = convert.flax_to_torch(jax.device_get(state["params"]))
+    before = convert.flax_to_torch(params)
+    sd = _sd(tm)
+    moved = 0
+    for k, v in updated.items():
+        np.testing.assert_allclose(v, sd[k], atol=1e-2 * stage.optimizer.lr, rtol=0, err_msg=k)
+        moved += not np.array_equal(v, before[k])
+    assert moved > len(updated) // 2  # the step really changed the weights
+
+
+def test_schedule_matches_torch():
+    stage = Stage(name="s", samples=1000, global_batch=32, image_size=SIZE, text_len=TEXT_LEN,
+                  optimizer=OptimizerSpec(lr=3e-3), schedule=ScheduleSpec(warmup_samples=150, min_lr=1e-5))
+    sched = T.schedule(stage)
+    for s in range(stage.steps + 2):
+        assert float(sched(s)) == pytest.approx(optim.lr_at(stage, s), rel=1e-5, abs=1e-9)

@@ -1,0 +1,97 @@
+"""clipa-report's tables and run loading, on run directories written by the test."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from report_rundirs import demo_recipe, write_run
+
+from clipa.cli._common import run_app
+from clipa.cli.report import app
+from clipa.errors import UserError
+from clipa.report import tables
+from clipa.report.load import load_run
+
+
+def _row(rows, stage, metric):
+    return next(r for r in rows if r.stage == stage and r.metric == metric)
+
+
+def test_rows_compare_stored_predictions_with_achieved(tmp_path):
+    run = load_run(write_run(tmp_path / "a", demo_recipe(), top1=25.0, stage_wall=(45.0, 27.0), total_wall=80.0))
+    assert run.predictions_source == "recipe"
+    rows = tables.run_rows(run)
+    top = _row(rows, "total", "top-1 %")
+    assert (top.predicted, top.achieved, top.interval) == (20.0, 25.0, (10.0, 30.0))
+    assert top.inside is True
+    assert top.rel_err == pytest.approx((20.0 - 25.0) / 25.0)
+    wall = _row(rows, "total", "wall")
+    assert wall.predicted == pytest.approx(0.02) and wall.achieved == pytest.approx(80.0 / 3600)
+    assert wall.rel_err == pytest.approx((0.02 * 3600 - 80.0) / 80.0)
+    # per stage: predicted samples/s = samples / predicted wall seconds; cost split by device-hours
+    sps = _row(rows, "pretrain", "samples/s")
+    assert sps.predicted == pytest.approx(4000 / 36.0) and sps.achieved == pytest.approx(4000 / 45.0)
+    cost = _row(rows, "finetune", "cost $")
+    assert cost.achieved == pytest.approx(2.0 * 80.0 / 3600 * 27.0 / 80.0)
+    assert _row(rows, "pretrain", "top-1 %").achieved == 20.0
+
+
+def test_achieved_outside_interval_is_flagged(tmp_path):
+    run = load_run(write_run(tmp_path / "a", demo_recipe(), top1=31.0))
+    top = _row(tables.run_rows(run), "total", "top-1 %")
+    assert top.inside is False
+    assert "OUTSIDE" in tables.fmt_interval(top)
+
+
+def test_unfinished_run_reports_what_it_has(tmp_path, capsys):
+    d = write_run(tmp_path / "crashed", demo_recipe(), finished=False, stop_after=2000,
+                  checkpoints=("step_000040",))
+    run = load_run(d)
+    assert not run.finished and run.stages_done() == []
+    lines = tables.status_lines(run)
+    assert "unfinished" in lines[0]
+    assert any("stages done: 0/2" in s for s in lines)
+    assert any("samples 2,000/4,000" in s for s in lines)
+    assert any("step_000040" in s for s in lines)
+    code = run_app(app, [str(d), "--no-plots"])
+    out = capsys.readouterr()
+    assert code == 0
+    assert "unfinished" in out.out and "Traceback" not in out.out + out.err
+
+
+def test_not_a_run_dir_is_one_line_exit_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a run directory"):
+        load_run(tmp_path / "empty")
+    # the installed entry point, as a user calls it
+    exe = Path(sys.executable).parent / "clipa-report"
+    p = subprocess.run([str(exe), str(tmp_path / "empty")], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "not a run directory" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_two_runs_side_by_side_show_the_recipe_difference(tmp_path, capsys):
+    a = write_run(tmp_path / "syntax", demo_recipe("s", text_reduction="syntax"), top1=26.0)
+    b = write_run(tmp_path / "trunc", demo_recipe("t", text_reduction="truncate"), top1=22.0)
+    diffs = dict(tables.recipe_differences([load_run(a), load_run(b)]))
+    assert diffs == {"stages[0].text_reduction": ["syntax", "truncate"]}
+    assert run_app(app, [str(a), str(b), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "comparison" in out and "syntax" in out and "truncate" in out
+
+
+def test_latest_run_is_the_default(tmp_path, capsys, monkeypatch):
+    import os
+    import time
+
+    old = write_run(tmp_path / "runs" / "old", demo_recipe("old"))
+    new = write_run(tmp_path / "runs" / "new", demo_recipe("new"))
+    past = time.time() - 100
+    os.utime(old, (past, past))
+    monkeypatch.chdir(tmp_path)
+    assert run_app(app, ["--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert new.name in out and "old" not in out
+    monkeypatch.chdir(tmp_path / "runs")
+    assert run_app(app, ["--no-plots"]) == 2  # no ./runs here

@@ -1,0 +1,151 @@
+"""clipa-run on the torch backend, end to end in subprocesses: resume after kill -9, corrupt data,
+divergence, user mistakes, and a 2-process torchrun launch. Real shards written by the test."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from clipa import rundir
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from clipa.backends.data import demo_data
+
+    out = tmp_path_factory.mktemp("data")
+    return {k: str(v) for k, v in demo_data.generate(out, 192, 30, 32, 0).items()}
+
+
+def _recipe(tmp: Path, data: dict, *, name="t", lr2=1e-3, **train) -> Path:
+    stage = dict(global_batch=16, image_size=32, text_len=12, schedule={"warmup_samples": 32})
+    rec = {
+        "name": name, "encoder": {"name": "test"}, "hardware": {"name": "cpu"},
+        "dataset": {"name": "custom", "train": data["train"], "val": data["val"], "classnames": data["classnames"],
+                    "templates": data["templates"], "workers": 0},
+        "stages": [
+            {**stage, "name": "pre", "samples": 128, "optimizer": {"lr": 1e-3}},
+            {**stage, "name": "ft", "samples": 64, "image_size": 40, "pos_embed": "learned",
+             "image_reduction": {"kind": "random_mask", "mask_ratio": 0.5}, "optimizer": {"lr": lr2}},
+        ],
+        "train": {"seed": 0, "precision": "fp32", "log_every_steps": 2, **train},
+    }
+    p = tmp / f"{name}-{lr2}.yaml"
+    p.write_text(yaml.safe_dump(rec))
+    return p
+
+
+def _cmd(recipe: Path, run_dir: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "clipa.cli.run", str(recipe), "--run-dir", str(run_dir), "--device", "cpu", *extra]
+
+
+def _run(recipe, run_dir, *extra, timeout=600):
+    return subprocess.run(_cmd(recipe, run_dir, *extra), capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def test_kill9_then_resume_equals_uninterrupted(tmp_path, data):
+    recipe = _recipe(tmp_path, data, checkpoint_every_samples=32)
+    ref = _run(recipe, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(recipe, run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if list((run_dir / "checkpoints").glob("ckpt-0000-*")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / rundir.ACHIEVED).exists()
+    resumed = _run(recipe, run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stderr
+
+    a = load_file(str(tmp_path / "ref" / "checkpoints" / "final.safetensors"))
+    b = load_file(str(run_dir / "checkpoints" / "final.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    # metrics: no duplicated steps after the resume
+    steps = [(m.stage, m.step) for m in rundir.read_metrics(run_dir) if m.kind == "train"]
+    assert len(steps) == len(set(steps))
+    ach = rundir.read_achieved(run_dir)
+    assert [s.name for s in ach.stages] == ["pre", "ft"] and ach.top1 is not None and ach.wall_seconds > 0
+
+    # the same command on a finished run says so and exits 0; a different recipe there is refused
+    again = _run(recipe, run_dir)
+    assert again.returncode == 0 and "already finished" in again.stderr
+    other = _run(_recipe(tmp_path, data, lr2=5e-4, checkpoint_every_samples=32), run_dir)
+    assert other.returncode == 2 and "different recipe" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_corrupt_shard_and_undecodable_image_are_skipped(tmp_path, data):
+    from clipa.backends.data.webdataset_io import read_shard_samples, write_shard
+
+    shards = sorted(Path(data["train"]).parent.glob("*.tar")) if "{" in data["train"] else None
+    src = shards[0] if shards else Path(data["train"])
+    samples, _ = read_shard_samples(src)
+    bad = [dict(s) for s in samples[:40]]
+    for s in bad[:5]:
+        s["jpg"] = b"this is not a jpeg"
+    d = tmp_path / "shards"
+    d.mkdir()
+    write_shard(d / "good.tar", samples)
+    write_shard(d / "badimg.tar", bad)
+    (d / "corrupt.tar").write_bytes(b"\x00garbage" * 1000)
+    spec = {**data, "train": str(d)}
+    recipe = _recipe(tmp_path, spec)
+    r = _run(recipe, tmp_path / "run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    ach = rundir.read_achieved(tmp_path / "run")
+    assert ach.skipped_samples >= 5
+    assert "skipped" in r.stderr
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data):
+    recipe = _recipe(tmp_path, data, lr2=1e10)  # the second stage's lr blows the weights up
+    r = _run(recipe, tmp_path / "run")
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "NaN/inf" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run" / rundir.ACHIEVED).exists()
+    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("ckpt-*"))
+    assert ckpts and ckpts[-1].name.startswith("ckpt-0000-")  # only the first stage's checkpoints
+    w = load_file(str(ckpts[-1] / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in w.values())
+
+
+def test_user_mistakes_are_one_line_exit_2(tmp_path, data):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(_recipe(tmp_path, data).read_text().replace("global_batch: 16", "global_btch: 16", 1))
+    r = _run(bad, tmp_path / "r1")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "global_btch" in r.stderr
+
+    rec = yaml.safe_load(_recipe(tmp_path, data).read_text())
+    rec["dataset"]["train"] = str(tmp_path / "nowhere" / "shard-{0000..0003}.tar")
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump(rec))
+    r = _run(missing, tmp_path / "r2")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "dataset.train" in r.stderr and "nowhere" in r.stderr
+
+
+def test_two_process_torchrun_launch(tmp_path, data):
+    rec = yaml.safe_load(_recipe(tmp_path, data).read_text())
+    rec["stages"] = rec["stages"][:1]
+    rec["stages"][0]["samples"] = 64
+    p = tmp_path / "two.yaml"
+    p.write_text(yaml.safe_dump(rec))
+    r = _run(p, tmp_path / "run", "--nproc", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ach = json.loads((tmp_path / "run" / rundir.ACHIEVED).read_text())
+    assert ach["n_devices"] == 2 and ach["stages"][0]["samples"] == 64
