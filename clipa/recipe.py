@@ -148,7 +148,7 @@ class StagePrediction(_Strict):
     train_flops: float
     gpu_hours: float
     wall_hours: float
-    cost_usd: float
+    cost_usd: Optional[float] = Field(description="None when the hardware has no known price")
     predicted_top1: Optional[float] = None
 
 
@@ -157,7 +157,7 @@ class Predictions(_Strict):
     predicted_top1_interval: tuple[float, float]
     gpu_hours: float = Field(description="device-hours (GPU or TPU chip)")
     wall_hours: float
-    cost_usd: float
+    cost_usd: Optional[float] = Field(description="None when the hardware has no known price")
     hardware: str
     cost_model_version: str
     stages: list[StagePrediction] = []

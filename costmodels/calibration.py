@@ -91,7 +91,7 @@ class Calibration(_Strict):
         return sp.model_copy(update={
             "wall_hours": wall_h,
             "gpu_hours": wall_h * hw.n_devices,
-            "cost_usd": wall_h * hw.usd_per_hour,
+            "cost_usd": None if hw.usd_per_hour is None else wall_h * hw.usd_per_hour,
         })
 
 

@@ -18,14 +18,20 @@ def stage_costs(enc, stage: recipe_mod.Stage, hw: hardware.Hardware, *, grad_che
                 utilisation: Optional[float] = None) -> recipe_mod.StagePrediction:
     """FLOPs, device-hours, wall hours and dollars of one stage on ``hw``."""
     tokens = stage.image_tokens(enc)
-    fps = flops.train_flops_per_sample(enc, tokens, stage.text_len, recompute=grad_checkpointing)
+    # The patch embedding runs on every patch, masked or not.
+    patches = enc.vision.tokens(stage.image_size)
+    fps = flops.train_flops_per_sample(enc, tokens, stage.text_len, recompute=grad_checkpointing, patch_tokens=patches)
     st = throughput.stage_time(enc, tokens, stage.text_len, stage.samples, hw, image_size=stage.image_size,
-                               grad_checkpointing=grad_checkpointing, utilisation=utilisation)
+                               grad_checkpointing=grad_checkpointing, utilisation=utilisation, patch_tokens=patches)
     return recipe_mod.StagePrediction(
         name=stage.name, image_size=stage.image_size, image_tokens=tokens, text_len=stage.text_len,
         samples=stage.samples, train_flops_per_sample=fps, train_flops=fps * stage.samples,
-        gpu_hours=st.device_hours, wall_hours=st.wall_hours, cost_usd=st.wall_hours * hw.usd_per_hour,
+        gpu_hours=st.device_hours, wall_hours=st.wall_hours, cost_usd=_cost(hw, st.wall_hours),
     )
+
+
+def _cost(hw: hardware.Hardware, wall_hours: float) -> Optional[float]:
+    return None if hw.usd_per_hour is None else hw.cost_usd(wall_hours)
 
 
 def resolve_hardware(rec: recipe_mod.Recipe, hw_name: Optional[str] = None,
@@ -63,7 +69,7 @@ def predict_recipe(rec: recipe_mod.Recipe, hw_name: Optional[str] = None, prices
         predicted_top1_interval=(round(final.low, 3), round(final.high, 3)),
         gpu_hours=sum(s.gpu_hours for s in stages),
         wall_hours=sum(s.wall_hours for s in stages),
-        cost_usd=sum(s.cost_usd for s in stages),
+        cost_usd=None if hw.usd_per_hour is None else sum(s.cost_usd for s in stages),
         hardware=hw.name,
         cost_model_version=version,
         stages=stages,

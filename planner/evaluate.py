@@ -26,7 +26,7 @@ class Budget:
 
     def allows(self, cost: float, device_hours: float, wall_hours: float) -> bool:
         eps = 1e-9
-        return ((self.usd is None or cost <= self.usd * (1 + eps))
+        return ((self.usd is None or cost <= self.usd * (1 + eps))  # nan cost never passes a $ budget
                 and (self.device_hours is None or device_hours <= self.device_hours * (1 + eps))
                 and (self.wall_hours is None or wall_hours <= self.wall_hours * (1 + eps)))
 
@@ -88,8 +88,9 @@ def _stage_rate(enc_name: str, tokens: int, text_len: int, image_size: int, hw: 
                 ckpt: bool, util: Optional[float]) -> tuple[float, float]:
     """(device-hours, wall-hours) per sample of one stage; time is linear in samples."""
     n = 1e9
-    st = throughput.stage_time(encoders.get(enc_name), tokens, text_len, n, hw, image_size=image_size,
-                               grad_checkpointing=ckpt, utilisation=util)
+    enc = encoders.get(enc_name)
+    st = throughput.stage_time(enc, tokens, text_len, n, hw, image_size=image_size, grad_checkpointing=ckpt,
+                               utilisation=util, patch_tokens=enc.vision.tokens(image_size))
     return st.device_hours / n, st.wall_hours / n
 
 
@@ -137,7 +138,9 @@ def evaluate(p: ss.Point, ctx: Context, samples: Optional[float] = None) -> Opti
     ckpt, ft_batch = mem
     enc = encoders.get(p.encoder)
     per_sample_s, per_stage_s = ctx.overheads()
-    n_dev, price = ctx.hw.n_devices, ctx.hw.usd_per_hour
+    # Unpriced hardware (only device-hour budgets reach here) costs nan dollars: unknown, never $0.
+    n_dev = ctx.hw.n_devices
+    price = ctx.hw.usd_per_hour if ctx.hw.usd_per_hour is not None else math.nan
 
     def rate(tokens, text_len, size):
         d, w = _stage_rate(p.encoder, tokens, text_len, size, ctx.hw, ckpt, ctx.utilisation)
@@ -174,7 +177,7 @@ def cheapest(ctx: Context) -> Plan:
     for enc in ctx.encoders:
         p = ss.Point(enc, min(ss.SIDES), "resize", min(ss.TEXT_LENS), "syntax", min(ss.GLOBAL_BATCHES), "none")
         plan = evaluate(p, free, samples=min(ss.SAMPLES_GRID))
-        if plan and (best is None or plan.cost_usd < best.cost_usd):
+        if plan and (best is None or plan.device_hours < best.device_hours):
             best = plan
     if best is None:
         raise UserError(f"no encoder fits the memory of {ctx.hw.name}")

@@ -62,7 +62,8 @@ def _eval_cached(p: ss.Point, ctx: Context, cache: dict):
 def pareto_front(plans: list[Plan]) -> list[Plan]:
     """Plans no other plan beats on both cost (lower) and predicted top-1 (higher); cheapest first."""
     front, best_acc = [], float("-inf")
-    for p in sorted(plans, key=lambda p: (p.cost_usd, p.device_hours, -p.top1)):
+    # On one machine dollars are proportional to device-hours, which exist even without a price.
+    for p in sorted(plans, key=lambda p: (p.device_hours, -p.top1)):
         if p.top1 > best_acc + 1e-9:
             front.append(p)
             best_acc = p.top1

@@ -19,6 +19,10 @@ def _samples(n: float) -> str:
     return f"{n:,.0f}"
 
 
+def _usd(x) -> str:
+    return "n/a" if x is None or x != x else f"{x:,.0f}"
+
+
 def stage_table(rec: recipe_mod.Recipe, title: str) -> Table:
     pred = rec.predictions
     t = Table(title=title, title_justify="left")
@@ -29,12 +33,12 @@ def stage_table(rec: recipe_mod.Recipe, title: str) -> Table:
         red = st.image_reduction.kind + (f" {st.image_reduction.mask_ratio:.0%}" if st.image_reduction.mask_ratio else "")
         t.add_row(st.name, str(st.image_size), str(sp.image_tokens), red, str(st.text_len), st.text_reduction,
                   _samples(st.samples), f"{sp.train_flops_per_sample / 1e9:,.1f}", _hours(sp.gpu_hours),
-                  _hours(sp.wall_hours), f"{sp.cost_usd:,.0f}",
+                  _hours(sp.wall_hours), _usd(sp.cost_usd),
                   f"{sp.predicted_top1:.1f}" if sp.predicted_top1 is not None else "")
     lo, hi = pred.predicted_top1_interval
     t.caption = (f"predicted zero-shot IN-1k top-1 {pred.predicted_top1:.1f}% [{lo:.1f}, {hi:.1f}]  |  "
                  f"{pred.gpu_hours:,.0f} device-h  |  {pred.wall_hours / 24:,.2f} days wall  |  "
-                 f"${pred.cost_usd:,.0f} on {pred.hardware}")
+                 f"${_usd(pred.cost_usd)} on {pred.hardware}")
     return t
 
 
@@ -47,7 +51,7 @@ def plans_table(plans: list[Plan], title: str) -> Table:
         pt = p.point
         t.add_row(pt.encoder, str(pt.image_size()), str(pt.side ** 2), pt.image_reduction,
                   f"{pt.text_len} {pt.text_reduction}", _samples(p.samples), pt.finetune,
-                  f"{p.top1:.1f} [{p.low:.1f}, {p.high:.1f}]", f"{p.device_hours:,.0f}", f"{p.cost_usd:,.0f}")
+                  f"{p.top1:.1f} [{p.low:.1f}, {p.high:.1f}]", f"{p.device_hours:,.0f}", _usd(p.cost_usd))
     return t
 
 
@@ -76,7 +80,15 @@ def plan_json(p: Plan) -> dict:
             "image_reduction": p.point.image_reduction, "text_len": p.point.text_len,
             "text_reduction": p.point.text_reduction, "samples": p.samples, "finetune": p.point.finetune,
             "predicted_top1": p.top1, "predicted_top1_interval": [p.low, p.high], "gpu_hours": p.device_hours,
-            "wall_hours": p.wall_hours, "cost_usd": p.cost_usd}
+            "wall_hours": p.wall_hours, "cost_usd": None if p.cost_usd != p.cost_usd else p.cost_usd}
+
+
+def thin(plans: list[Plan], n: int) -> list[Plan]:
+    """At most ``n`` plans spread evenly along a list, keeping both ends."""
+    if len(plans) <= n:
+        return plans
+    idx = sorted({round(i * (len(plans) - 1) / (n - 1)) for i in range(n)})
+    return [plans[i] for i in idx]
 
 
 def print_tables(console: Console, *tables) -> None:

@@ -26,13 +26,19 @@ def recipe_name(p: optimize.Plan) -> str:
     return f"{pt.encoder.replace('/', '')}-{pt.image_size()}px-{pt.image_reduction}-t{pt.text_len}{pt.text_reduction}-{samples}-ft{pt.finetune}"
 
 
+def _usd(x: float) -> str:
+    return "" if x != x else f"${x:,.0f} / "
+
+
 def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_name: str, dataset: str,
               deadline_days: Optional[float] = None, seed: int = 0, risk: bool = False, trials: int = 200,
               prices: Optional[Path] = None, calibration=None, name: Optional[str] = None,
               quiet: bool = False) -> PlanResult:
     hw = hardware.get(hw_name, prices)
-    if budget_usd is not None and hw.usd_per_hour <= 0:
-        raise UserError(f"--budget: {hw.name} has no price ($0/hour); give --gpu-hours instead, or a price with --prices")
+    if budget_usd is not None:
+        hw.require_price()
+        if hw.usd_per_hour <= 0:
+            raise UserError(f"--budget: {hw.name} costs $0/hour, so a dollar budget means nothing; give --gpu-hours")
     ctx = Context(
         hw=hw, dataset=dataset, risk=risk,
         budget=Budget(usd=budget_usd, device_hours=gpu_hours,
@@ -45,7 +51,7 @@ def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_nam
         low = cheapest(ctx)
         raise UserError(
             f"no plan fits {ctx.budget.describe()} on {hw.name}: the cheapest plan in the search space costs "
-            f"${low.cost_usd:,.0f} / {low.device_hours:,.1f} device-hours / {low.wall_hours / 24:,.2f} days "
+            f"{_usd(low.cost_usd)}{low.device_hours:,.1f} device-hours / {low.wall_hours / 24:,.2f} days "
             f"({low.point.encoder}, {low.point.image_size()} px, {low.samples:,.0f} samples, no fine-tune)")
     best = result.best
     rec = ss.build_recipe(best.point, best.samples, dataset=dataset, hardware=hw.name,

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -42,7 +43,8 @@ def plan(
     fit_report: bool = typer.Option(False, "--fit-report", help="print the cost models' fits and plot them"),
     plot: Path = typer.Option(Path("fit_report.png"), help="--fit-report: where to write the plot"),
 ) -> None:
-    console = Console()
+    # Piped output gets a wide table instead of rich's 80-column default.
+    console = Console() if sys.stdout.isatty() else Console(width=150)
     if fit_report:
         from clipa.planner.fit_report import show
 
@@ -82,7 +84,7 @@ def plan(
         console,
         present.stage_table(result.recipe, f"Best plan: {result.recipe.name}"),
         present.plans_table(result.search.alternatives, "Top alternatives"),
-        present.plans_table(result.search.pareto, "Accuracy/cost Pareto front"),
+        present.plans_table(present.thin(result.search.pareto, 12), "Accuracy/cost Pareto front (sampled)"),
     )
     console.print(f"recipe written to [bold]{path}[/bold]; launch it with: clipa-run {path}")
 
