@@ -85,7 +85,10 @@ def test_steady_rate_skips_warmup_and_evaluations():
              L(stage="s", step=40, samples=400, time_s=100.0),  # holds an evaluation: ignored
              L(stage="s", step=50, samples=500, time_s=110.0)]
     evals = [L(kind="eval", stage="s", step=35, samples=350, time_s=95.0, top1=3.0)]
-    assert calibrate.steady_rate(lines, evals) == pytest.approx(200 / 20.0)
+    assert calibrate.steady_rate(lines, evals) == pytest.approx(10.0)
+    # one interval slowed by a burst of load does not move it (the median of 10, 10, 2 samples/s)
+    slow = lines + [L(stage="s", step=60, samples=600, time_s=160.0)]
+    assert calibrate.steady_rate(slow, evals) == pytest.approx(10.0)
 
 
 def _timed_run(path, rec, u, c, fixed, top1):

@@ -15,6 +15,7 @@ from rich.console import Console
 from clipa import rundir
 from clipa.backends.base import LaunchOptions
 from clipa.backends.jax import launch
+from clipa.errors import UserError
 from clipa.recipe import Recipe
 
 _PLATFORMS = {"cpu": "cpu", "cuda": "cuda", "gpu": "cuda", "tpu": "tpu"}
@@ -52,6 +53,10 @@ def train(recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
 
     console = Console(stderr=True)
     shd.maybe_initialize_distributed(shd.cluster_from_env_and_opts(opts.nnodes, opts.node_rank, opts.rdzv_endpoint))
+    foreign = sorted((run_dir / rundir.CHECKPOINTS).glob("ckpt-*"))
+    if foreign:  # the PyTorch backend's resumable checkpoints: never mix two backends in one run
+        raise UserError(f"{run_dir}: holds PyTorch-backend checkpoints ({foreign[0].name}); resume it with "
+                        "--backend torch or use a new --run-dir")
     state = prepare_run_dir(recipe, run_dir)
     if state == "finished":
         console.print(f"{run_dir}: already finished ({rundir.ACHIEVED} exists); nothing to do")

@@ -120,7 +120,8 @@ class Block(nn.Module):
 
 
 def _block_cls(remat: bool):
-    # static_argnums: the mask is an array, so nothing static; remat recomputes the block in backward.
+    # Activation checkpointing per block: only block inputs are kept; the backward pass recomputes
+    # the rest (recipe.train.grad_checkpointing; costs one more forward, see costmodels/flops.py).
     return nn.remat(Block) if remat else Block
 
 

@@ -8,7 +8,6 @@ global_batch), warmup steps = round(warmup_samples / global_batch), at most the 
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import jax

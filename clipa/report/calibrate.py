@@ -10,7 +10,7 @@ predicts (``throughput.stage_time`` takes the slower of compute and data, the ca
 
 minimising the relative squared error: a log-spaced search over ``u`` with ``c`` in closed form. The steady-state rate comes from the run's own metrics.jsonl (samples and
 wall-clock between consecutive training lines, skipping the first line of a stage, which holds
-warm-up, and any interval with an evaluation in it). Two or more points with different FLOPs
+warm-up, and any interval with an evaluation in it; the median interval, robust to bursts of load). Two or more points with different FLOPs
 separate ``u`` from ``c``; a single configuration cannot, and then everything is put on the FLOPs
 term (c = 0) and the file says so. What the loop does not explain (warm-up, evaluation,
 checkpointing, start-up) becomes ``fixed_s_per_stage``: (run wall time - modelled loop time) /
@@ -46,16 +46,18 @@ class Point:
 
 
 def steady_rate(lines: Sequence[rundir.MetricsLine], evals: Sequence[rundir.MetricsLine]) -> Optional[float]:
-    """Samples per second between consecutive training lines, warm-up and evaluations excluded."""
+    """Median samples/s over the intervals between consecutive training lines, warm-up and evaluations
+    excluded. The median, not the total: a burst of load from another process (a shared machine)
+    slows a few intervals and should not move the fit."""
     lines = sorted(lines, key=lambda m: m.step)[1:]  # the first interval holds warm-up / compilation
     eval_times = [e.time_s for e in evals]
-    ds = dt = 0.0
-    for a, b in zip(lines, lines[1:]):
-        if b.time_s <= a.time_s or any(a.time_s < t <= b.time_s for t in eval_times):
-            continue
-        ds += b.samples - a.samples
-        dt += b.time_s - a.time_s
-    return ds / dt if dt > 0 and ds > 0 else None
+    rates = sorted((b.samples - a.samples) / (b.time_s - a.time_s) for a, b in zip(lines, lines[1:])
+                   if b.time_s > a.time_s and b.samples > a.samples
+                   and not any(a.time_s < t <= b.time_s for t in eval_times))
+    if not rates:
+        return None
+    mid = len(rates) // 2
+    return rates[mid] if len(rates) % 2 else 0.5 * (rates[mid - 1] + rates[mid])
 
 
 def model_seconds_per_sample(run: Run, stage, hw) -> tuple[float, float]:
