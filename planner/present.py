@@ -36,9 +36,11 @@ def stage_table(rec: recipe_mod.Recipe, title: str) -> Table:
                   _hours(sp.wall_hours), _usd(sp.cost_usd),
                   f"{sp.predicted_top1:.1f}" if sp.predicted_top1 is not None else "")
     lo, hi = pred.predicted_top1_interval
-    t.caption = (f"predicted zero-shot IN-1k top-1 {pred.predicted_top1:.1f}% [{lo:.1f}, {hi:.1f}]  |  "
-                 f"{pred.gpu_hours:,.0f} device-h  |  {pred.wall_hours / 24:,.2f} days wall  |  "
-                 f"${_usd(pred.cost_usd)} on {pred.hardware}")
+    wall = f"{pred.wall_hours / 24:,.2f} days" if pred.wall_hours >= 48 else f"{_hours(pred.wall_hours)} h".replace(" min h", " min")
+    eval_set = "held-out demo split" if rec.dataset.name == "demo" else "ImageNet-1k"
+    t.caption = (f"predicted zero-shot top-1 ({eval_set}) {pred.predicted_top1:.1f}% [{lo:.1f}, {hi:.1f}]  |  "
+                 f"{_hours(pred.gpu_hours).replace(' min', ' device-min')}{'' if pred.gpu_hours < 1 else ' device-h'}  |  "
+                 f"{wall} wall  |  ${_usd(pred.cost_usd)} on {pred.hardware}")
     return t
 
 

@@ -145,3 +145,17 @@ def test_schedule_matches_torch():
     sched = T.schedule(stage)
     for s in range(stage.steps + 2):
         assert float(sched(s)) == pytest.approx(optim.lr_at(stage, s), rel=1e-5, abs=1e-9)
+
+
+def test_torch_safetensors_file_loads_into_flax(tmp_path):
+    from safetensors.torch import save_file
+
+    tm = _torch_model("learned").eval()
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in tm.state_dict().items()}, str(path))
+    params = convert.load_safetensors(path, learned_pos=True)
+    b = _batch(3)
+    with torch.no_grad():
+        ti = tm.encode_image(torch.from_numpy(b["image"])).numpy()
+    ji = M.build(ENC, learned_pos=True).apply({"params": params}, b["image"], method=M.CLIP.encode_image)
+    np.testing.assert_allclose(np.asarray(ji), ti / np.linalg.norm(ti, axis=-1, keepdims=True), atol=1e-4)

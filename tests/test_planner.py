@@ -112,3 +112,20 @@ def test_planner_imports_neither_torch_nor_jax():
             "assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# Published A100 GPU-hours (costmodels/data/published_clipa_results.csv; CLIPA-v1 rows 46-48 of
+# ext_clipa_results.csv), keyed by the shipped recipe file.
+PUBLISHED_GPU_HOURS = {
+    "clipa_v2_h14_datacomp_70_224": 5920, "clipa_v2_h14_datacomp_84_224": 7776,
+    "clipa_v2_h14_datacomp_84_224_336": 8640, "clipa_v2_h14_laion2b_84_224": 7776,
+    "clipa_v2_h14_laion2b_84_224_336": 8640,
+}
+
+
+def test_published_recipes_gpu_hours_within_15_percent():
+    recipes = published.load_all()
+    for name, hours in PUBLISHED_GPU_HOURS.items():
+        pred = predict_recipe(recipes[name], "a100x8")
+        assert abs(pred.gpu_hours / hours - 1) <= 0.15, (name, pred.gpu_hours, hours)
+        assert pred.cost_usd == pytest.approx(pred.wall_hours * 8 * 1.575)
