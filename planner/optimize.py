@@ -39,17 +39,32 @@ def _choices(ctx: Context) -> dict[str, tuple]:
     return {k: (ctx.encoders if v is None else v) for k, v in DIMENSIONS.items()}
 
 
+# Pairs of coordinates that trade against each other under a fixed budget (a bigger encoder
+# wants fewer tokens; a longer fine-tune leaves fewer pretraining samples), moved together.
+_PAIRS = (("encoder", "side"), ("encoder", "finetune"), ("side", "finetune"), ("side", "image_reduction"),
+          ("text_len", "text_reduction"), ("encoder", "text_len"))
+
+
+def _moves(point: ss.Point, choices: dict):
+    for dim, values in choices.items():
+        for v in values:
+            yield dataclasses.replace(point, **{dim: v})
+    for a, b in _PAIRS:
+        for va in choices[a]:
+            for vb in choices[b]:
+                yield dataclasses.replace(point, **{a: va, b: vb})
+
+
 def _polish(plan: Plan, ctx: Context, cache: dict) -> Plan:
+    """Hill-climb over single and paired coordinate moves until none improves the objective."""
     choices = _choices(ctx)
     improved = True
     while improved:
         improved = False
-        for dim, values in choices.items():
-            for v in values:
-                cand = dataclasses.replace(plan.point, **{dim: v})
-                other = _eval_cached(cand, ctx, cache)
-                if other is not None and other.objective(ctx.risk) > plan.objective(ctx.risk) + 1e-9:
-                    plan, improved = other, True
+        for cand in _moves(plan.point, choices):
+            other = _eval_cached(cand, ctx, cache)
+            if other is not None and other.objective(ctx.risk) > plan.objective(ctx.risk) + 1e-9:
+                plan, improved = other, True
     return plan
 
 
@@ -93,8 +108,9 @@ def plan(ctx: Context, *, seed: int = 0, n_trials: int = 200, enqueue: list[ss.P
     feasible = [p for p in cache.values() if p is not None]
     if not feasible:
         return None
-    best = max(feasible, key=lambda p: p.objective(ctx.risk))
-    best = _polish(best, ctx, cache)
+    # Polish the best few distinct starting points: TPE's best alone can sit on a local step.
+    starts = sorted(feasible, key=lambda p: -p.objective(ctx.risk))[:3]
+    best = max((_polish(p, ctx, cache) for p in starts), key=lambda p: p.objective(ctx.risk))
     feasible = [p for p in cache.values() if p is not None]
 
     ranked = sorted(feasible, key=lambda p: -p.objective(ctx.risk))

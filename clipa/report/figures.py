@@ -127,8 +127,7 @@ def build(runs: Sequence[Run], out_dir: Path, *, front: bool = True) -> tuple[di
         if r.predictions is not None:
             a = r.achieved
             chosen.append((r.name, r.predictions.cost_usd, r.predictions.predicted_top1,
-                           a.cost_usd if a and a.top1 is not None and a.cost_usd > 0 else None,
-                           a.top1 if a and a.cost_usd > 0 else None))
+                           a.cost_usd if a else None, a.top1 if a else None))
     p = plots.pareto(front_pts, chosen, published, out_dir / "pareto.png", title=f"accuracy vs cost: {front_title}",
                      predicted_published=predicted_pub)
     if p:

@@ -135,10 +135,14 @@ def pareto(front: Sequence[tuple[float, float, str]], chosen: Sequence[tuple[str
         ax.plot(c, t, "s", mfc="none", color="tab:green", ms=7)
     if predicted_published:
         ax.plot([], [], "s", mfc="none", color="tab:green", label="published recipe, as clipa predicts it")
+    unpriced = []
     for i, (name, pc, pt, ac, at) in enumerate(chosen):
         colour = CHOSEN_COLOURS[i % len(CHOSEN_COLOURS)]
+        if pc <= 0:  # no price for this hardware (e.g. cpu): a log axis has no place for $0
+            unpriced.append(f"{name} (predicted {pt:.1f}%" + (f", achieved {at:.1f}%" if at is not None else "") + ")")
+            continue
         ax.plot(pc, pt, "*", mfc="none", mec=colour, ms=15, mew=1.5, label=f"{name}: predicted")
-        if ac is not None and at is not None:
+        if ac is not None and at is not None and ac > 0:
             ax.plot(ac, at, "*", color=colour, mec="black", ms=15, label=f"{name}: achieved")
             ax.plot([pc, ac], [pt, at], ":", color=colour)
     if key:  # below the axes: a key inside them hides points
@@ -146,6 +150,9 @@ def pareto(front: Sequence[tuple[float, float, str]], chosen: Sequence[tuple[str
         for col, lines in enumerate((key[:half], key[half:])):
             key_ax.text(0.5 * col, 1.0, "\n".join(lines), transform=key_ax.transAxes, va="top", ha="left",
                         fontsize=7, color="tab:red", family="monospace")
+    if unpriced:
+        key_ax.text(0.0, -0.2 if key else 1.0, "not drawn, cost $0 (no price for the hardware): " + "; ".join(unpriced),
+                    transform=key_ax.transAxes, va="top", ha="left", fontsize=8)
     ax.set_xscale("log")
     ax.set(xlabel="cost ($, log scale)", ylabel="zero-shot ImageNet top-1 (%)")
     ax.set_title(title, fontsize=10)

@@ -192,13 +192,23 @@ def _flatten(d, prefix=""):
         yield prefix, d
 
 
+def _stage_summary(st: dict) -> str:
+    return f"{st['name']}: {st['samples']:,} samples, {st['image_size']} px, {st['text_len']} tokens"
+
+
 def recipe_differences(runs: list[Run]) -> list[tuple[str, list[str]]]:
-    """Recipe fields (dotted paths) whose values differ between the runs; predictions and names left out."""
-    flat = [dict(_flatten(r.recipe.model_dump(mode="json", exclude={"predictions", "name", "notes"}))) for r in runs]
+    """Recipe fields (dotted paths) whose values differ between the runs; predictions and names left
+    out. A stage that only some runs have is one row (its summary), not one row per field."""
+    dumps = [r.recipe.model_dump(mode="json", exclude={"predictions", "name", "notes"}) for r in runs]
+    n_common = min(len(d["stages"]) for d in dumps)
+    flat = [dict(_flatten({**d, "stages": d["stages"][:n_common]})) for d in dumps]
     keys = []
     for f in flat:
         keys += [k for k in f if k not in keys]
-    return [(k, [str(f.get(k, "—")) for f in flat]) for k in keys if len({str(f.get(k)) for f in flat}) > 1]
+    out = [(k, [str(f.get(k, "—")) for f in flat]) for k in keys if len({str(f.get(k)) for f in flat}) > 1]
+    for i in range(n_common, max(len(d["stages"]) for d in dumps)):
+        out.append((f"stages[{i}]", [_stage_summary(d["stages"][i]) if i < len(d["stages"]) else "—" for d in dumps]))
+    return out
 
 
 def compare_table(runs: list[Run]) -> Table:
