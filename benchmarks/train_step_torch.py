@@ -72,8 +72,8 @@ def main() -> None:
         return step
 
     def fwd_ref(m):
-        out = m(image, text)
-        return out["image_features"], out["text_features"], out["logit_scale"]
+        img, txt, scale = m(image, text)  # normalised features and exp(logit_scale), as ours
+        return img, txt, scale
 
     runs = {"clipa": stepper(ours, lambda m: m(image, text)), "open_clip": stepper(ref, fwd_ref)}
     times = {k: [] for k in runs}

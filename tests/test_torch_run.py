@@ -128,7 +128,7 @@ def test_user_mistakes_are_one_line_exit_2(tmp_path, data):
     bad = tmp_path / "bad.yaml"
     bad.write_text(_recipe(tmp_path, data).read_text().replace("global_batch: 16", "global_btch: 16", 1))
     r = _run(bad, tmp_path / "r1")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "global_btch" in r.stderr
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "stages[0].global_batch" in r.stderr
 
     rec = yaml.safe_load(_recipe(tmp_path, data).read_text())
     rec["dataset"]["train"] = str(tmp_path / "nowhere" / "shard-{0000..0003}.tar")

@@ -51,7 +51,7 @@ def train(recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
     from clipa.backends.torch import datasets  # framework-free (no torch import): shared data resolution
     from clipa.backends.torch.backend import prepare_run_dir
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     shd.maybe_initialize_distributed(shd.cluster_from_env_and_opts(opts.nnodes, opts.node_rank, opts.rdzv_endpoint))
     foreign = sorted((run_dir / rundir.CHECKPOINTS).glob("ckpt-*"))
     if foreign:  # the PyTorch backend's resumable checkpoints: never mix two backends in one run

@@ -82,7 +82,7 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, *, mesh=None, max_s
     """Train every stage not yet done; returns the achieved figures (process 0, finished run) or None."""
     from clipa.backends.data import pipeline, tokenizer, zeroshot
 
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     run_dir = Path(run_dir)
     enc, tr, stages = recipe.encoder.spec, recipe.train, recipe.stages
     mesh = mesh or shd.make_mesh()

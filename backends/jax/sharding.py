@@ -44,6 +44,9 @@ def maybe_initialize_distributed(cluster: Cluster) -> None:
     or when an explicit coordinator with more than one process is given
     (``clipa-run --backend jax --nnodes N --node-rank R --rdzv-endpoint HOST:PORT``).
     """
+    if cluster.auto or cluster.num_processes > 1:
+        # CPU hosts exchange collectives over gloo (accelerators use their own fabric; no effect there).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if cluster.auto:
         jax.distributed.initialize()
     elif cluster.num_processes > 1:

@@ -37,7 +37,7 @@ class TorchBackend:
     def launch(self, recipe_path: Path, recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
         from clipa.backends.torch import datasets, launch, worker
 
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True)
         run_dir = Path(run_dir)
         cmd = launch.command(run_dir, opts)
         if opts.dry_run:

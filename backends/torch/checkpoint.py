@@ -40,6 +40,7 @@ def latest(run_dir: Path) -> Optional[Path]:
 
 
 def save_weights_atomic(weights: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)

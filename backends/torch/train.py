@@ -92,7 +92,7 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, world: tdist.World,
     """Train every stage not yet done; returns the achieved figures (rank 0, finished run) or None."""
     from clipa.backends.data import pipeline, tokenizer, zeroshot
 
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     run_dir = Path(run_dir)
     enc = recipe.encoder.spec
     tr = recipe.train

@@ -33,7 +33,7 @@ def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int]
         # next to 1 decoding worker, measured with recipes/demo.yaml).
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local - rec.dataset.workers))
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         ds = datasets.resolve(rec, run_dir, generate=False)
         achieved = train.run(rec, run_dir, ds, world, max_samples=max_samples, console=console)
