@@ -10,4 +10,5 @@ tokenizer.py       CLIP BPE (open_clip's SimpleTokenizer, loaded without the ope
 syntax_prep.py     spaCy POS priorities; ``python -m clipa.backends.data.syntax_prep IN OUT``
 zeroshot.py        val/CLASS/*.jpg + class names + templates; top-1 helpers
 demo_data.py       the generated demo dataset; ``python -m clipa.backends.data.demo_data OUT``
+resolve.py         a recipe's dataset paths checked (one-line errors); demo data generated on first use
 """

@@ -48,8 +48,8 @@ def train(recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
     if opts.device:
         jax.config.update("jax_platforms", _PLATFORMS[opts.device])
     from clipa.backends.jax import loop, sharding as shd
-    from clipa.backends.torch import datasets  # framework-free (no torch import): shared data resolution
-    from clipa.backends.torch.backend import prepare_run_dir
+    from clipa.backends.data import resolve
+    from clipa.backends.runstate import prepare_run_dir
 
     console = Console(stderr=True, soft_wrap=True)
     shd.maybe_initialize_distributed(shd.cluster_from_env_and_opts(opts.nnodes, opts.node_rank, opts.rdzv_endpoint))
@@ -61,7 +61,7 @@ def train(recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
     if state == "finished":
         console.print(f"{run_dir}: already finished ({rundir.ACHIEVED} exists); nothing to do")
         return 0
-    ds = datasets.resolve(recipe, run_dir, generate=True)
+    ds = resolve.resolve(recipe, run_dir, generate=True)
     achieved = loop.run(recipe, run_dir, ds, max_samples=opts.max_samples, console=console)
     if achieved is not None:
         rundir.write_achieved(run_dir, achieved)

@@ -1,17 +1,15 @@
 """The JAX training loop: every stage of a recipe in sequence, resumable from the run directory.
 
 Mirrors ``backends/torch/train.py`` (same metrics lines, same achieved.json, same stage
-semantics): stage k starts from stage k-1's weights with the position embedding adapted and a
-fresh AdamW + schedule. Every host runs this; each reads its own share of the global batch
-(rank = process index) and process 0 writes metrics and achieved.json. Orbax checkpoints are
-written by all hosts together.
+semantics; the bookkeeping both share is ``backends/runstate.py``): stage k starts from stage
+k-1's weights with the position embedding adapted and a fresh AdamW + schedule. Every host runs
+this; each reads its own share of the global batch (rank = process index) and process 0 writes
+metrics and achieved.json. Orbax checkpoints are written by all hosts together.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -19,33 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from clipa import rundir
+from clipa.backends import runstate as rs
 from clipa.backends.jax import checkpoint, convert, evaluate, model as M, sharding as shd, train as T
-from clipa.errors import UserError
 from clipa.recipe import DatasetSpec, Recipe, Stage
-
-
-class Diverged(UserError):
-    """The loss became NaN/inf: the run stops, the last good checkpoint stays."""
-
-    exit_code = 3
-
-
-@dataclass
-class Position:
-    """Where the run is; saved as JSON in every checkpoint (the torch backend's ``Progress_``)."""
-
-    stage: int = 0
-    step: int = 0  # optimizer steps done in ``stage``
-    samples_drawn: int = 0  # samples drawn from the dataset so far, all stages and hosts
-    time_s: float = 0.0  # wall seconds of all earlier processes of this run
-    stage_time_s: float = 0.0
-    skipped: int = 0
-    reasons: dict = field(default_factory=dict)
-    metrics_bytes: int = 0  # metrics.jsonl is truncated to this on resume (no duplicated lines)
-    history: list = field(default_factory=list)  # one StageAchieved dict per finished stage
 
 
 def compute_dtype(precision: str):
@@ -90,24 +66,22 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, *, mesh=None, max_s
     for i, st in enumerate(stages):
         shd.check_divisible(st.global_batch, mesh, f"stages[{i}].global_batch")
     t_start = time.monotonic()
-    mfu = _mfu_fn(recipe, mesh.devices.size)
+    mfu = rs.mfu_fn(recipe, mesh.devices.size)
     mngr = checkpoint.manager(run_dir)
     metrics_path = run_dir / rundir.METRICS
 
-    pos, state = Position(), None
+    pos, state = rs.RunProgress(), None
     found = checkpoint.latest_meta(mngr)
     if found is not None:
         n, meta = found
-        pos = Position(**{k: v for k, v in meta.items() if k in Position.__dataclass_fields__})
+        pos = rs.RunProgress.from_state(meta)
         st = stages[pos.stage]
         m, tx = stage_model(recipe, st), T.optimizer(st.optimizer, T.schedule(st))
         like = jax.eval_shape(lambda: T.init_state(M.init_params(m, jax.random.key(0), st.image_size, st.text_len), tx))
         state = checkpoint.restore_state(mngr, n, like, T.state_sharding(like, mesh))
         if main:
             console.print(f"resuming {run_dir} from checkpoint {n} (stage {st.name}, step {pos.step})")
-            if metrics_path.exists():
-                with open(metrics_path, "r+b") as fh:
-                    fh.truncate(pos.metrics_bytes)
+            rs.truncate_metrics(metrics_path, pos.metrics_bytes)
     params = state["params"] if state is not None else None
     if params is None:
         st0 = stages[0]
@@ -122,8 +96,7 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, *, mesh=None, max_s
 
     def write_metrics(line: dict) -> None:
         if main:
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(rundir.MetricsLine(**line).model_dump(mode="json", exclude_none=True)) + "\n")
+            rs.append_metrics(metrics_path, line)
 
     while pos.stage < len(stages):
         k, st = pos.stage, stages[pos.stage]
@@ -144,23 +117,22 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, *, mesh=None, max_s
                                          start_sample=pos.samples_drawn, stats=stats)
         losses: list = []
         win_t, win_steps = time.monotonic(), 0
-        ckpt_every = _every(tr.checkpoint_every_samples, st.global_batch)
-        eval_every = _every(tr.eval_every_samples, st.global_batch)
+        ckpt_every = rs.every(tr.checkpoint_every_samples, st.global_batch)
+        eval_every = rs.every(tr.eval_every_samples, st.global_batch)
 
         def check_finite() -> None:
             if losses and not all(np.isfinite(float(x)) for x in losses):
-                raise Diverged(f"loss is NaN/inf in stage {st.name!r} by step {pos.step}: training diverged "
-                               f"(lower optimizer.lr or add optimizer.grad_clip); the last good checkpoint stays")
+                raise rs.diverged(st.name, pos.step, "the last good checkpoint stays")
 
         def save_ckpt() -> None:
             check_finite()
             meta = {**asdict(pos), "skipped": pos.skipped + stats.skipped,
-                    "reasons": _merge(pos.reasons, stats.reasons), "time_s": elapsed(),
+                    "reasons": rs.merge_counts(pos.reasons, stats.reasons), "time_s": elapsed(),
                     "stage_time_s": pos.stage_time_s + time.monotonic() - stage_t0,
                     "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0}
             checkpoint.save(mngr, _global_step(stages, k, pos.step), state, meta)
 
-        with _progress(main, console) as bar:
+        with rs.progress_bar(main, console) as bar:
             task = bar.add_task(st.name, total=st.steps, completed=pos.step, info="")
             while pos.step < st.steps:
                 if max_samples is not None and pos.samples_drawn >= max_samples:
@@ -195,10 +167,7 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, *, mesh=None, max_s
         top1 = evaluate.zero_shot_top1(m, state["params"], zs, tok, st, mesh) if zs is not None else None
         stage_wall = pos.stage_time_s + time.monotonic() - stage_t0
         samples = st.steps * st.global_batch
-        sps = samples / max(stage_wall, 1e-9)
-        pos.history.append(dict(name=st.name, samples=samples, top1=top1, wall_seconds=stage_wall,
-                                device_hours=stage_wall * mesh.devices.size / 3600, samples_per_s=sps,
-                                mfu=mfu(st, sps)))
+        pos.history.append(rs.stage_record(st, top1, stage_wall, mesh.devices.size, mfu))
         write_metrics(dict(kind="eval", stage=st.name, step=pos.step, samples=samples, time_s=elapsed(), top1=top1))
         if main:
             console.print(f"stage {st.name}: {samples:,} samples in {stage_wall:.0f} s"
@@ -207,80 +176,15 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, *, mesh=None, max_s
         params = state["params"]
         pos.stage_time_s = 0.0
 
-    skipped, reasons = pos.skipped + stats.skipped, _merge(pos.reasons, stats.reasons)
+    skipped, reasons = pos.skipped + stats.skipped, rs.merge_counts(pos.reasons, stats.reasons)
     final = shd.to_host(params)  # every host takes part (an fsdp gather is a collective)
     if not main:
         return None
-    if skipped:
-        console.print(f"[yellow]skipped {skipped} undecodable samples/shards[/yellow]: "
-                      + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    rs.print_skipped(console, skipped, reasons)
     last = stages[-1]
     convert.save_safetensors(final,
                              run_dir / rundir.CHECKPOINTS / "final.safetensors", last.image_size, enc.vision.patch)
-    return _achieved(recipe, mesh.devices.size, pos, elapsed(), skipped, reasons, dataset)
-
-
-def _achieved(recipe: Recipe, n_devices: int, pos: Position, wall: float, skipped: int, reasons: dict,
-              dataset: DatasetSpec) -> rundir.Achieved:
-    usd_per_hour, per_machine = recipe.hardware.usd_per_hour, 1
-    try:
-        from clipa.costmodels import hardware
-
-        hw = hardware.get(recipe.hardware.name)
-        usd_per_hour = hw.usd_per_hour if usd_per_hour is None else usd_per_hour
-        per_machine = hw.n_devices
-    except Exception:  # cost models absent or hardware unknown to them: only the recipe's price counts
-        pass
-    usd_per_hour = usd_per_hour or 0.0
-    # The price is for a whole machine/slice of ``per_machine`` devices; a run on fewer pays its share.
-    cost = wall / 3600 * usd_per_hour * n_devices / max(1, per_machine)
     dev = jax.devices()[0]
-    return rundir.Achieved(
-        backend="jax", device="cpu" if dev.platform == "cpu" else dev.device_kind, hardware=recipe.hardware.name,
-        n_devices=n_devices,
-        eval_set="demo-heldout" if recipe.dataset.name == "demo" else Path(dataset.val or "none").name,
-        top1=pos.history[-1]["top1"] if pos.history else None, wall_seconds=wall,
-        device_hours=wall * n_devices / 3600, cost_usd=cost, usd_per_hour=usd_per_hour, skipped_samples=skipped,
-        skipped_reasons=reasons, stages=[rundir.StageAchieved(**h) for h in pos.history],
-    )
-
-
-def _mfu_fn(recipe: Recipe, n_devices: int):
-    """samples/s -> MFU against the recipe hardware's per-device peak; None without the cost models."""
-    try:
-        from clipa.costmodels import flops, hardware
-
-        peak = hardware.get(recipe.hardware.name).peak_flops * n_devices
-    except Exception:  # cost models not installed/known: MFU is simply not reported
-        return lambda stage, sps: None
-    enc = recipe.encoder.spec
-    return lambda st, sps: flops.train_flops_per_sample(enc, st.image_tokens(enc), st.text_len) * sps / peak
-
-
-def _every(samples: Optional[int], global_batch: int) -> int:
-    return max(1, round(samples / global_batch)) if samples else 0
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = out.get(k, 0) + v
-    return out
-
-
-@contextlib.contextmanager
-def _progress(main: bool, console: Console):
-    if not main:
-        yield _NoBar()
-        return
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.fields[info]}"), console=console, transient=False) as p:
-        yield p
-
-
-class _NoBar:
-    def add_task(self, *a, **k):
-        return 0
-
-    def update(self, *a, **k):
-        pass
+    return rs.achieved(recipe, backend="jax", device="cpu" if dev.platform == "cpu" else dev.device_kind,
+                       n_devices=mesh.devices.size, prog=pos, wall=elapsed(), skipped=skipped, reasons=reasons,
+                       dataset=dataset)

@@ -7,60 +7,20 @@ metrics, checkpoints and achieved.json; every rank reads the latest checkpoint o
 from __future__ import annotations
 
 import contextlib
-import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from clipa import rundir
+from clipa.backends import runstate as rs
 from clipa.backends.torch import checkpoint, dist as tdist, evaluate, optim
 from clipa.backends.torch.model import CLIPA
 from clipa.errors import UserError
 from clipa.recipe import DatasetSpec, Recipe
-
-
-class Diverged(UserError):
-    """The loss became NaN/inf: the run stops, the last good checkpoint stays."""
-
-    exit_code = 3
-
-
-@dataclass
-class Progress_:
-    """Where the run is; saved in every checkpoint's state.pt (plain numbers, lists, dicts)."""
-
-    stage: int = 0
-    step: int = 0  # optimizer steps done in ``stage``
-    samples_drawn: int = 0  # samples drawn from the dataset so far, all stages and ranks
-    time_s: float = 0.0  # wall seconds of all earlier processes of this run
-    stage_time_s: float = 0.0  # wall seconds spent in ``stage`` by earlier processes
-    skipped: int = 0
-    reasons: dict = field(default_factory=dict)
-    metrics_bytes: int = 0  # metrics.jsonl is truncated to this on resume (no duplicated lines)
-    history: list = field(default_factory=list)  # one dict per finished stage (StageAchieved fields)
-
-
-def _mfu_fn(recipe: Recipe, world: tdist.World):
-    """samples/s -> MFU against the recipe hardware's per-device peak; None without the cost models."""
-    try:
-        from clipa.costmodels import flops, hardware
-
-        hw = hardware.get(recipe.hardware.name)
-        peak = hw.peak_flops * world.world_size
-    except Exception:  # cost models not installed/known: MFU is simply not reported
-        return lambda stage, sps: None
-    enc = recipe.encoder.spec
-
-    def mfu(stage, sps):
-        return flops.train_flops_per_sample(enc, stage.image_tokens(enc), stage.text_len) * sps / peak
-
-    return mfu
 
 
 def _amp(world: tdist.World, recipe: Recipe):
@@ -98,7 +58,7 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, world: tdist.World,
     tr = recipe.train
     t_start = time.monotonic()
     amp = _amp(world, recipe)
-    mfu = _mfu_fn(recipe, world)
+    mfu = rs.mfu_fn(recipe, world.world_size)
     stages = recipe.stages
     for i, st in enumerate(stages):
         if st.global_batch % world.world_size:
@@ -106,22 +66,19 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, world: tdist.World,
 
     torch.manual_seed(tr.seed)
     model = CLIPA(enc, stages[0].image_size)
-    prog = Progress_()
+    prog = rs.RunProgress()
     opt_state = None
     last = checkpoint.latest(run_dir)
     if last is not None:
         weights, state = checkpoint.load(last)
-        prog = Progress_(**{k: v for k, v in state.items() if k in Progress_.__dataclass_fields__})
+        prog = rs.RunProgress.from_state(state)
         model.set_stage(stages[prog.stage].image_size, stages[prog.stage].pos_embed)
         model.load_state_dict(weights)
         opt_state = state.get("optimizer")
         torch.set_rng_state(state["rng"])
         if world.is_main:
             console.print(f"resuming {run_dir} from {last.name} (stage {stages[prog.stage].name}, step {prog.step})")
-            metrics = run_dir / rundir.METRICS
-            if metrics.exists():
-                with open(metrics, "r+b") as fh:
-                    fh.truncate(prog.metrics_bytes)
+            rs.truncate_metrics(run_dir / rundir.METRICS, prog.metrics_bytes)
     model.to(world.device)
     if tr.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -137,8 +94,7 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, world: tdist.World,
 
     def write_metrics(line: dict) -> None:
         if world.is_main:
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(rundir.MetricsLine(**line).model_dump(mode="json", exclude_none=True)) + "\n")
+            rs.append_metrics(metrics_path, line)
 
     while prog.stage < len(stages):
         k = prog.stage
@@ -164,17 +120,17 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, world: tdist.World,
         bad = torch.zeros((), dtype=torch.bool, device=world.device)
         loss_sum = torch.zeros((), device=world.device)
         win_t, win_steps = time.monotonic(), 0
-        ckpt_every = _every(tr.checkpoint_every_samples, st.global_batch)
-        eval_every = _every(tr.eval_every_samples, st.global_batch)
+        ckpt_every = rs.every(tr.checkpoint_every_samples, st.global_batch)
+        eval_every = rs.every(tr.eval_every_samples, st.global_batch)
 
         def save_ckpt() -> None:
             if bool(bad):
-                raise Diverged(_diverged_msg(st.name, prog.step, run_dir))
+                raise _diverged(st.name, prog.step, run_dir)
             skipped, reasons = _stats_total(stats, world)
             weights, osd = tdist.full_weights(ddp, fsdp), tdist.optim_state(ddp, opt, fsdp)
             if world.is_main:
                 state = {**prog.__dict__, "skipped": prog.skipped + skipped,
-                         "reasons": _merge(prog.reasons, reasons), "time_s": elapsed(),
+                         "reasons": rs.merge_counts(prog.reasons, reasons), "time_s": elapsed(),
                          "stage_time_s": prog.stage_time_s + time.monotonic() - stage_t0,
                          "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0,
                          "optimizer": osd, "rng": torch.get_rng_state()}
@@ -182,7 +138,7 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, world: tdist.World,
             if dist.is_initialized():
                 dist.barrier()
 
-        with _progress(world, console) as bar:
+        with rs.progress_bar(world.is_main, console) as bar:
             task = bar.add_task(f"{st.name}", total=st.steps, completed=prog.step, info="")
             while prog.step < st.steps:
                 if max_samples is not None and prog.samples_drawn >= max_samples:
@@ -208,7 +164,7 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, world: tdist.World,
                 win_steps += 1
                 if prog.step % tr.log_every_steps == 0 or prog.step == st.steps:
                     if bool(bad):
-                        raise Diverged(_diverged_msg(st.name, prog.step, run_dir))
+                        raise _diverged(st.name, prog.step, run_dir)
                     avg = tdist.mean_over_ranks(loss_sum / win_steps).item()
                     sps = win_steps * st.global_batch / (time.monotonic() - win_t)
                     write_metrics(dict(stage=st.name, step=prog.step, samples=prog.step * st.global_batch,
@@ -225,14 +181,11 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, world: tdist.World,
                 bar.update(task, completed=prog.step)
 
         if bool(bad):
-            raise Diverged(_diverged_msg(st.name, prog.step, run_dir))
+            raise _diverged(st.name, prog.step, run_dir)
         top1 = _eval(model, zs, tok, st, per_rank, world, amp, fsdp) if zs is not None else None
         stage_wall = prog.stage_time_s + time.monotonic() - stage_t0
         samples = st.steps * st.global_batch
-        sps = samples / max(stage_wall, 1e-9)
-        prog.history.append(dict(name=st.name, samples=samples, top1=top1, wall_seconds=stage_wall,
-                                 device_hours=stage_wall * world.world_size / 3600, samples_per_s=sps,
-                                 mfu=mfu(st, sps)))
+        prog.history.append(rs.stage_record(st, top1, stage_wall, world.world_size, mfu))
         write_metrics(dict(kind="eval", stage=st.name, step=prog.step, samples=samples, time_s=elapsed(), top1=top1))
         weights = tdist.full_weights(ddp, fsdp)
         if world.is_main:
@@ -251,41 +204,16 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, world: tdist.World,
                 model.set_grad_checkpointing(True)
 
     skipped, reasons = _stats_total(stats, world)
-    skipped, reasons = prog.skipped + skipped, _merge(prog.reasons, reasons)
+    skipped, reasons = prog.skipped + skipped, rs.merge_counts(prog.reasons, reasons)
     if not world.is_main:
         return None
-    if skipped:
-        console.print(f"[yellow]skipped {skipped} undecodable samples/shards[/yellow]: "
-                      + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    rs.print_skipped(console, skipped, reasons)
     last_st = stages[-1]
     checkpoint.save_weights_atomic(tdist.full_weights(model, False), checkpoint.ckpt_dir(run_dir) / "final.safetensors",
                                    _meta(recipe, last_st, model))
-    return _achieved(recipe, world, prog, elapsed(), skipped, reasons, dataset)
-
-
-def _achieved(recipe: Recipe, world, prog: Progress_, wall: float, skipped: int, reasons: dict,
-              dataset: DatasetSpec) -> rundir.Achieved:
-    usd_per_hour, per_machine = recipe.hardware.usd_per_hour, 1
-    try:
-        from clipa.costmodels import hardware
-
-        hw = hardware.get(recipe.hardware.name)
-        usd_per_hour = hw.usd_per_hour if usd_per_hour is None else usd_per_hour
-        per_machine = hw.n_devices
-    except Exception:  # cost models absent or hardware unknown to them: only the recipe's price counts
-        pass
-    usd_per_hour = usd_per_hour or 0.0
-    device_hours = wall * world.world_size / 3600
-    # The price is for a whole machine of ``per_machine`` devices; a run on fewer pays its share.
-    cost = wall / 3600 * usd_per_hour * world.world_size / max(1, per_machine)
     dev_name = torch.cuda.get_device_name(world.device) if world.device.type == "cuda" else "cpu"
-    return rundir.Achieved(
-        backend="torch", device=dev_name, hardware=recipe.hardware.name, n_devices=world.world_size,
-        eval_set="demo-heldout" if recipe.dataset.name == "demo" else Path(dataset.val or "none").name,
-        top1=prog.history[-1]["top1"] if prog.history else None, wall_seconds=wall, device_hours=device_hours,
-        cost_usd=cost, usd_per_hour=usd_per_hour, skipped_samples=skipped, skipped_reasons=reasons,
-        stages=[rundir.StageAchieved(**h) for h in prog.history],
-    )
+    return rs.achieved(recipe, backend="torch", device=dev_name, n_devices=world.world_size, prog=prog,
+                       wall=elapsed(), skipped=skipped, reasons=reasons, dataset=dataset)
 
 
 def _eval(model, zs, tok, st, batch_size, world, amp, fsdp) -> float:
@@ -313,22 +241,10 @@ def _needs_fsdp(recipe: Recipe, world: tdist.World) -> bool:
         return False
 
 
-def _every(samples: Optional[int], global_batch: int) -> int:
-    return max(1, round(samples / global_batch)) if samples else 0
-
-
-def _diverged_msg(stage: str, step: int, run_dir: Path) -> str:
+def _diverged(stage: str, step: int, run_dir: Path) -> rs.Diverged:
     last = checkpoint.latest(run_dir)
-    keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
-    return (f"loss is NaN/inf in stage {stage!r} by step {step}: training diverged (lower optimizer.lr "
-            f"or add optimizer.grad_clip); {keep}")
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = out.get(k, 0) + v
-    return out
+    return rs.diverged(stage, step, f"the last good checkpoint is {last}" if last else
+                       "no checkpoint was written before it")
 
 
 def _meta(recipe: Recipe, st, model: CLIPA) -> dict[str, str]:
@@ -338,21 +254,3 @@ def _meta(recipe: Recipe, st, model: CLIPA) -> dict[str, str]:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
-
-
-@contextlib.contextmanager
-def _progress(world: tdist.World, console: Console):
-    if not world.is_main:
-        yield _NoBar()
-        return
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.fields[info]}"), console=console, transient=False) as p:
-        yield p
-
-
-class _NoBar:
-    def add_task(self, *a, **k):
-        return 0
-
-    def update(self, *a, **k):
-        pass

@@ -23,7 +23,8 @@ def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int]
     """Train; returns 0 when finished or stopped at max_samples, raises UserError on user mistakes."""
     import torch
 
-    from clipa.backends.torch import datasets, dist as tdist, train
+    from clipa.backends.data import resolve
+    from clipa.backends.torch import dist as tdist, train
 
     rec = recipe_mod.load(Path(run_dir) / rundir.RECIPE)
     world = tdist.init(device)
@@ -35,7 +36,7 @@ def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int]
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local - rec.dataset.workers))
     console = Console(stderr=True, soft_wrap=True)
     try:
-        ds = datasets.resolve(rec, run_dir, generate=False)
+        ds = resolve.resolve(rec, run_dir, generate=False)
         achieved = train.run(rec, run_dir, ds, world, max_samples=max_samples, console=console)
         if achieved is not None:
             rundir.write_achieved(run_dir, achieved)

@@ -1,6 +1,6 @@
 """Where a recipe's data is: check the paths (one-line errors) and generate the demo data when missing.
 
-No torch import here: the JAX backend can resolve datasets the same way.
+Framework-free: both backends resolve datasets here before training.
 """
 from __future__ import annotations
 

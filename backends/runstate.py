@@ -1,0 +1,162 @@
+"""Run bookkeeping shared by the torch and JAX training loops (no torch or jax import here).
+
+Where a run is (``RunProgress``, saved in every checkpoint), what it achieved (``achieved``), MFU,
+metrics.jsonl lines, the progress bar, and the run directory's recipe check (``prepare_run_dir``).
+Each backend keeps its model, step, checkpoints and device naming; this module gets plain numbers.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from clipa import recipe as recipe_mod
+from clipa import rundir
+from clipa.costmodels import flops, hardware
+from clipa.errors import UserError
+from clipa.recipe import DatasetSpec, Recipe, Stage
+
+
+class Diverged(UserError):
+    """The loss became NaN/inf: the run stops, the last good checkpoint stays."""
+
+    exit_code = 3
+
+
+def diverged(stage: str, step: int, keep: str) -> Diverged:
+    """The error for a NaN/inf loss in ``stage`` by optimizer step ``step``; ``keep`` says which checkpoint is left."""
+    return Diverged(f"loss is NaN/inf in stage {stage!r} by step {step}: training diverged (lower optimizer.lr "
+                    f"or add optimizer.grad_clip); {keep}")
+
+
+@dataclass
+class RunProgress:
+    """Where the run is; saved in every checkpoint (plain numbers, lists, dicts; field names are the format)."""
+
+    stage: int = 0
+    step: int = 0  # optimizer steps done in ``stage``
+    samples_drawn: int = 0  # samples drawn from the dataset so far, all stages and ranks/hosts
+    time_s: float = 0.0  # wall seconds of all earlier processes of this run
+    stage_time_s: float = 0.0  # wall seconds spent in ``stage`` by earlier processes
+    skipped: int = 0
+    reasons: dict = field(default_factory=dict)
+    metrics_bytes: int = 0  # metrics.jsonl is truncated to this on resume (no duplicated lines)
+    history: list = field(default_factory=list)  # one dict per finished stage (StageAchieved fields)
+
+    @classmethod
+    def from_state(cls, state: dict) -> "RunProgress":
+        """From a checkpoint's saved state; keys that are not fields (optimizer, rng, ...) are ignored."""
+        return cls(**{k: v for k, v in state.items() if k in cls.__dataclass_fields__})
+
+
+MfuFn = Callable[[Stage, float], Optional[float]]
+
+
+def mfu_fn(recipe: Recipe, n_devices: int) -> MfuFn:
+    """(stage, samples/s) -> model FLOPs utilisation against the recipe hardware's peak on ``n_devices``.
+
+    UserError for a hardware name the cost models do not know (before any training starts)."""
+    peak = hardware.get(recipe.hardware.name).peak_flops * n_devices  # FLOP/s of all devices
+    enc = recipe.encoder.spec
+    return lambda st, sps: flops.train_flops_per_sample(enc, st.image_tokens(enc), st.text_len) * sps / peak
+
+
+def achieved(recipe: Recipe, *, backend: str, device: str, n_devices: int, prog: RunProgress, wall: float,
+             skipped: int, reasons: dict, dataset: DatasetSpec) -> rundir.Achieved:
+    """The run's achieved.json: ``wall`` seconds over all processes of the run on ``n_devices`` devices."""
+    hw = hardware.get(recipe.hardware.name)
+    usd_per_hour = recipe.hardware.usd_per_hour  # the recipe's own price wins over the cost models'
+    if usd_per_hour is None:
+        usd_per_hour = hw.usd_per_hour
+    usd_per_hour = usd_per_hour or 0.0  # no known price: reported as free, not guessed
+    # The price is for a whole machine/slice of ``hw.n_devices`` devices; a run on fewer pays its share.
+    cost = wall / 3600 * usd_per_hour * n_devices / max(1, hw.n_devices)
+    return rundir.Achieved(
+        backend=backend, device=device, hardware=recipe.hardware.name, n_devices=n_devices,
+        eval_set="demo-heldout" if recipe.dataset.name == "demo" else Path(dataset.val or "none").name,
+        top1=prog.history[-1]["top1"] if prog.history else None, wall_seconds=wall,
+        device_hours=wall * n_devices / 3600, cost_usd=cost, usd_per_hour=usd_per_hour, skipped_samples=skipped,
+        skipped_reasons=reasons, stages=[rundir.StageAchieved(**h) for h in prog.history],
+    )
+
+
+def stage_record(st: Stage, top1: Optional[float], wall: float, n_devices: int, mfu: MfuFn) -> dict:
+    """One finished stage for ``RunProgress.history`` (StageAchieved fields); ``wall`` in seconds."""
+    samples = st.steps * st.global_batch
+    sps = samples / max(wall, 1e-9)
+    return dict(name=st.name, samples=samples, top1=top1, wall_seconds=wall, device_hours=wall * n_devices / 3600,
+                samples_per_s=sps, mfu=mfu(st, sps))
+
+
+def every(samples: Optional[int], global_batch: int) -> int:
+    """An interval in samples -> optimizer steps (at least 1); 0 when ``samples`` is unset."""
+    return max(1, round(samples / global_batch)) if samples else 0
+
+
+def merge_counts(a: dict, b: dict) -> dict:
+    """Two name -> count dicts summed."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + v
+    return out
+
+
+def append_metrics(path: Path, line: dict) -> None:
+    """One validated ``MetricsLine`` appended to metrics.jsonl."""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(rundir.MetricsLine(**line).model_dump(mode="json", exclude_none=True)) + "\n")
+
+
+def truncate_metrics(path: Path, n_bytes: int) -> None:
+    """Drop the metrics lines written after the checkpoint being resumed (they will be written again)."""
+    if path.exists():
+        with open(path, "r+b") as fh:
+            fh.truncate(n_bytes)
+
+
+def print_skipped(console: Console, skipped: int, reasons: dict) -> None:
+    if skipped:
+        console.print(f"[yellow]skipped {skipped} undecodable samples/shards[/yellow]: "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+
+
+@contextlib.contextmanager
+def progress_bar(main: bool, console: Console) -> Iterator:
+    """A rich progress bar on the main process; elsewhere one that shows nothing (same methods)."""
+    if not main:
+        yield _NoBar()
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[info]}"), console=console, transient=False) as p:
+        yield p
+
+
+class _NoBar:
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+
+def prepare_run_dir(recipe: Recipe, run_dir: Path) -> str:
+    """"new" (recipe.yaml written), "resume" (same recipe, unfinished) or "finished"; UserError when
+    the directory holds a different recipe (never mix two runs' checkpoints)."""
+    run_dir = Path(run_dir)
+    existing = run_dir / rundir.RECIPE
+    if existing.exists():
+        try:
+            old = recipe_mod.to_yaml(recipe_mod.load(existing))
+        except UserError:
+            old = None
+        if old != recipe_mod.to_yaml(recipe):
+            raise UserError(f"{run_dir}: holds a different recipe ({existing}); use --run-dir for a new run")
+        return "finished" if (run_dir / rundir.ACHIEVED).exists() else "resume"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recipe_mod.dump(recipe, existing)
+    return "new"

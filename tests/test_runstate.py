@@ -1,0 +1,69 @@
+"""Shared run bookkeeping (backends/runstate.py): cost in achieved.json, the checkpointed progress format."""
+import json
+import subprocess
+import sys
+from dataclasses import asdict, fields
+
+import pytest
+
+from clipa import recipe as recipe_mod
+from clipa.backends import runstate as rs
+from clipa.costmodels import hardware
+from clipa.errors import UserError
+from clipa.recipe import HardwareSpec
+
+
+def _recipe(name, usd_per_hour=None):
+    r = recipe_mod.load("recipes/demo.yaml")
+    return r.model_copy(update={"hardware": HardwareSpec(name=name, usd_per_hour=usd_per_hour)})
+
+
+def _achieved(r, n_devices=2, wall=7200.0):
+    prog = rs.RunProgress(history=[dict(name="s", samples=8, top1=12.5, wall_seconds=wall, device_hours=4.0,
+                                        samples_per_s=1.0, mfu=None)])
+    return rs.achieved(r, backend="torch", device="cpu", n_devices=n_devices, prog=prog, wall=wall, skipped=0,
+                       reasons={}, dataset=r.dataset)
+
+
+def test_cost_is_the_runs_share_of_the_machine_price():
+    hw = hardware.get("a100x8")
+    a = _achieved(_recipe("a100x8"))
+    assert a.usd_per_hour == hw.usd_per_hour
+    assert a.cost_usd == pytest.approx(2.0 * hw.usd_per_hour * 2 / hw.n_devices)  # 2 h on 2 of its devices
+    assert a.device_hours == pytest.approx(4.0) and a.top1 == 12.5 and a.eval_set == "demo-heldout"
+
+
+def test_recipe_price_overrides_and_unknown_price_costs_nothing():
+    assert _achieved(_recipe("a100x8", usd_per_hour=20.0)).cost_usd == pytest.approx(2.0 * 20.0 * 2 / 8)
+    assert hardware.get("h100x8").usd_per_hour is None  # the premise of the next line
+    a = _achieved(_recipe("h100x8"))
+    assert a.cost_usd == 0.0 and a.usd_per_hour == 0.0
+
+
+def test_unknown_hardware_is_a_user_error():
+    r = _recipe("no-such-machine")
+    with pytest.raises(UserError, match="no-such-machine"):
+        rs.mfu_fn(r, 1)
+    with pytest.raises(UserError, match="no-such-machine"):
+        _achieved(r)
+
+
+def test_progress_round_trips_through_a_checkpoints_json_and_keeps_its_field_names():
+    # The names are the checkpoint format of both backends: renaming one breaks resuming old runs.
+    assert [f.name for f in fields(rs.RunProgress)] == ["stage", "step", "samples_drawn", "time_s", "stage_time_s",
+                                                        "skipped", "reasons", "metrics_bytes", "history"]
+    p = rs.RunProgress(stage=1, step=7, samples_drawn=56, reasons={"decode": 2}, history=[{"name": "a"}])
+    saved = json.loads(json.dumps({**asdict(p), "optimizer": {}, "rng": [1, 2]}))
+    assert rs.RunProgress.from_state(saved) == p
+
+
+def test_intervals_and_counts():
+    assert rs.every(None, 8) == 0 and rs.every(3, 8) == 1 and rs.every(100, 8) == 12
+    assert rs.merge_counts({"a": 1}, {"a": 2, "b": 1}) == {"a": 3, "b": 1}
+
+
+def test_no_framework_import():
+    # A fresh process: other tests in this one may have imported torch or jax already.
+    code = ("import sys, clipa.backends.runstate, clipa.backends.data.resolve; "
+            "sys.exit(any(m.split('.')[0] in ('torch', 'jax') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
