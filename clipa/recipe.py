@@ -66,6 +66,17 @@ class HardwareSpec(_Strict):
     name: str = Field(description="hardware name, e.g. 'a100x8', 'tpu-v4-64', 'cpu' (clipa.costmodels.hardware)")
     usd_per_hour: Optional[float] = Field(None, ge=0, description="price of the whole machine/slice, $/hour")
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from clipa.costmodels import hardware  # lazy: the cost models import this module
+
+        try:
+            hardware.check_name(v)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        return v
+
 
 class ImageReductionSpec(_Strict):
     kind: ImageReduction = "resize"

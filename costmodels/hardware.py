@@ -232,6 +232,16 @@ def _apply(hw: Hardware, fields: dict, where: str) -> Hardware:
     return replace(hw, **changes)
 
 
+def check_name(name: str) -> None:
+    """UserError unless ``name`` is known hardware (without measuring the local CPU)."""
+    if name == "cpu" or name in _data()["machines"]:
+        return
+    if (m := _TPU_RE.match(name)) is not None:
+        _tpu(m.group(1), int(m.group(2)), name)  # raises on an invalid slice size
+        return
+    raise UserError(f"unknown hardware {name!r}; known: {', '.join(names())}")
+
+
 def get(name: str, prices: Optional[Path] = None) -> Hardware:
     """Look hardware up by name, applying the overrides in ``prices`` (a YAML file) if given."""
     d = _data()

@@ -44,6 +44,7 @@ def test_mask_reduces_tokens():
     (("encoder", "name"), "Z/99", "unknown encoder 'Z/99'"),
     (("stages", 1, "samplez"), 5, "stages[1].samplez"),
     (("stages", 0, "image_size"), 8, "smaller than the patch"),
+    (("hardware", "name"), "a100x9", "hardware.name: unknown hardware 'a100x9'"),
 ])
 def test_bad_field_is_named(path, value, needle):
     d = copy.deepcopy(BASE)

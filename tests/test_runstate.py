@@ -40,12 +40,11 @@ def test_recipe_price_overrides_and_unknown_price_costs_nothing():
     assert a.cost_usd == 0.0 and a.usd_per_hour == 0.0
 
 
-def test_unknown_hardware_is_a_user_error():
-    r = _recipe("no-such-machine")
-    with pytest.raises(UserError, match="no-such-machine"):
-        rs.mfu_fn(r, 1)
-    with pytest.raises(UserError, match="no-such-machine"):
-        _achieved(r)
+def test_unknown_hardware_is_refused_when_the_recipe_loads():
+    d = recipe_mod.load("recipes/demo.yaml").model_dump(mode="json")
+    d["hardware"] = {"name": "no-such-machine"}
+    with pytest.raises(UserError, match="hardware.name: unknown hardware 'no-such-machine'"):
+        recipe_mod.from_dict(d)
 
 
 def test_progress_round_trips_through_a_checkpoints_json_and_keeps_its_field_names():
