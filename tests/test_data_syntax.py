@@ -71,7 +71,7 @@ def test_stored_priorities_are_used_when_present():
 
 def test_prepare_writes_pos_json_and_batches_equal_online_tagging(tmp_path):
     from clipa.backends.data.demo_data import generate
-    paths = generate(tmp_path / "demo", n_train=24, n_val=10, image_size=32)
+    paths = generate(tmp_path / "demo", n_train=24, n_val=10, image_size=32, tag=False)
     assert syntax_prep.main([paths["train"], str(tmp_path / "prepared"), "--spacy-model", syntax_prep.DEFAULT_MODEL]) == 0
     samples, errors = read_shard_samples(tmp_path / "prepared" / "shard-00000.tar")
     assert not errors and len(samples) == 24 and all(POS_EXT in s and "jpg" in s for s in samples)
