@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
 import time
 from datetime import date
 from pathlib import Path
@@ -25,13 +24,9 @@ from PIL import Image
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    from clipa.costmodels.hardware import _cpu_model
+
+    return _cpu_model()
 
 
 def source_jpegs() -> dict[str, bytes]:
