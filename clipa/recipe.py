@@ -28,17 +28,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _registered(check, v: str) -> str:
+    """Run a registry look-up; its UserError becomes the ValueError pydantic reports with the field's path."""
+    try:
+        check(v)
+    except UserError as e:
+        raise ValueError(str(e)) from None
+    return v
+
+
 class EncoderSpec(_Strict):
     name: str = Field(description="registry name, e.g. 'L/16' (clipa.encoders)")
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        try:
-            encoders.get(v)
-        except UserError as e:
-            raise ValueError(str(e)) from None
-        return v
+        return _registered(encoders.get, v)
 
     @property
     def spec(self) -> encoders.Encoder:
@@ -71,11 +76,7 @@ class HardwareSpec(_Strict):
     def _known(cls, v: str) -> str:
         from clipa.costmodels import hardware  # lazy: the cost models import this module
 
-        try:
-            hardware.check_name(v)
-        except UserError as e:
-            raise ValueError(str(e)) from None
-        return v
+        return _registered(hardware.check_name, v)
 
 
 class ImageReductionSpec(_Strict):
