@@ -94,7 +94,26 @@ def test_sincos_and_resize_match_torch():
     np.testing.assert_allclose(M.sincos_2d(7, 64), sincos_2d(64, 7).numpy(), atol=1e-6)
     pe = np.random.default_rng(0).normal(size=(16, 64)).astype(np.float32)
     ref = resample_abs_pos_embed(torch.from_numpy(pe)[None], [7, 7], [4, 4], num_prefix_tokens=0)[0].numpy()
-    np.testing.assert_allclose(M.resize_pos_embed(pe, 7), ref, atol=2e-2)
+    np.testing.assert_allclose(M.resize_pos_embed(pe, 7), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("prev", ["sincos", "learned"])
+def test_stage_change_matches_torch(prev):
+    """Going to a larger image with a learned embedding (the CLIPA fine-tune), both backends start
+    the new stage from the same position embedding: the previous one interpolated to the new grid."""
+    from clipa.backends.jax.loop import adapt_params
+
+    tm = _torch_model(prev)
+    params = convert.torch_to_flax(_sd(tm), learned_pos=prev == "learned")
+    finetune = Stage(name="ft", samples=B, global_batch=B, image_size=2 * SIZE, text_len=TEXT_LEN,
+                     optimizer=OptimizerSpec(lr=1e-4), pos_embed="learned")
+    tm.set_stage(finetune.image_size, "learned")
+    jax_pe = adapt_params(params, finetune, ENC.vision.patch, SIZE)["visual"]["pos_embed"]
+    torch_pe = tm.visual.pos_embed.detach()[0].numpy()
+    assert jax_pe.shape == torch_pe.shape == ((2 * SIZE // ENC.vision.patch) ** 2, ENC.vision.width)
+    np.testing.assert_allclose(jax_pe, torch_pe, atol=1e-5)
+    # and it is not the sin-cos table of the new grid (positions the pretrained model never saw)
+    assert np.abs(jax_pe - M.sincos_2d(2 * SIZE // ENC.vision.patch, ENC.vision.width)).max() > 0.1
 
 
 @pytest.mark.parametrize("grad_clip", [None, 0.5])

@@ -34,16 +34,20 @@ def stage_model(recipe: Recipe, st: Stage) -> M.CLIP:
                    dtype=compute_dtype(recipe.train.precision), remat=recipe.train.grad_checkpointing)
 
 
-def adapt_params(params: dict, st: Stage, patch: int) -> dict:
-    """Params of the previous stage -> this stage's (the torch model's ``set_stage``)."""
+def adapt_params(params: dict, st: Stage, patch: int, prev_image_size: int) -> dict:
+    """Params of the previous stage (trained at ``prev_image_size``) -> this stage's (the torch model's
+    ``set_stage``)."""
     params = shd.to_host(params)
     vis = dict(params["visual"])
     grid = st.image_size // patch
     if st.pos_embed == "learned":
-        if "pos_embed" in vis:
-            vis["pos_embed"] = M.resize_pos_embed(vis["pos_embed"], grid)
-        else:
-            vis["pos_embed"] = M.sincos_2d(grid, vis["patch_embed"]["bias"].shape[0])
+        # A learned embedding starts from the one the previous stage used, interpolated to the new grid
+        # (CLIPA's fine-tune: "learnable position embedding (interpolated from pretrain)"). A sin-cos
+        # table computed afresh at the new grid would instead show the model positions it never saw.
+        pe = vis.get("pos_embed")
+        if pe is None:
+            pe = M.sincos_2d(prev_image_size // patch, vis["patch_embed"]["bias"].shape[0])
+        vis["pos_embed"] = M.resize_pos_embed(pe, grid)
     else:
         vis.pop("pos_embed", None)
     return {**params, "visual": vis}
@@ -106,7 +110,7 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, *, mesh=None, max_s
         stage_t0 = time.monotonic()
         m, tx = stage_model(recipe, st), T.optimizer(st.optimizer, T.schedule(st))
         if state is None:  # a fresh stage: previous weights, new optimizer
-            params = adapt_params(params, st, enc.vision.patch)
+            params = adapt_params(params, st, enc.vision.patch, stages[max(k - 1, 0)].image_size)
             state = T.place_state(T.init_state(params, tx), mesh)
         keys = ["image", "text"] + (["keep"] if st.image_reduction.kind != "resize" else [])
         step_fn = T.make_step(m, tx, mesh, state, keys)
