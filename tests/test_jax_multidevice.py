@@ -17,23 +17,11 @@ def _compare() -> dict:
     import jax
     import numpy as np
 
-    from clipa import encoders
-    from clipa.backends.jax import model as M, sharding as shd, train as T
-    from clipa.recipe import OptimizerSpec, Stage
+    from clipa.backends.jax import sharding as shd, train as T
+    from jax_steps import flat_params, problem, two_steps
 
     assert jax.device_count() == 4, jax.devices()
-    enc = encoders.get("test")
-    B, size, L = 8, 32, 16
-    st = Stage(name="s", samples=10 * B, global_batch=B, image_size=size, text_len=L,
-               optimizer=OptimizerSpec(lr=1e-3), image_reduction={"kind": "random_mask", "mask_ratio": 0.5})
-    rng = np.random.default_rng(0)
-    k = st.image_tokens(enc)
-    batch = {"image": rng.normal(size=(B, 3, size, size)).astype(np.float32),
-             "text": rng.integers(1, 49407, (B, L)).astype(np.int32),
-             "keep": np.stack([np.sort(rng.permutation(enc.vision.tokens(size))[:k]) for _ in range(B)]).astype(np.int32)}
-    model = M.build(enc)
-    params = jax.device_get(M.init_params(model, jax.random.key(0), size, L))  # host copy: steps donate their input
-    tx = T.optimizer(st.optimizer, T.schedule(st))
+    model, tx, params, batch = problem(mask=True)
     results = {}
     for name, mesh in [("one", shd.make_mesh(devices=jax.devices()[:1])), ("data4", shd.make_mesh()),
                        ("data2_fsdp2", shd.make_mesh(fsdp=2))]:
@@ -42,15 +30,9 @@ def _compare() -> dict:
         grad_fn = jax.jit(jax.grad(lambda p, b: T.loss_fn(model, p, b)), out_shardings=p_sh)
         grads = grad_fn(jax.device_put(params, p_sh), gb)
         gflat = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(shd.to_host(grads))])
-        state = T.place_state(T.init_state(params, tx), mesh)
-        step = T.make_step(model, tx, mesh, state, list(batch))
-        losses = []
-        for _ in range(2):
-            state, out = step(state, shd.global_batch(batch, mesh))
-            losses.append(float(out["loss"]))
+        state, losses = two_steps(model, tx, params, batch, mesh)
         shards = len(state["params"]["visual"]["blocks_0"]["mlp"]["fc1"]["kernel"].sharding.device_set)
-        flat = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(shd.to_host(state["params"]))])
-        results[name] = {"losses": losses, "params": flat, "grads": gflat, "devices": shards}
+        results[name] = {"losses": losses, "params": flat_params(state), "grads": gflat, "devices": shards}
     ref = results["one"]
     return {name: {"losses": r["losses"], "devices": r["devices"],
                    "max_param_diff": float(np.abs(r["params"] - ref["params"]).max()),

@@ -11,42 +11,18 @@ import pytest
 
 pytest.importorskip("jax")
 
-B, SIZE, L = 8, 32, 16
-
-
-def _setup():
-    import jax
-
-    from clipa import encoders
-    from clipa.backends.jax import model as M, train as T
-    from clipa.recipe import OptimizerSpec, Stage
-
-    enc = encoders.get("test")
-    st = Stage(name="s", samples=10 * B, global_batch=B, image_size=SIZE, text_len=L, optimizer=OptimizerSpec(lr=1e-3))
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.normal(size=(B, 3, SIZE, SIZE)).astype(np.float32),
-             "text": rng.integers(1, 49407, (B, L)).astype(np.int32)}
-    m = M.build(enc)
-    params = jax.device_get(M.init_params(m, jax.random.key(0), SIZE, L))
-    return m, T.optimizer(st.optimizer, T.schedule(st)), params, batch
-
 
 def _train(rank=None, world=1):
     import jax
 
-    from clipa.backends.jax import sharding as shd, train as T
+    from clipa.backends.jax import sharding as shd
+    from jax_steps import B, flat_params, problem, two_steps
 
-    m, tx, params, batch = _setup()
-    mesh = shd.make_mesh()
+    m, tx, params, batch = problem()
     if rank is not None:  # this host's rows only, as the data pipeline gives them
         batch = {k: v[rank * B // world:(rank + 1) * B // world] for k, v in batch.items()}
-    state = T.place_state(T.init_state(params, tx), mesh)
-    step = T.make_step(m, tx, mesh, state, list(batch))
-    losses = []
-    for _ in range(2):
-        state, out = step(state, shd.global_batch(batch, mesh))
-        losses.append(float(out["loss"]))
-    flat = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(shd.to_host(state["params"]))])
+    state, losses = two_steps(m, tx, params, batch, shd.make_mesh())
+    flat = flat_params(state)
     return {"losses": losses, "checksum": float(np.abs(flat).sum()), "devices": jax.device_count(),
             "processes": jax.process_count(), "head": flat[:1000].tolist()}
 
