@@ -11,20 +11,6 @@ BIN="${CLIPA_BIN:-.venv/bin}"
 [ -x "$BIN/python" ] || BIN="$(dirname "$(command -v python)")"
 RUN_DIR="runs/demo"
 
-has_cli() { "$BIN/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('clipa.cli.$1') is None)"; }
-
-# clipa-plan is written alongside the backends; until it lands the demo skips the prediction step.
-if has_cli plan; then
-  "$BIN/python" -m clipa.cli.plan --predict recipes/demo.yaml --hw cpu
-else
-  echo "clipa-plan not available yet: skipping the prediction step"
-fi
-
+"$BIN/python" -m clipa.cli.plan --predict recipes/demo.yaml --hw cpu
 "$BIN/python" -m clipa.cli.run recipes/demo.yaml --run-dir "$RUN_DIR" "$@"
-
-if has_cli report; then
-  "$BIN/python" -m clipa.cli.report "$RUN_DIR"
-else
-  echo "clipa-report not available yet; achieved figures:"
-  cat "$RUN_DIR/achieved.json"
-fi
+"$BIN/python" -m clipa.cli.report "$RUN_DIR"

@@ -71,7 +71,9 @@ def _front(runs: Sequence[Run], published, notes: list[str], front: bool) -> tup
     """The planner's front for the first run with predictions, else the published recipes' predictions."""
     if front:
         base = next((r for r in runs if r.predictions is not None), None)
-        if base is not None:
+        if base is not None and not base.predictions.cost_usd:
+            notes.append(f"no planner front: {base.recipe.hardware.name} has no price, so no accuracy/cost front")
+        elif base is not None:
             budget = max([base.predictions.cost_usd * 2] + [c for c, _, _ in published])
             try:
                 pts = planner_front(base, budget)

@@ -82,8 +82,11 @@ def scatter(runs: Sequence[Run], path: Path) -> Optional[Path]:
     for ax, (pairs, label, log) in zip(axes, data):
         ax.set(xlabel=f"achieved {label}", ylabel=f"predicted {label}", title=label)
         ax.grid(alpha=0.3)
+        if log:  # a free run (cost $0 on the local CPU) has no place on a log axis
+            pairs = [q for q in pairs if q[1] > 0 and q[2] > 0]
         if not pairs:
-            ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
+            why = "no finished runs" if not log else "no finished runs with positive values"
+            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
             continue
         ach = [a for _, _, a, _ in pairs]
         pred = [p for _, p, _, _ in pairs]
