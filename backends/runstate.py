@@ -73,9 +73,9 @@ def achieved(recipe: Recipe, *, backend: str, device: str, n_devices: int, prog:
     usd_per_hour = recipe.hardware.usd_per_hour  # the recipe's own price wins over the cost models'
     if usd_per_hour is None:
         usd_per_hour = hw.usd_per_hour
-    usd_per_hour = usd_per_hour or 0.0  # no known price: reported as free, not guessed
     # The price is for a whole machine/slice of ``hw.n_devices`` devices; a run on fewer pays its share.
-    cost = wall / 3600 * usd_per_hour * n_devices / max(1, hw.n_devices)
+    # No known price: the cost is unknown (None), neither guessed nor reported as free.
+    cost = None if usd_per_hour is None else wall / 3600 * usd_per_hour * n_devices / max(1, hw.n_devices)
     return rundir.Achieved(
         backend=backend, device=device, hardware=recipe.hardware.name, n_devices=n_devices,
         eval_set="demo-heldout" if recipe.dataset.name == "demo" else Path(dataset.val or "none").name,

@@ -62,10 +62,17 @@ class Achieved(BaseModel):
     top1: Optional[float]  # final zero-shot top-1, percent
     wall_seconds: float
     device_hours: float
-    cost_usd: float
-    usd_per_hour: float
+    cost_usd: Optional[float]  # None: no price known for the hardware (never reported as free)
+    usd_per_hour: Optional[float]
     skipped_samples: int = 0
     stages: list[StageAchieved]
+
+    def summary(self) -> str:
+        """One line for the console when a run finishes."""
+        cost = (f"${self.cost_usd:.4f}" if self.cost_usd is not None
+                else f"cost unknown: no $/hour for {self.hardware}, set hardware.usd_per_hour in the recipe")
+        top1 = "n/a" if self.top1 is None else f"{self.top1}%"
+        return f"top-1 {top1}, {self.wall_seconds:.0f} s, {cost}"
 
 
 def write_json_atomic(path: Path, obj) -> None:

@@ -8,12 +8,13 @@ from clipa import recipe as recipe_mod
 from clipa import rundir
 
 
-def demo_recipe(name="r", *, text_reduction="truncate", predictions=True, hardware="cpu", dataset="demo"):
+def demo_recipe(name="r", *, text_reduction="truncate", predictions=True, hardware="cpu", dataset="demo",
+                usd_per_hour=2.0):
     d = {
         "name": name,
         "encoder": {"name": "demo"},
         "dataset": {"name": dataset},
-        "hardware": {"name": hardware, "usd_per_hour": 2.0},
+        "hardware": {"name": hardware, "usd_per_hour": usd_per_hour},
         "stages": [
             {"name": "pretrain", "samples": 4000, "global_batch": 40, "image_size": 32, "text_len": 8,
              "text_reduction": text_reduction, "optimizer": {"lr": 1e-3}},
@@ -38,7 +39,7 @@ def demo_recipe(name="r", *, text_reduction="truncate", predictions=True, hardwa
 
 
 def write_run(run_dir: Path, rec, *, finished=True, top1=25.0, stage_wall=(45.0, 27.0), total_wall=80.0,
-              stop_after=None, checkpoints=("step_000100",)) -> Path:
+              stop_after=None, checkpoints=("step_000100",), usd_per_hour=2.0) -> Path:
     """A run dir with metrics every 10 steps; ``finished=False`` stops after ``stop_after`` samples of stage 0."""
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe_mod.dump(rec, run_dir / rundir.RECIPE)
@@ -68,6 +69,6 @@ def write_run(run_dir: Path, rec, *, finished=True, top1=25.0, stage_wall=(45.0,
                   for i, st in enumerate(rec.stages)]
         rundir.write_achieved(run_dir, rundir.Achieved(
             backend="torch", device="cpu", hardware=rec.hardware.name, n_devices=1, eval_set="demo-heldout",
-            top1=top1, wall_seconds=total_wall, device_hours=total_wall / 3600, cost_usd=2.0 * total_wall / 3600,
-            usd_per_hour=2.0, stages=stages))
+            top1=top1, wall_seconds=total_wall, device_hours=total_wall / 3600, cost_usd=None if usd_per_hour is None else usd_per_hour * total_wall / 3600,
+            usd_per_hour=usd_per_hour, stages=stages))
     return run_dir

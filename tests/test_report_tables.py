@@ -36,6 +36,18 @@ def test_rows_compare_stored_predictions_with_achieved(tmp_path):
     assert _row(rows, "pretrain", "top-1 %").achieved == 20.0
 
 
+def test_a_run_without_a_price_reports_its_cost_as_unknown(tmp_path, capsys):
+    rec = demo_recipe(hardware="h100x8", usd_per_hour=None, predictions=False)
+    d = write_run(tmp_path / "h100", rec, usd_per_hour=None)
+    rows = tables.run_rows(load_run(d))
+    assert _row(rows, "total", "cost $").achieved is None and _row(rows, "finetune", "cost $").achieved is None
+    assert _row(rows, "total", "top-1 %").achieved == 25.0
+    code = run_app(app, [str(d), "--out", str(tmp_path / "report")])  # with plots
+    out = capsys.readouterr()
+    assert code == 0 and "Traceback" not in out.out + out.err
+    assert "$0.00" not in out.out  # unknown, never shown as free
+
+
 def test_achieved_outside_interval_is_flagged(tmp_path):
     run = load_run(write_run(tmp_path / "a", demo_recipe(), top1=31.0))
     top = _row(tables.run_rows(run), "total", "top-1 %")

@@ -6,7 +6,7 @@ from dataclasses import asdict, fields
 
 import pytest
 
-from clipa import recipe as recipe_mod
+from clipa import recipe as recipe_mod, rundir
 from clipa.backends import runstate as rs
 from clipa.costmodels import hardware
 from clipa.errors import UserError
@@ -33,11 +33,14 @@ def test_cost_is_the_runs_share_of_the_machine_price():
     assert a.device_hours == pytest.approx(4.0) and a.top1 == 12.5 and a.eval_set == "demo-heldout"
 
 
-def test_recipe_price_overrides_and_unknown_price_costs_nothing():
+def test_recipe_price_overrides_and_unknown_price_is_unknown_not_free():
     assert _achieved(_recipe("a100x8", usd_per_hour=20.0)).cost_usd == pytest.approx(2.0 * 20.0 * 2 / 8)
-    assert hardware.get("h100x8").usd_per_hour is None  # the premise of the next line
+    assert hardware.get("h100x8").usd_per_hour is None  # the premise of the next lines
     a = _achieved(_recipe("h100x8"))
-    assert a.cost_usd == 0.0 and a.usd_per_hour == 0.0
+    assert a.cost_usd is None and a.usd_per_hour is None
+    assert "cost unknown: no $/hour for h100x8" in a.summary()
+    a = rundir.Achieved.model_validate_json(a.model_dump_json())  # achieved.json round trip
+    assert a.cost_usd is None
 
 
 def test_unknown_hardware_is_refused_when_the_recipe_loads():

@@ -65,6 +65,5 @@ def train(recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
     achieved = loop.run(recipe, run_dir, ds, max_samples=opts.max_samples, console=console)
     if achieved is not None:
         rundir.write_achieved(run_dir, achieved)
-        console.print(f"finished: {run_dir}/{rundir.ACHIEVED} (top-1 {achieved.top1}%, "
-                      f"{achieved.wall_seconds:.0f} s, ${achieved.cost_usd:.4f})")
+        console.print(f"finished: {run_dir}/{rundir.ACHIEVED} ({achieved.summary()})")
     return 0

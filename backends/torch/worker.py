@@ -40,8 +40,7 @@ def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int]
         achieved = train.run(rec, run_dir, ds, world, max_samples=max_samples, console=console)
         if achieved is not None:
             rundir.write_achieved(run_dir, achieved)
-            console.print(f"finished: {run_dir}/{rundir.ACHIEVED} (top-1 {achieved.top1}%, "
-                          f"{achieved.wall_seconds:.0f} s, ${achieved.cost_usd:.4f})")
+            console.print(f"finished: {run_dir}/{rundir.ACHIEVED} ({achieved.summary()})")
     finally:
         tdist.shutdown()
     return 0

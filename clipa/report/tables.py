@@ -61,7 +61,7 @@ def run_rows(run: Run) -> list[Row]:
     for st in run.recipe.stages:
         ps, ach = pstages.get(st.name), astages.get(st.name)
         p_wall_s = ps.wall_hours * 3600 if ps else None
-        a_cost = _ratio(a.cost_usd * ach.device_hours, a.device_hours) if a and ach else None
+        a_cost = _ratio(a.cost_usd * ach.device_hours, a.device_hours) if a and ach and a.cost_usd is not None else None
         rows += [
             Row(st.name, "top-1 %", ps.predicted_top1 if ps else None, ach.top1 if ach else None),
             Row(st.name, "wall", ps.wall_hours if ps else None, ach.wall_seconds / 3600 if ach else None),
