@@ -36,8 +36,7 @@ def main() -> int:
     from clipa.costmodels import flops, hardware
 
     name = torch.cuda.get_device_name()
-    # H200 has the H100 SXM's dense bf16 peak (NVIDIA H200 datasheet, 2024): the h100x8 entry applies.
-    hw_name = a.hw or ("h100x8" if ("H100" in name or "H200" in name) else "a100x8")
+    hw_name = a.hw or hardware.gpu_machine(name) or "a100x8"
     peak = hardware.get(hw_name).peak_flops
     print(f"device {name}; peak {peak / 1e12:.0f} TFLOP/s bf16 per device from hardware {hw_name!r}")
     torch.backends.cuda.matmul.allow_tf32 = True

@@ -11,7 +11,6 @@ BENCHMARKS = [
     ["benchmarks.train_step_torch"],
     ["benchmarks.train_step_jax"],
     ["benchmarks.gpu_torch"],
-    ["benchmarks.gpu_jax"],
 ]
 
 

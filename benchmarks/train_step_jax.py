@@ -101,10 +101,8 @@ def cpu_section(steps: int, batch: int) -> None:
 def _peak_flops(device_kind: str):
     from clipa.costmodels import hardware
 
-    for key, hw in (("H100", "h100x8"), ("A100", "a100x8")):
-        if key in device_kind:
-            return hardware.get(hw).peak_flops, hw
-    return None, None
+    hw = hardware.gpu_machine(device_kind)
+    return (hardware.get(hw).peak_flops, hw) if hw else (None, None)
 
 
 def gpu_section(steps: int) -> None:

@@ -232,6 +232,15 @@ def _apply(hw: Hardware, fields: dict, where: str) -> Hardware:
     return replace(hw, **changes)
 
 
+def gpu_machine(device_name: str) -> Optional[str]:
+    """The machine entry whose per-device peak applies to a GPU named ``device_name`` (as CUDA reports
+    it), or None. H200 has the H100 SXM's dense bf16 peak (NVIDIA H200 datasheet, 2024): h100x8 applies."""
+    for keys, machine in ((("H100", "H200"), "h100x8"), (("A100",), "a100x8")):
+        if any(k in device_name for k in keys):
+            return machine
+    return None
+
+
 def check_name(name: str) -> None:
     """UserError unless ``name`` is known hardware (without measuring the local CPU)."""
     if name == "cpu" or name in _data()["machines"]:

@@ -140,3 +140,10 @@ def test_decode_rates_fall_with_size():
     sizes = sorted(rates)
     assert len(sizes) >= 3 and "measured" in source
     assert rates[sizes[-1]] < rates[sizes[0]]
+
+
+def test_gpu_names_map_to_the_machine_whose_peak_applies():
+    assert hardware.gpu_machine("NVIDIA H100 80GB HBM3") == "h100x8"
+    assert hardware.gpu_machine("NVIDIA H200") == "h100x8"  # same dense bf16 peak as H100 SXM
+    assert hardware.gpu_machine("NVIDIA A100-SXM4-80GB") == "a100x8"
+    assert hardware.gpu_machine("Tesla V100-SXM2-16GB") is None
