@@ -11,6 +11,7 @@ width/depth/heads as the OpenCLIP ones (open_clip ViT-*-CLIPA.json).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from clipa.errors import UserError
@@ -31,6 +32,11 @@ class VisionTower:
     def tokens(self, image_size: int) -> int:
         """Patch tokens at ``image_size`` px (no class token: CLIPA pools by global average)."""
         return (image_size // self.patch) ** 2
+
+    def kept_tokens(self, image_size: int, mask_ratio: float = 0.0) -> int:
+        """Patch tokens left after masking ``mask_ratio`` of them (at least one; the epsilon keeps
+        ratios like 0.3 x 256 from flooring one token short in floating point)."""
+        return max(1, math.floor(self.tokens(image_size) * (1.0 - mask_ratio) + 1e-9))
 
 
 @dataclass(frozen=True)

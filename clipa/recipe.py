@@ -129,13 +129,17 @@ class Stage(_Strict):
 
     def image_tokens(self, encoder: encoders.Encoder) -> int:
         """Patch tokens the image tower sees after reduction."""
-        full = encoder.vision.tokens(self.image_size)
-        keep = full * (1.0 - self.image_reduction.mask_ratio)
-        return max(1, int(math.floor(keep + 1e-9)))
+        return encoder.vision.kept_tokens(self.image_size, self.image_reduction.mask_ratio)
 
     @property
     def steps(self) -> int:
         return math.ceil(self.samples / self.global_batch)
+
+    @property
+    def warmup_steps(self) -> int:
+        """Warmup in optimizer steps: warmup samples / global batch, rounded (Python's round), at most
+        the stage's steps. Both backends use this."""
+        return min(self.steps, round(self.schedule.warmup_samples / self.global_batch))
 
 
 class TrainSpec(_Strict):

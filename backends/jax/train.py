@@ -2,9 +2,7 @@
 
 Each builder gets only its own section of the recipe (a ``Stage``'s optimizer/schedule), never
 the whole recipe. Learning rates are per optimizer step; durations arrive in samples and are
-turned into steps here, the same way as the PyTorch backend (``Stage.steps`` = ceil(samples /
-global_batch), warmup steps = round(warmup_samples / global_batch), at most the stage's steps;
-``backends/torch/optim.py``).
+turned into steps by the recipe (``Stage.steps`` and ``Stage.warmup_steps``), for both backends.
 """
 from __future__ import annotations
 
@@ -18,11 +16,6 @@ from jax.sharding import Mesh
 from clipa.recipe import OptimizerSpec, ScheduleSpec, Stage
 from clipa.backends.jax import sharding as shd
 from clipa.backends.jax.model import CLIP
-
-
-def warmup_steps(stage: Stage) -> int:
-    """Warmup length in optimizer steps (Python's round, as the PyTorch backend)."""
-    return min(stage.steps, round(stage.schedule.warmup_samples / stage.global_batch))
 
 
 def lr_at(step, peak: float, sched: ScheduleSpec, total_steps: int, warm: int):
@@ -42,7 +35,7 @@ def lr_at(step, peak: float, sched: ScheduleSpec, total_steps: int, warm: int):
 
 
 def schedule(stage: Stage) -> Callable:
-    warm, total = warmup_steps(stage), stage.steps
+    warm, total = stage.warmup_steps, stage.steps
     return lambda step: lr_at(step, stage.optimizer.lr, stage.schedule, total, warm)
 
 

@@ -9,15 +9,10 @@ from torch import nn
 from clipa.recipe import Stage
 
 
-def warmup_steps(stage: Stage) -> int:
-    """Warmup length in optimizer steps: samples / global batch, rounded to the nearest step."""
-    return min(stage.steps, round(stage.schedule.warmup_samples / stage.global_batch))
-
-
 def lr_at(stage: Stage, step: int) -> float:
     """Learning rate of optimizer step ``step`` (0-based) of ``stage``: linear warmup from 0, then cosine
     (or constant) down to ``schedule.min_lr`` at the stage's last step."""
-    peak, low, total, warm = stage.optimizer.lr, stage.schedule.min_lr, stage.steps, warmup_steps(stage)
+    peak, low, total, warm = stage.optimizer.lr, stage.schedule.min_lr, stage.steps, stage.warmup_steps
     if step < warm:
         return peak * (step + 1) / warm
     if stage.schedule.name == "constant":
