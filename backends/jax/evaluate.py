@@ -36,7 +36,7 @@ def class_embeddings(model: CLIP, params, prompts: np.ndarray, n_classes: int, b
     return f / jnp.linalg.norm(f, axis=-1, keepdims=True)
 
 
-def zero_shot_top1(model: CLIP, params, zs, tokenizer, st: Stage, mesh=None, batch_size: int = EVAL_BATCH) -> float:
+def zero_shot_top1(model: CLIP, params, zs, tokenizer, st: Stage, batch_size: int = EVAL_BATCH) -> float:
     """Top-1 accuracy in percent of ``zs`` (a backends.data ZeroShotSet) at the stage's resolution."""
     local = jax.device_put(shd.to_host(params), jax.local_devices()[0])
     prompts = np.asarray(zs.prompts(tokenizer, st.text_len), np.int32)

@@ -92,7 +92,7 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, *, mesh=None, max_s
         params = M.init_params(stage_model(recipe, st0), jax.random.key(tr.seed), st0.image_size, st0.text_len)
 
     zs = zeroshot.load_zeroshot(dataset.val, dataset.classnames, dataset.templates) if dataset.val else None
-    tok = tokenizer.Tokenizer()
+    tok = tokenizer.get()
     stats = pipeline.DataStats()
 
     def elapsed() -> float:
@@ -108,13 +108,13 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, *, mesh=None, max_s
             pos.stage, pos.step, pos.stage_time_s, state = k + 1, 0, 0.0, None
             continue
         stage_t0 = time.monotonic()
-        m, tx = stage_model(recipe, st), T.optimizer(st.optimizer, T.schedule(st))
+        lr_fn = T.schedule(st)
+        m, tx = stage_model(recipe, st), T.optimizer(st.optimizer, lr_fn)
         if state is None:  # a fresh stage: previous weights, new optimizer
             params = adapt_params(params, st, enc.vision.patch, stages[max(k - 1, 0)].image_size)
             state = T.place_state(T.init_state(params, tx), mesh)
         keys = ["image", "text"] + (["keep"] if st.image_reduction.kind != "resize" else [])
         step_fn = T.make_step(m, tx, mesh, state, keys)
-        lr_fn = T.schedule(st)
         per_host = st.global_batch // jax.process_count()
         batches = pipeline.train_batches(dataset, st, enc, batch_size=per_host, rank=jax.process_index(),
                                          world_size=jax.process_count(), seed=tr.seed,
@@ -124,12 +124,15 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, *, mesh=None, max_s
         ckpt_every = rs.every(tr.checkpoint_every_samples, st.global_batch)
         eval_every = rs.every(tr.eval_every_samples, st.global_batch)
 
-        def check_finite() -> None:
-            if losses and not all(np.isfinite(float(x)) for x in losses):
+        def finite_losses() -> list[float]:
+            """The window's losses on the host (one transfer each); stop if any is NaN/inf."""
+            vals = [float(x) for x in losses]
+            if not all(np.isfinite(vals)):
                 raise rs.diverged(st.name, pos.step, "the last good checkpoint stays")
+            return vals
 
         def save_ckpt() -> None:
-            check_finite()
+            finite_losses()
             meta = {**asdict(pos), "skipped": pos.skipped + stats.skipped,
                     "reasons": rs.merge_counts(pos.reasons, stats.reasons), "time_s": elapsed(),
                     "stage_time_s": pos.stage_time_s + time.monotonic() - stage_t0,
@@ -144,7 +147,6 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, *, mesh=None, max_s
                     if main:
                         console.print(f"stopped at --max-samples {max_samples}; run again to continue")
                     return None
-                lr = float(lr_fn(pos.step))
                 batch = shd.global_batch({k_: v for k_, v in next(batches).items() if k_ in keys}, mesh)
                 state, out = step_fn(state, batch)
                 losses.append(out["loss"])  # device scalars: no host sync per step
@@ -152,23 +154,23 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, *, mesh=None, max_s
                 pos.samples_drawn += st.global_batch
                 win_steps += 1
                 if pos.step % tr.log_every_steps == 0 or pos.step == st.steps:
-                    check_finite()
-                    avg = float(np.mean([float(x) for x in losses]))
+                    avg = float(np.mean(finite_losses()))
                     sps = win_steps * st.global_batch / (time.monotonic() - win_t)
+                    lr = float(lr_fn(pos.step - 1))  # the last step's (no host sync per step for it)
                     write_metrics(dict(stage=st.name, step=pos.step, samples=pos.step * st.global_batch,
                                        time_s=elapsed(), loss=avg, lr=lr, samples_per_s=sps, mfu=mfu(st, sps)))
                     bar.update(task, info=f"loss {avg:.3f}  {sps:,.0f} samples/s")
                     losses, win_t, win_steps = [], time.monotonic(), 0
                 if eval_every and pos.step % eval_every == 0 and pos.step < st.steps and zs is not None:
-                    top1 = evaluate.zero_shot_top1(m, state["params"], zs, tok, st, mesh)
+                    top1 = evaluate.zero_shot_top1(m, state["params"], zs, tok, st)
                     write_metrics(dict(kind="eval", stage=st.name, step=pos.step,
                                        samples=pos.step * st.global_batch, time_s=elapsed(), top1=top1))
                 if ckpt_every and pos.step % ckpt_every == 0 and pos.step < st.steps:
                     save_ckpt()
                 bar.update(task, completed=pos.step)
 
-        check_finite()
-        top1 = evaluate.zero_shot_top1(m, state["params"], zs, tok, st, mesh) if zs is not None else None
+        finite_losses()
+        top1 = evaluate.zero_shot_top1(m, state["params"], zs, tok, st) if zs is not None else None
         stage_wall = pos.stage_time_s + time.monotonic() - stage_t0
         samples = st.steps * st.global_batch
         pos.history.append(rs.stage_record(st, top1, stage_wall, mesh.devices.size, mfu))
