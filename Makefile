@@ -16,13 +16,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh
+	CLIPA_BIN=$(abspath $(VENV))/bin bash scripts/demo.sh
 
+# pytest's exit 5 (no test collected) is an error here, said in words (make turns every non-zero
+# exit into its own exit 2).
 test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
 
 bench: setup
 	$(PY) -m benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) runs demo_out
+	rm -rf $(VENV) runs
