@@ -110,10 +110,10 @@ def test_calibrate_then_predict_another_recipe(tmp_path):
     h = cal.hardware["cpu"]
     assert h.utilisation == pytest.approx(u, rel=0.02) and h.overhead_s_per_sample == pytest.approx(c, rel=0.05)
     assert h.fixed_s_per_stage == pytest.approx(fixed, rel=0.05)
-    law = predict_recipe(recipe_mod.from_dict({**demo_recipe("a").model_dump(exclude={"predictions"})}))
+    law = predict_recipe(demo_recipe("a", predictions=False))
     assert cal.offset("demo") == pytest.approx(30.0 - law.predicted_top1)
     # a different encoder and resolution, generated from the same machine model
-    d = demo_recipe("b").model_dump(mode="json", exclude={"predictions"})
+    d = demo_recipe("b", predictions=False).model_dump(mode="json")
     d["encoder"]["name"] = "test"
     d["stages"][0]["image_size"] = 48
     b_rec = recipe_mod.from_dict(d)
