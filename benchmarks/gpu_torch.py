@@ -17,6 +17,46 @@ import torch
 CASES = (("B/16", 112), ("L/16", 96))  # CLIPA's low-resolution pretraining settings (Li et al. 2023)
 
 
+def samples_per_s(enc, size: int, batch: int, text_len: int, steps: int, *, compile: bool = False,
+                  grad_checkpointing: bool = False) -> tuple[float, float]:
+    """Training samples/s of the torch backend's model on one CUDA device (bf16 autocast, fused AdamW)
+    and the peak memory in GiB. Also the baseline of train_step_jax.py's GPU section."""
+    from clipa.backends.torch import dist as tdist
+    from clipa.backends.torch.model import CLIPA
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.manual_seed(0)
+    model = CLIPA(enc, size).cuda().train()
+    if grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    fwd = torch.compile(model) if compile else model
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    image = torch.randn(batch, 3, size, size, device="cuda")
+    text = torch.randint(1, 49000, (batch, text_len), device="cuda")
+    text[:, -1] = 49407
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            img, txt, scale = fwd(image, text)
+            loss = tdist.contrastive_loss(img, txt, scale)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    sps = steps * batch / (time.perf_counter() - t0)
+    mem = torch.cuda.max_memory_allocated() / 2**30
+    del model, fwd, opt
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return sps, mem
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=256, help="per-device batch")
@@ -31,51 +71,20 @@ def main() -> int:
         return 0
 
     from clipa import encoders
-    from clipa.backends.torch import dist as tdist
-    from clipa.backends.torch.model import CLIPA
     from clipa.costmodels import flops, hardware
 
     name = torch.cuda.get_device_name()
     hw_name = a.hw or hardware.gpu_machine(name) or "a100x8"
     peak = hardware.get(hw_name).peak_flops
     print(f"device {name}; peak {peak / 1e12:.0f} TFLOP/s bf16 per device from hardware {hw_name!r}")
-    torch.backends.cuda.matmul.allow_tf32 = True
     for enc_name, size in CASES:
         enc = encoders.get(enc_name)
-        torch.manual_seed(0)
-        model = CLIPA(enc, size).cuda().train()
-        if a.grad_checkpointing:
-            model.set_grad_checkpointing(True)
-        fwd = torch.compile(model) if a.compile else model
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
-        image = torch.randn(a.batch, 3, size, size, device="cuda")
-        text = torch.randint(1, 49000, (a.batch, a.text_len), device="cuda")
-        text[:, -1] = 49407
-
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                img, txt, scale = fwd(image, text)
-                loss = tdist.contrastive_loss(img, txt, scale)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(a.steps):
-            step()
-        torch.cuda.synchronize()
-        sps = a.steps * a.batch / (time.perf_counter() - t0)
+        sps, mem = samples_per_s(enc, size, a.batch, a.text_len, a.steps, compile=a.compile,
+                                 grad_checkpointing=a.grad_checkpointing)
         tokens = enc.vision.tokens(size)
         mfu = flops.train_flops_per_sample(enc, tokens, a.text_len) * sps / peak
-        mem = torch.cuda.max_memory_allocated() / 2**30
         print(f"{enc_name} @ {size} px ({tokens} tokens), text {a.text_len}, batch {a.batch}: "
               f"{sps:,.0f} samples/s, MFU {100 * mfu:.1f}%, peak memory {mem:.1f} GiB")
-        del model, fwd, opt
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
     return 0
 
 

@@ -4,22 +4,28 @@
 
 CPU (always): the ``demo`` encoder at the demo recipe's first-stage shapes (32 px, 12 text
 tokens), JAX and PyTorch on the same batch in this run: samples/s of each and the ratio.
-GPU (when JAX sees one): samples/s and MFU for B/16 at 112 px and L/16 at 96 px in bf16; MFU
-counts FLOPs with ``clipa.costmodels.flops`` against the device's peak in
+GPU (when JAX sees one): samples/s per device and MFU for B/16 at 112 px and L/16 at 96 px in
+bf16, with the PyTorch backend on the same shapes as the baseline (``gpu_torch.samples_per_s``) and
+the ratio; MFU counts FLOPs with ``clipa.costmodels.flops`` against the device's peak in
 ``clipa.costmodels.hardware``. Without a GPU that part prints a skip line.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from clipa import encoders
 from clipa.recipe import OptimizerSpec, Stage
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_torch.py beside it, run as a file or with -m
+import gpu_torch  # noqa: E402
 
-def _batch(enc, batch, size, text_len, seed=0):
+
+def _batch(batch, size, text_len, seed=0):
     rng = np.random.default_rng(seed)
     text = rng.integers(1, 49406, (batch, text_len)).astype(np.int32)
     text[:, -1] = 49407
@@ -45,7 +51,7 @@ def jax_samples_per_s(enc, batch, size, text_len, steps, dtype=None, remat=False
     params = jax.device_get(M.init_params(m, jax.random.key(0), size, text_len))
     state = T.place_state(T.init_state(params, tx), mesh)
     step = T.make_step(m, tx, mesh, state, ["image", "text"])
-    b = shd.global_batch(_batch(enc, batch, size, text_len), mesh)
+    b = shd.global_batch(_batch(batch, size, text_len), mesh)
     for _ in range(2):  # compile + warm
         state, out = step(state, b)
     jax.block_until_ready(out["loss"])
@@ -65,7 +71,7 @@ def torch_samples_per_s(enc, batch, size, text_len, steps) -> float:
     st = _stage(batch, size, text_len)
     m = CLIPA(enc, size)
     opt = optim.build(m, st)
-    nb = _batch(enc, batch, size, text_len)
+    nb = _batch(batch, size, text_len)
     img, txt = torch.from_numpy(nb["image"]), torch.from_numpy(nb["text"]).long()
 
     def one():
@@ -108,6 +114,7 @@ def _peak_flops(device_kind: str):
 def gpu_section(steps: int) -> None:
     import jax
     import jax.numpy as jnp
+    import torch
 
     from clipa.costmodels import flops
 
@@ -118,15 +125,20 @@ def gpu_section(steps: int) -> None:
     kind = gpus[0].device_kind
     peak, hw = _peak_flops(kind)
     # Per-device batch 256 and 32 text tokens: CLIPA's low-resolution pretraining shapes are a
-    # recipe's choice; these are fixed here so runs are comparable.
+    # recipe's choice; these are fixed here so runs are comparable (the cases of gpu_torch.py).
     for name, size, batch in (("B/16", 112, 256), ("L/16", 96, 256)):
         enc = encoders.get(name)
         text_len = 32
-        sps = jax_samples_per_s(enc, batch * len(gpus), size, text_len, steps, dtype=jnp.bfloat16)
+        sps = jax_samples_per_s(enc, batch * len(gpus), size, text_len, steps, dtype=jnp.bfloat16) / len(gpus)
         f = flops.train_flops_per_sample(enc, enc.vision.tokens(size), text_len)
-        mfu = f"{f * sps / (peak * len(gpus)):.1%} of {hw} peak" if peak else f"n/a (no peak known for {kind})"
-        print(f"GPU {kind} x{len(gpus)}: {name} @ {size} px, batch {batch * len(gpus)}, bf16: "
-              f"{sps:,.0f} samples/s, MFU {mfu}")
+        mfu = f"{f * sps / peak:.1%} of {hw} peak" if peak else f"n/a (no peak known for {kind})"
+        print(f"GPU {kind} x{len(gpus)}: {name} @ {size} px, batch {batch}/device, bf16: "
+              f"{sps:,.0f} samples/s per device, MFU {mfu}")
+        if torch.cuda.is_available():  # the PyTorch backend on one of the same GPUs, same shapes
+            t_sps, _ = gpu_torch.samples_per_s(enc, size, batch, text_len, steps)
+            print(f"  torch {t_sps:,.0f} samples/s per device (baseline, same run); ratio jax/torch {sps / t_sps:.2f}")
+        else:
+            print("  torch baseline: n/a (this torch build sees no CUDA device)")
 
 
 def main() -> None:
