@@ -25,6 +25,8 @@ def samples_per_s(enc, size: int, batch: int, text_len: int, steps: int, *, comp
     from clipa.backends.torch.model import CLIPA
 
     torch.backends.cuda.matmul.allow_tf32 = True
+    torch.cuda.empty_cache()  # the previous case's model is gone with its call; count this one's peak only
+    torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     model = CLIPA(enc, size).cuda().train()
     if grad_checkpointing:
@@ -50,12 +52,7 @@ def samples_per_s(enc, size: int, batch: int, text_len: int, steps: int, *, comp
     for _ in range(steps):
         step()
     torch.cuda.synchronize()
-    sps = steps * batch / (time.perf_counter() - t0)
-    mem = torch.cuda.max_memory_allocated() / 2**30
-    del model, fwd, opt
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    return sps, mem
+    return steps * batch / (time.perf_counter() - t0), torch.cuda.max_memory_allocated() / 2**30
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

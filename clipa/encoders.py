@@ -105,8 +105,3 @@ def get(name: str) -> Encoder:
         known = ", ".join(list(ENCODERS) + list(ALIASES))
         raise UserError(f"unknown encoder {name!r}; known: {known}")
     return ENCODERS[key]
-
-
-def names(published_only: bool = False) -> list[str]:
-    tiny = {"test", "demo"}
-    return [n for n in ENCODERS if not (published_only and n in tiny)]

@@ -47,7 +47,8 @@ class MaskDrop:
 
 
 @functools.lru_cache(maxsize=None)
-def _rows(fname: str, key: str) -> dict[str, dict]:
+def read_rows(fname: str, key: str) -> dict[str, dict]:
+    """Rows of ``data/fname`` keyed by column ``key``; read once per process (cached, so read-only)."""
     with open(DATA / fname, newline="") as fh:
         rows = list(csv.reader(fh))
     head, out = rows[0], {}
@@ -64,7 +65,7 @@ def _rows(fname: str, key: str) -> dict[str, dict]:
 
 def value(fname: str, key: str, row: str, col: str) -> float:
     """A number from a data file, e.g. value(PUB, 'run', 'CLIPA-v2 ...', 'zero_shot_in1k_top1')."""
-    return float(_rows(fname, key)[row][col].strip().lstrip("~"))
+    return float(read_rows(fname, key)[row][col].strip().lstrip("~"))
 
 
 # CLIPA-v1 pre-training length: "6 epochs" of LAION-400M = 2.56B samples (CLIPA-v2 paper Table 1,
@@ -137,10 +138,10 @@ def _clipa_runs() -> list[Run]:
     out = []
     for name, feats, fname, a, b in runs:
         if fname == PUB:
-            row = _rows(PUB, "run")[name]
+            row = read_rows(PUB, "run")[name]
             out.append(Run(name, feats, float(row[a]), "clipa", f"{PUB}: {row['source']}"))
         else:
-            row = _rows(fname, "row_id")[a]
+            row = read_rows(fname, "row_id")[a]
             out.append(Run(name, feats, float(row[b]), "clipa", f"{fname} row {a}: {row['source'][:90]}"))
     return out
 
@@ -201,7 +202,7 @@ def runs() -> list[Run]:
 def mask_drops() -> list[MaskDrop]:
     """CLIPA-v2 Fig. 2 text: keeping 50% of tokens in a 128M @224 fine-tune costs H/14 0.4 ... S/16 1.8 points."""
     out = []
-    for rid, r in _rows(INV, "row_id").items():
+    for rid, r in read_rows(INV, "row_id").items():
         if r["experiment"].startswith("CLIPA-v2 inverse scaling law in fine-tuning"):
             samples = float(r["samples"].rstrip("M")) * 1e6
             out.append(MaskDrop(r["model"], samples, float(r["drop_vs_baseline"]), f"{INV} row {rid}"))

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from clipa.costmodels import accuracy_data
-from clipa.costmodels.accuracy_law import (DATASETS, FIT_FILE, LEVEL, PARAMS, AccuracyLaw, FinetuneStage,
+from clipa.costmodels.accuracy_law import (FIT_FILE, LEVEL, PARAMS, AccuracyLaw, FinetuneStage,
                                            RunFeatures, _design, _enc_info, _model)
 
 # Start and bounds of the least-squares fit (percent points; exponents; log-scales; F0 in 1e8 samples).
@@ -152,14 +152,15 @@ def report(law: Optional[AccuracyLaw] = None) -> dict:
     }
 
 
-def plot(path: Path, law: Optional[AccuracyLaw] = None) -> Path:
-    """PNG of predicted (fit and leave-one-out) against published top-1."""
+def plot(path: Path, law: Optional[AccuracyLaw] = None, rep: Optional[dict] = None) -> Path:
+    """PNG of predicted (fit and leave-one-out) against published top-1; ``rep``: ``report(law)``
+    if the caller already built it (building it costs a leave-one-out pass when the fit is not stored)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rep = report(law)
+    rep = rep if rep is not None else report(law)
     fig, ax = plt.subplots(figsize=(6, 6))
     for fam, marker in (("clipa", "o"), ("openclip", "s")):
         rows = [r for r in rep["runs"] if r["family"] == fam]

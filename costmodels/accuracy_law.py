@@ -314,10 +314,11 @@ def fit_report(law: Optional[AccuracyLaw] = None) -> dict:
     return accuracy_fit.report(law)
 
 
-def plot_fit(path: Path, law: Optional[AccuracyLaw] = None) -> Path:
+def plot_fit(path: Path, law: Optional[AccuracyLaw] = None, rep: Optional[dict] = None) -> Path:
+    """PNG of the fit; ``rep``: ``fit_report(law)`` if the caller already has it."""
     from clipa.costmodels import accuracy_fit
 
-    return accuracy_fit.plot(Path(path), law)
+    return accuracy_fit.plot(Path(path), law, rep)
 
 
 if __name__ == "__main__":

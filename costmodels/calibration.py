@@ -83,6 +83,8 @@ class Calibration(_Strict):
         ``sp`` must already use ``self.utilisation(hw.name)`` for its FLOPs time (``predict_recipe``
         does). Device-hours and dollars follow the wall time: the whole machine is held meanwhile.
         """
+        from clipa.costmodels.predict import cost_usd  # lazy: keeps loading a calibration file light
+
         h = self.hardware.get(hw.name)
         if h is None:
             return sp
@@ -91,7 +93,7 @@ class Calibration(_Strict):
         return sp.model_copy(update={
             "wall_hours": wall_h,
             "gpu_hours": wall_h * hw.n_devices,
-            "cost_usd": None if hw.usd_per_hour is None else wall_h * hw.usd_per_hour,
+            "cost_usd": cost_usd(hw, wall_h),
         })
 
 

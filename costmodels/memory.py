@@ -45,9 +45,6 @@ class MemoryBreakdown:
     activations: float
     total: float
 
-    def gib(self) -> dict:
-        return {k: getattr(self, k) / 2**30 for k in ("params", "grads", "optimizer", "activations", "total")}
-
 
 def _block_params(d: int, m: int) -> int:
     # 2 LayerNorms (4d) + qkv (3d^2 + 3d) + out proj (d^2 + d) + fc1 (dm + m) + fc2 (md + d)

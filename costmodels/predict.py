@@ -26,11 +26,12 @@ def stage_costs(enc, stage: recipe_mod.Stage, hw: hardware.Hardware, *, grad_che
     return recipe_mod.StagePrediction(
         name=stage.name, image_size=stage.image_size, image_tokens=tokens, text_len=stage.text_len,
         samples=stage.samples, train_flops_per_sample=fps, train_flops=fps * stage.samples,
-        gpu_hours=st.device_hours, wall_hours=st.wall_hours, cost_usd=_cost(hw, st.wall_hours),
+        gpu_hours=st.device_hours, wall_hours=st.wall_hours, cost_usd=cost_usd(hw, st.wall_hours),
     )
 
 
-def _cost(hw: hardware.Hardware, wall_hours: float) -> Optional[float]:
+def cost_usd(hw: hardware.Hardware, wall_hours: float) -> Optional[float]:
+    """Dollars for ``wall_hours`` of ``hw``; None (unknown, never $0) when it has no price."""
     return None if hw.usd_per_hour is None else hw.cost_usd(wall_hours)
 
 
@@ -56,7 +57,7 @@ def predict_recipe(rec: recipe_mod.Recipe, hw_name: Optional[str] = None, prices
 
     stages = [stage_costs(enc, st, hw, grad_checkpointing=rec.train.grad_checkpointing, utilisation=util)
               for st in rec.stages]
-    if calibration is not None and hasattr(calibration, "adjust_stage"):
+    if calibration is not None:
         stages = [calibration.adjust_stage(sp, hw) for sp in stages]
     feats = accuracy_law.features_from_recipe(rec)
     per_stage = law.predict_stages(feats)

@@ -36,7 +36,7 @@ from typing import Optional
 import yaml
 
 from clipa import encoders
-from clipa.costmodels import flops, hardware
+from clipa.costmodels import accuracy_data, flops, hardware
 from clipa.encoders import Encoder
 
 DATA = Path(__file__).parent / "data"
@@ -96,11 +96,15 @@ def data_samples_per_s(image_size: int, hw: hardware.Hardware) -> float:
 
 def stage_time(enc: Encoder, image_tokens: int, text_len: int, samples: float, hw: hardware.Hardware, *,
                image_size: int, grad_checkpointing: bool = False, utilisation: Optional[float] = None,
-               patch_tokens: Optional[int] = None) -> StageTime:
-    """Throughput and hours of ``samples`` samples on ``hw``; ``utilisation`` overrides the fitted one."""
+               patch_tokens: Optional[int] = None, params: Optional[dict] = None) -> StageTime:
+    """Throughput and hours of ``samples`` samples on ``hw``; ``utilisation`` overrides the fitted one,
+    ``params`` ({'u_max', 't0_s'}) the stored fit it comes from."""
     per_sample = flops.train_flops_per_sample(enc, image_tokens, text_len, recompute=grad_checkpointing,
                                               patch_tokens=patch_tokens)
-    u = utilisation if utilisation is not None else utilisation_from(fitted_params(), per_sample, hw.peak_flops)
+    if utilisation is not None:
+        u = utilisation
+    else:
+        u = utilisation_from(params if params is not None else fitted_params(), per_sample, hw.peak_flops)
     if not 0.0 < u <= 1.0:
         raise ValueError(f"utilisation must be in (0, 1], got {u}")
     compute = hw.n_devices * hw.peak_flops * u / per_sample
@@ -123,25 +127,11 @@ class _Stage:
     samples: float
 
 
-def _read_published_clipa() -> list[dict]:
-    # The CLIPA-v1 run names ("CLIPA-B/16(I50,T16) pretrain") hold unquoted commas: fold the
-    # surplus leading fields back into the first column instead of misreading every field after it.
-    with open(DATA / "published_clipa_results.csv", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        rows = []
-        for fields in reader:
-            extra = len(fields) - len(header)
-            if extra > 0:
-                fields = [",".join(fields[:extra + 1])] + fields[extra + 1:]
-            rows.append(dict(zip(header, fields)))
-        return rows
-
-
 def clipa_v2_runs() -> list[dict]:
     """CLIPA-v2 rows with A100 GPU-hours, as stages (pre-train + masked fine-tunes)."""
     runs = []
-    for row in _read_published_clipa():
+    # accuracy_data's reader also repairs the unquoted commas in the CLIPA-v1 run names.
+    for row in accuracy_data.read_rows(accuracy_data.PUB, "run").values():
         if not row["a100_gpu_hours"]:
             continue
         enc = encoders.get(row["image_encoder"])
@@ -150,9 +140,8 @@ def clipa_v2_runs() -> list[dict]:
                          int(row["text_len_pretrain"]), float(row["pretrain_samples"]))]
         for m_samples, res in re.findall(r"(\d+)M @(\d+)", row["finetune_stages"]):
             res = int(res)
-            full = enc.vision.tokens(res)
-            keep = max(1, math.floor(full * (1.0 - CLIPA_V2_FT_MASK[res]) + 1e-9))
-            stages.append(_Stage(res, keep, full, CLIPA_V2_FT_TEXT_LEN, float(m_samples) * 1e6))
+            stages.append(_Stage(res, enc.vision.kept_tokens(res, CLIPA_V2_FT_MASK[res]), enc.vision.tokens(res),
+                                 CLIPA_V2_FT_TEXT_LEN, float(m_samples) * 1e6))
         # CLIPA-v2 trained with activation rematerialisation (recipes_clipa_reference.md: "remat of activations").
         runs.append({"run": row["run"], "encoder": enc.name, "hardware": "a100x8", "stages": stages,
                      "recompute": True, "published_gpu_hours": float(row["a100_gpu_hours"]),
@@ -160,17 +149,15 @@ def clipa_v2_runs() -> list[dict]:
     return runs
 
 
-# CLIPA-v1 on one 8x A100 server: pre-training length "6 epochs of LAION-400M" = 2.56B samples
-# (CLIPA-v2 Table 1, ext_clipa_results.csv row 42); token counts as run, class token included
+# CLIPA-v1 on one 8x A100 server: pre-training length accuracy_data.V1_PRETRAIN (2.56B samples,
+# "6 epochs of LAION-400M"); token counts as run, class token included
 # (I50 = 49 patches + 1); fine-tune at 224 px with all 196 + 1 tokens. GPU-hours from rows 46-48
 # (third-party transcription of CLIPA Table 1, consistent with the README's ~2/~3/~4 days on 8 A100).
-_V1_PRETRAIN_SAMPLES = 2.56e9
 _V1_HOURS_ROW = {"40": "46", "41": "47", "42": "48"}
 
 
 def clipa_v1_runs() -> list[dict]:
-    with open(DATA / "ext_clipa_results.csv", newline="") as f:
-        rows = {r["row_id"]: r for r in csv.DictReader(f)}
+    rows = accuracy_data.read_rows(accuracy_data.RES, "row_id")
     runs = []
     for rid, hid in _V1_HOURS_ROW.items():
         r = rows[rid]
@@ -179,7 +166,7 @@ def clipa_v1_runs() -> list[dict]:
         ft_samples = float(re.match(r"[\d,]+", r["ft_stage1_samples"]).group(0).replace(",", ""))
         ft_tokens = enc.vision.tokens(ft_size) + 1
         stages = [_Stage(size, int(r["pretrain_image_tokens"]), int(r["pretrain_image_tokens"]),
-                         int(r["pretrain_text_len"]), _V1_PRETRAIN_SAMPLES),
+                         int(r["pretrain_text_len"]), accuracy_data.V1_PRETRAIN),
                   _Stage(ft_size, ft_tokens, ft_tokens, int(r["ft_text_len"]), ft_samples)]
         # CLIPA-v1's torch recipes use gradient checkpointing (recipes_clipa_reference.md).
         runs.append({"run": f"{r['model']} (CLIPA-v1)", "encoder": enc.name, "hardware": "a100x8", "stages": stages,
@@ -221,12 +208,9 @@ def predict_run_hours(run: dict, params: dict) -> float:
     hw = hardware.get(run["hardware"])
     total = 0.0
     for st in run["stages"]:
-        f = flops.train_flops_per_sample(enc, st.image_tokens, st.text_len, recompute=run["recompute"],
-                                         patch_tokens=st.patch_tokens)
-        u = utilisation_from(params, f, hw.peak_flops)
         total += stage_time(enc, st.image_tokens, st.text_len, st.samples, hw, image_size=st.image_size,
-                            grad_checkpointing=run["recompute"], utilisation=u,
-                            patch_tokens=st.patch_tokens).device_hours
+                            grad_checkpointing=run["recompute"], patch_tokens=st.patch_tokens,
+                            params=params).device_hours
     return total
 
 

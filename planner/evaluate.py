@@ -109,16 +109,14 @@ def _memory_plan(p: ss.Point, ctx: Context) -> Optional[tuple[bool, int]]:
             continue
         ft_ok = [b for b in ss.FT_BATCHES
                  if all(_fits(p.encoder, b, _ft_tokens(enc, s), s[5], ctx.hw, ckpt) for s in ss.FINETUNES[p.finetune])]
-        if not ss.FINETUNES[p.finetune]:
-            return ckpt, ss.FT_BATCHES[-1]
-        if ft_ok:
+        if ft_ok:  # no fine-tune: every batch "fits", so the largest
             return ckpt, max(ft_ok)
     return None
 
 
 def _ft_tokens(enc: encoders.Encoder, ft) -> int:
-    size, _, ratio = ft[0], ft[1], ft[2]
-    return max(1, int(math.floor(enc.vision.tokens(size) * (1 - ratio) + 1e-9)))
+    """Image tokens of a ``ss.FINETUNES`` entry (image_size, samples, mask_ratio, ...)."""
+    return enc.vision.kept_tokens(ft[0], ft[2])
 
 
 def features(p: ss.Point, samples: float, dataset: str) -> RunFeatures:

@@ -13,7 +13,7 @@ from clipa.costmodels import accuracy_law, throughput
 def show(console: Console, plot: Path, as_json: bool = False) -> dict:
     acc = accuracy_law.fit_report()
     thr = throughput.fit_report()
-    plot_path = accuracy_law.plot_fit(Path(plot))
+    plot_path = accuracy_law.plot_fit(Path(plot), rep=acc)
     report = {"accuracy_law": acc, "throughput": thr, "plot": str(plot_path)}
     if as_json:
         print(json.dumps(report, indent=2, default=float))

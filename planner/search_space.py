@@ -139,5 +139,4 @@ def point_from_recipe(rec: recipe_mod.Recipe) -> Optional[Point]:
     if name is None or side not in SIDES or pre.text_len not in TEXT_LENS:
         return None
     batch = min(GLOBAL_BATCHES, key=lambda b: abs(b - pre.global_batch))
-    return Point(rec.encoder.name if rec.encoder.name in ENCODERS else encoders.get(rec.encoder.name).name,
-                 side, pre.image_reduction.kind, pre.text_len, pre.text_reduction, batch, name)
+    return Point(enc.name, side, pre.image_reduction.kind, pre.text_len, pre.text_reduction, batch, name)
