@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import io
-import tarfile
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from clipa import encoders
-from clipa.backends.data.pipeline import DataStats, RankStream, train_batches
+from clipa.backends.data.pipeline import DataStats, RankStream, _job_config, batches_for, train_batches
 from clipa.backends.data.tokenizer import get as get_tokenizer
 from clipa.backends.data.webdataset_io import expand_shards, index_shard, write_shard
 from clipa.errors import UserError
@@ -44,9 +44,10 @@ def stage(kind="resize", ratio=0.0, text="truncate", size=32, text_len=8, aug=No
 
 
 def sample_ids(batch) -> list[int]:
-    """Recover each row's sample number from its caption ("sample number N")."""
+    """Recover each row's sample number from its caption ("sample number N"; the tokenizer splits N
+    into single digits, which decode as "1 1 9")."""
     tok = get_tokenizer()
-    return [int(tok.decode(row).split()[-1]) for row in batch["text"]]
+    return [int("".join(tok.decode(row).split()[2:])) for row in batch["text"]]
 
 
 def test_expand_brace_list_dir_and_missing(tmp_path):
@@ -159,3 +160,28 @@ def test_corrupt_shard_and_bad_image_are_skipped_and_counted(tmp_path):
     assert 0 < len(truncated.entries) < 4  # the complete samples before the cut are kept
     assert 900 not in seen  # the undecodable image's slot holds a copy of a good sample instead
     assert set(seen) <= set(range(8)) | {902}
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_open_shard_files_stay_bounded_across_many_shards(tmp_path):
+    """A rank walking through many shards keeps only its current shuffle block's shards open, at most
+    ``max_open``; before the fix every shard touched stayed open until the generator ended. Shards are
+    read in the calling process (workers get bytes), so workers=0 measures the only holder of shard files."""
+    paths = make_shards(tmp_path, 40, 3)  # 120 samples
+    cfg = _job_config(stage(), ENC, 0, 0)
+    get_tokenizer()  # load it first: its files are not the pipeline's
+    for block, max_open, bound in ((6, 32, 2),  # a 6-sample block covers exactly 2 of the 3-sample shards
+                                   (10_000, 5, 5)):  # the whole epoch in one block: the cap holds
+        base = peak = _open_fds()
+        it = batches_for(paths, cfg, 4, 0, 1, 0, 0, DataStats(), block=block, max_open=max_open)
+        ids = []
+        for _ in range(30):  # one epoch: every shard is read
+            ids += sample_ids(next(it))
+            peak = max(peak, _open_fds())
+        assert sorted(ids) == list(range(120))
+        assert peak - base <= bound, (block, max_open, peak - base)
+        it.close()
+        assert _open_fds() == base

@@ -22,14 +22,15 @@ import multiprocessing as mp
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
 from clipa.backends.data import batch_job
 from clipa.backends.data.decode import normalize
 from clipa.backends.data.image_reduction import MASK_KINDS
-from clipa.backends.data.webdataset_io import SampleEntry, ShardIndex, ShardReader, expand_shards, index_shard
+from clipa.backends.data.webdataset_io import (MAX_OPEN_SHARDS, SampleEntry, ShardIndex, ShardReader, expand_shards,
+                                               index_shard)
 from clipa.encoders import Encoder
 from clipa.errors import UserError
 from clipa.recipe import DatasetSpec, Stage
@@ -55,14 +56,19 @@ class DataStats:
 
 
 class RankStream:
-    """The infinite, deterministic sequence of (position, shard path, entry) for one rank."""
+    """The infinite, deterministic sequence of (position, shard path, entry) for one rank.
+
+    ``on_live(paths)`` is called as each shuffle block starts, with the shards that block reads: every
+    other shard is no longer needed (until a later block reaches it again), so the caller can release
+    it. batches_for closes those shards' file handles, which keeps open files bounded over a long run."""
 
     def __init__(self, shards: list[Path], rank: int, world_size: int, seed: int,
-                 stats: DataStats, block: int = SHUFFLE_BLOCK):
+                 stats: DataStats, block: int = SHUFFLE_BLOCK,
+                 on_live: Optional[Callable[[set[Path]], None]] = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.shards, self.rank, self.world, self.seed, self.block = shards, rank, world_size, seed, block
-        self.stats = stats
+        self.stats, self.on_live = stats, on_live
         self._counts: dict[int, int] = {}
         self._index: dict[int, ShardIndex] = {}
 
@@ -132,6 +138,8 @@ class RankStream:
                 where = np.searchsorted(cum, raw, side="right")
                 live = {int(mine[w]) for w in np.unique(where)}
                 self._index = {s: i for s, i in self._index.items() if s in live}
+                if self.on_live is not None:
+                    self.on_live({self.shards[s] for s in live})
                 for r, w in zip(raw.tolist(), where.tolist()):
                     s = int(mine[w])
                     yield pos, self.shards[s], self._shard(s).entries[r - (cum[w - 1] if w else 0)]
@@ -202,11 +210,16 @@ def train_batches(dataset: DatasetSpec, stage: Stage, encoder: Encoder, *, batch
 
 
 def batches_for(shards: list[Path], cfg: batch_job.JobConfig, batch_size: int, rank: int, world_size: int,
-                start: int, workers: int, stats: DataStats) -> Iterator[dict[str, np.ndarray]]:
+                start: int, workers: int, stats: DataStats, *, block: int = SHUFFLE_BLOCK,
+                max_open: int = MAX_OPEN_SHARDS) -> Iterator[dict[str, np.ndarray]]:
     """``train_batches`` below the recipe: an explicit job config and the rank's own ``start``
-    position (benchmarks/data_pipeline.py uses it to switch draft decoding off)."""
-    stream = RankStream(shards, rank, world_size, cfg.seed, stats)
-    reader = ShardReader()
+    position (benchmarks/data_pipeline.py uses it to switch draft decoding off). ``block``: references
+    per shuffle block; ``max_open``: open shard files at most.
+
+    Shards are read here, in the calling process (workers get bytes), so only this process holds shard
+    files: those of the current shuffle block, at most ``max_open``."""
+    reader = ShardReader(max_open)
+    stream = RankStream(shards, rank, world_size, cfg.seed, stats, block, on_live=reader.keep_only)
 
     def jobs():
         items = []
