@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -104,6 +104,18 @@ def merge_counts(a: dict, b: dict) -> dict:
     for k, v in b.items():
         out[k] = out.get(k, 0) + v
     return out
+
+
+def checkpoint_meta(prog: RunProgress, *, skipped: int, reasons: dict, time_s: float, stage_s: float,
+                    metrics_path: Path) -> dict:
+    """The position a checkpoint saves: ``prog`` (a deep copy) with this process's counts added.
+
+    ``skipped``/``reasons``: samples skipped since this process started (all ranks/hosts); ``time_s``:
+    wall seconds of the whole run so far; ``stage_s``: wall seconds this process spent in the current
+    stage; ``metrics_bytes`` is metrics.jsonl's size now (resuming truncates it back to this)."""
+    return {**asdict(prog), "skipped": prog.skipped + skipped, "reasons": merge_counts(prog.reasons, reasons),
+            "time_s": time_s, "stage_time_s": prog.stage_time_s + stage_s,
+            "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0}
 
 
 def append_metrics(path: Path, line: dict) -> None:

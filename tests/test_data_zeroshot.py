@@ -39,6 +39,14 @@ def test_wnid_tab_names_templates_and_batches(tmp_path):
     labels = np.concatenate([b[1] for b in batches])
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and zs.skipped == 1
     assert batches[0][0].shape == (4, 3, 24, 24) and batches[0][0].dtype == np.float32
+    # Split over 2 ranks: each image scored once in all, each rank reading only its own files.
+    shards = []
+    for r in range(2):
+        shards.append(list(zs.image_batches(24, 4, rank=r, world=2)))
+        shards[-1].append(zs.skipped)
+    assert sorted(np.concatenate([b[1] for s in shards for b in s[:-1]]).tolist()) == labels.tolist()
+    assert shards[0][-1] == 0 and shards[1][-1] == 1  # the broken file (7th of 10) is in rank 1's run 5-8
+    np.testing.assert_array_equal(shards[0][0][0], batches[0][0])  # files 0-3 decode: rank 0's first batch
 
 
 def test_plain_names_default_templates_and_user_errors(tmp_path):

@@ -50,13 +50,23 @@ def test_unknown_hardware_is_refused_when_the_recipe_loads():
         recipe_mod.from_dict(d)
 
 
-def test_progress_round_trips_through_a_checkpoints_json_and_keeps_its_field_names():
+def test_progress_round_trips_through_a_checkpoints_json_and_keeps_its_field_names(tmp_path):
     # The names are the checkpoint format of both backends: renaming one breaks resuming old runs.
     assert [f.name for f in fields(rs.RunProgress)] == ["stage", "step", "samples_drawn", "time_s", "stage_time_s",
                                                         "skipped", "reasons", "metrics_bytes", "history"]
     p = rs.RunProgress(stage=1, step=7, samples_drawn=56, reasons={"decode": 2}, history=[{"name": "a"}])
     saved = json.loads(json.dumps({**asdict(p), "optimizer": {}, "rng": [1, 2]}))
     assert rs.RunProgress.from_state(saved) == p
+    # The checkpoint's position: this process's counts added to the earlier processes', metrics size now.
+    (tmp_path / "m.jsonl").write_text("x" * 13)
+    p.skipped, p.stage_time_s = 3, 10.0
+    meta = rs.checkpoint_meta(p, skipped=2, reasons={"decode": 1, "shard": 4}, time_s=99.0, stage_s=5.0,
+                              metrics_path=tmp_path / "m.jsonl")
+    assert meta == {**asdict(p), "skipped": 5, "reasons": {"decode": 3, "shard": 4}, "time_s": 99.0,
+                    "stage_time_s": 15.0, "metrics_bytes": 13}
+    assert p.reasons == {"decode": 2} and meta["history"] is not p.history  # a copy: later progress leaves it be
+    assert rs.checkpoint_meta(p, skipped=0, reasons={}, time_s=1.0, stage_s=0.0,
+                              metrics_path=tmp_path / "none.jsonl")["metrics_bytes"] == 0
 
 
 def test_intervals_and_counts():

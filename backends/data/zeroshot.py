@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 
@@ -34,12 +34,19 @@ class ZeroShotSet:
         """int32 [C * T, text_len]: row c * T + t is template t filled with class c."""
         return tokenizer([t.replace("{}", c) for c in self.classnames for t in self.templates], text_len)
 
-    def image_batches(self, image_size: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def image_batches(self, image_size: int, batch_size: int, rank: int = 0,
+                      world: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(float32 [b, 3, S, S] normalised images, int64 [b] labels); centre crop, no augmentation.
-        Undecodable images are skipped and counted in ``skipped``."""
+        Undecodable images are skipped and counted in ``skipped`` (this rank's files only).
+
+        With ``world`` > 1 the files go to ranks in runs of ``batch_size`` (run i to rank i % world),
+        and a rank reads only its own: every file is scored by exactly one rank, and with no
+        undecodable images rank r gets batches r, r + world, ... of the single-process order."""
         self.skipped = 0
         imgs, labs = [], []
-        for f, y in zip(self.files, self.labels):
+        for j, (f, y) in enumerate(zip(self.files, self.labels)):
+            if (j // batch_size) % world != rank:
+                continue
             try:
                 imgs.append(decode_eval(f.read_bytes(), image_size))
             except DecodeError:

@@ -9,7 +9,6 @@ metrics and achieved.json. Orbax checkpoints are written by all hosts together.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -133,10 +132,8 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, *, mesh=None, max_s
 
         def save_ckpt() -> None:
             finite_losses()
-            meta = {**asdict(pos), "skipped": pos.skipped + stats.skipped,
-                    "reasons": rs.merge_counts(pos.reasons, stats.reasons), "time_s": elapsed(),
-                    "stage_time_s": pos.stage_time_s + time.monotonic() - stage_t0,
-                    "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0}
+            meta = rs.checkpoint_meta(pos, skipped=stats.skipped, reasons=stats.reasons, time_s=elapsed(),
+                                      stage_s=time.monotonic() - stage_t0, metrics_path=metrics_path)
             checkpoint.save(mngr, _global_step(stages, k, pos.step), state, meta)
 
         with rs.progress_bar(main, console) as bar:

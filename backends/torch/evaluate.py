@@ -26,7 +26,8 @@ def zero_shot_top1(model: CLIPA, zs, tokenizer, *, image_size: int, text_len: in
                    device: torch.device, amp=contextlib.nullcontext, shard: bool = True) -> float:
     """Top-1 accuracy in percent of ``zs`` (a backends.data ZeroShotSet) at ``image_size`` px.
 
-    With a process group and ``shard``, rank r scores image batches r, r+W, ...; counts are summed.
+    With a process group and ``shard``, each rank reads and scores its share of the images
+    (``ZeroShotSet.image_batches``' rank/world split); counts are summed over ranks.
     ``shard=False`` (FSDP: every rank must run every forward) has each rank score every batch.
     """
     was_training = model.training
@@ -36,9 +37,7 @@ def zero_shot_top1(model: CLIPA, zs, tokenizer, *, image_size: int, text_len: in
     distributed = dist.is_initialized() and dist.get_world_size() > 1
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed and shard else (0, 1)
     correct = torch.zeros(2, dtype=torch.float64, device=device)  # [correct, total]
-    for i, (images, labels) in enumerate(zs.image_batches(image_size, batch_size)):
-        if i % world != rank:
-            continue
+    for images, labels in zs.image_batches(image_size, batch_size, rank, world):
         with amp():
             img = F.normalize(model.encode_image(torch.as_tensor(images, device=device)).float(), dim=-1)
         pred = (img @ classes.T).argmax(dim=-1)

@@ -42,9 +42,28 @@ def _stats_total(stats, world: tdist.World) -> tuple[int, dict]:
     dist.all_gather_object(every, local)
     reasons: dict = {}
     for e in every:
-        for k, v in e["reasons"].items():
-            reasons[k] = reasons.get(k, 0) + v
+        reasons = rs.merge_counts(reasons, e["reasons"])
     return sum(e["skipped"] for e in every), reasons
+
+
+def _main_weights(ddp, world: tdist.World, fsdp: bool) -> Optional[dict]:
+    """The full weights (plain tensors) on rank 0, None elsewhere. Under FSDP the gather is a
+    collective: every rank takes part and gets them (the stage-end rebuild needs them everywhere)."""
+    return tdist.full_weights(ddp, fsdp) if fsdp or world.is_main else None
+
+
+def _build_model(enc, image_size: int, st, weights: Optional[dict], world: tdist.World,
+                 grad_checkpointing: bool) -> CLIPA:
+    """A plain model on the device: built at ``image_size`` px (random init from torch's RNG), then,
+    given ``weights``, set to stage ``st`` and loaded with them."""
+    model = CLIPA(enc, image_size)
+    if weights is not None:
+        model.set_stage(st.image_size, st.pos_embed)
+        model.load_state_dict(weights)
+    model.to(world.device)
+    if grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
 
 
 def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, world: tdist.World, *,
@@ -65,27 +84,22 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, world: tdist.World,
             raise UserError(f"stages[{i}].global_batch: {st.global_batch} is not divisible by {world.world_size} processes")
 
     torch.manual_seed(tr.seed)
-    model = CLIPA(enc, stages[0].image_size)
-    prog = rs.RunProgress()
-    opt_state = None
+    prog, weights, state = rs.RunProgress(), None, {}
     last = checkpoint.latest(run_dir)
     if last is not None:
         weights, state = checkpoint.load(last)
         prog = rs.RunProgress.from_state(state)
-        model.set_stage(stages[prog.stage].image_size, stages[prog.stage].pos_embed)
-        model.load_state_dict(weights)
-        opt_state = state.get("optimizer")
-        torch.set_rng_state(state["rng"])
+    model = _build_model(enc, stages[0].image_size, stages[prog.stage], weights, world, tr.grad_checkpointing)
+    opt_state = state.get("optimizer")
+    if last is not None:
+        torch.set_rng_state(state["rng"])  # after the build: a fresh run's init draws from the seed
         if world.is_main:
             console.print(f"resuming {run_dir} from {last.name} (stage {stages[prog.stage].name}, step {prog.step})")
             rs.truncate_metrics(run_dir / rundir.METRICS, prog.metrics_bytes)
-    model.to(world.device)
-    if tr.grad_checkpointing:
-        model.set_grad_checkpointing(True)
     fsdp = _needs_fsdp(recipe, world)
 
     zs = zeroshot.load_zeroshot(dataset.val, dataset.classnames, dataset.templates) if dataset.val else None
-    tok = tokenizer.Tokenizer()
+    tok = tokenizer.get()
     stats = pipeline.DataStats()
     metrics_path = run_dir / rundir.METRICS
 
@@ -123,16 +137,17 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, world: tdist.World,
         ckpt_every = rs.every(tr.checkpoint_every_samples, st.global_batch)
         eval_every = rs.every(tr.eval_every_samples, st.global_batch)
 
-        def save_ckpt() -> None:
+        def save_ckpt(weights: Optional[dict] = None) -> None:
+            """``weights``: ``_main_weights`` already gathered at this step (None: gather them here)."""
             if bool(bad):
                 raise _diverged(st.name, prog.step, run_dir)
             skipped, reasons = _stats_total(stats, world)
-            weights, osd = tdist.full_weights(ddp, fsdp), tdist.optim_state(ddp, opt, fsdp)
+            if weights is None:
+                weights = _main_weights(ddp, world, fsdp)
+            osd = tdist.optim_state(ddp, opt, fsdp) if fsdp or world.is_main else None  # collective under FSDP
             if world.is_main:
-                state = {**prog.__dict__, "skipped": prog.skipped + skipped,
-                         "reasons": rs.merge_counts(prog.reasons, reasons), "time_s": elapsed(),
-                         "stage_time_s": prog.stage_time_s + time.monotonic() - stage_t0,
-                         "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0,
+                state = {**rs.checkpoint_meta(prog, skipped=skipped, reasons=reasons, time_s=elapsed(),
+                                              stage_s=time.monotonic() - stage_t0, metrics_path=metrics_path),
                          "optimizer": osd, "rng": torch.get_rng_state()}
                 checkpoint.save(run_dir, k, prog.step, weights, state, _meta(recipe, st, model))
             if dist.is_initialized():
@@ -187,21 +202,16 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, world: tdist.World,
         samples = st.steps * st.global_batch
         prog.history.append(rs.stage_record(st, top1, stage_wall, world.world_size, mfu))
         write_metrics(dict(kind="eval", stage=st.name, step=prog.step, samples=samples, time_s=elapsed(), top1=top1))
-        weights = tdist.full_weights(ddp, fsdp)
+        weights = _main_weights(ddp, world, fsdp)  # once: the stage file, the checkpoint, the FSDP rebuild
         if world.is_main:
             console.print(f"stage {st.name}: {samples:,} samples in {stage_wall:.0f} s"
                           + (f", zero-shot top-1 {top1:.2f}%" if top1 is not None else ""))
-            checkpoint.save_weights_atomic(tdist.full_weights(model, False), checkpoint.ckpt_dir(run_dir) / f"stage-{k}-{_safe(st.name)}.safetensors",
+            checkpoint.save_weights_atomic(weights, checkpoint.ckpt_dir(run_dir) / f"stage-{k}-{_safe(st.name)}.safetensors",
                                            _meta(recipe, st, model))
-        save_ckpt()  # step == steps: marks the stage done (resuming goes on with the next stage)
+        save_ckpt(weights)  # step == steps: marks the stage done (resuming goes on with the next stage)
         prog.stage_time_s = 0.0
         if fsdp:  # FSDP shards the module in place: continue from a plain copy of the full weights
-            model = CLIPA(enc, st.image_size)
-            model.set_stage(st.image_size, st.pos_embed)
-            model.load_state_dict(weights)
-            model.to(world.device)
-            if tr.grad_checkpointing:
-                model.set_grad_checkpointing(True)
+            model = _build_model(enc, st.image_size, st, weights, world, tr.grad_checkpointing)
 
     skipped, reasons = _stats_total(stats, world)
     skipped, reasons = prog.skipped + skipped, rs.merge_counts(prog.reasons, reasons)
