@@ -134,3 +134,19 @@ def test_cli_writes_a_file_the_planner_can_load(tmp_path, capsys):
     # an unfinished run alone: nothing to calibrate, one line, exit 2
     u = write_run(tmp_path / "u", demo_recipe("u"), finished=False, stop_after=1000)
     assert run_app(app, [str(u), "--no-plots", "--calibrate", "--calibration-out", str(tmp_path / "x.yaml")]) == 2
+
+
+def test_fit_counts_the_same_flops_as_the_prediction_on_a_masked_stage(tmp_path):
+    from clipa.costmodels import flops
+
+    d = demo_recipe("m", predictions=False).model_dump(mode="json")
+    d["stages"][1]["image_reduction"] = {"kind": "random_mask", "mask_ratio": 0.5}
+    rec = recipe_mod.from_dict(d)
+    run = load_run(write_run(tmp_path / "m", rec))
+    hw = hardware.get("cpu")
+    enc, st = rec.encoder.spec, rec.stages[1]
+    assert st.image_tokens(enc) < enc.vision.tokens(st.image_size)  # the premise: a masked stage
+    predicted = flops.train_flops_per_sample(enc, st.image_tokens(enc), st.text_len,
+                                             patch_tokens=enc.vision.tokens(st.image_size))  # predict.stage_costs
+    seconds, _ = calibrate.model_seconds_per_sample(run, st, hw)
+    assert seconds == pytest.approx(predicted / (hw.n_devices * hw.peak_flops), rel=1e-9)

@@ -65,9 +65,11 @@ def model_seconds_per_sample(run: Run, stage, hw) -> tuple[float, float]:
     from clipa.costmodels import throughput
 
     enc = run.recipe.encoder.spec
+    # The same FLOPs predict_recipe counts (patch embedding on every patch, masked or not), so the
+    # fitted utilisation means the same thing in the fit and in the prediction.
     st = throughput.stage_time(enc, stage.image_tokens(enc), stage.text_len, 1.0, hw, image_size=stage.image_size,
-                               grad_checkpointing=run.recipe.train.grad_checkpointing, utilisation=1.0)
-    # no patch_tokens: the same call predict_recipe makes, so the fit and the prediction agree
+                               grad_checkpointing=run.recipe.train.grad_checkpointing, utilisation=1.0,
+                               patch_tokens=enc.vision.tokens(stage.image_size))
     return 1.0 / st.compute_samples_per_s, 1.0 / st.data_samples_per_s
 
 

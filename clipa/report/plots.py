@@ -141,7 +141,7 @@ def pareto(front: Sequence[tuple[float, float, str]], chosen: Sequence[tuple[str
     unpriced = []
     for i, (name, pc, pt, ac, at) in enumerate(chosen):
         colour = CHOSEN_COLOURS[i % len(CHOSEN_COLOURS)]
-        if not pc or pc <= 0:  # no price for this hardware (e.g. cpu): a log axis has no place for $0
+        if pc is None or pc <= 0:  # no price for this hardware (e.g. cpu): a log axis has no place for $0
             unpriced.append(f"{name} (predicted {pt:.1f}%" + (f", achieved {at:.1f}%" if at is not None else "") + ")")
             continue
         ax.plot(pc, pt, "*", mfc="none", mec=colour, ms=15, mew=1.5, label=f"{name}: predicted")
