@@ -110,10 +110,14 @@ def read_metrics(run_dir: Path) -> list[MetricsLine]:
     return out
 
 
+def safe_name(name: str) -> str:
+    """``name`` usable as one path component: anything but letters, digits and -_. becomes -."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
 def default_run_dir(recipe_name: str, root: Path = DEFAULT_ROOT) -> Path:
     """Deterministic from the recipe name, so running the same command again resumes."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in recipe_name)
-    return root / safe
+    return root / safe_name(recipe_name)
 
 
 def latest_run(root: Path = DEFAULT_ROOT) -> Optional[Path]:

@@ -206,7 +206,7 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, world: tdist.World,
         if world.is_main:
             console.print(f"stage {st.name}: {samples:,} samples in {stage_wall:.0f} s"
                           + (f", zero-shot top-1 {top1:.2f}%" if top1 is not None else ""))
-            checkpoint.save_weights_atomic(weights, checkpoint.ckpt_dir(run_dir) / f"stage-{k}-{_safe(st.name)}.safetensors",
+            checkpoint.save_weights_atomic(weights, checkpoint.ckpt_dir(run_dir) / f"stage-{k}-{rundir.safe_name(st.name)}.safetensors",
                                            _meta(recipe, st, model))
         save_ckpt(weights)  # step == steps: marks the stage done (resuming goes on with the next stage)
         prog.stage_time_s = 0.0
@@ -260,7 +260,3 @@ def _diverged(stage: str, step: int, run_dir: Path) -> rs.Diverged:
 def _meta(recipe: Recipe, st, model: CLIPA) -> dict[str, str]:
     return {"encoder": recipe.encoder.name, "stage": st.name, "image_size": str(st.image_size),
             "pos_embed": model.pos_embed_mode, "format": "clipa-torch-1"}
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)

@@ -20,7 +20,7 @@ from clipa.cli._common import entry
 from clipa.errors import UserError
 
 app = typer.Typer(name="clipa-plan", add_completion=False, help=__doc__, rich_markup_mode=None)
-DATASETS = ("laion-400m", "laion-2b", "datacomp-1b", "demo")
+DATASETS = tuple(d for d in recipe_mod.DATASETS if d != "custom")  # a plan needs a dataset the law knows
 
 
 @app.command()
