@@ -1,18 +1,21 @@
 # The two set-up commands of the README:
 #   make demo   set up, then plan -> run -> report the embedded CPU demo
 #   make test   set up, then run the test suite
+# Set-up installs the exact versions in requirements-lock.txt (the ones the suite last passed with), so
+# a new release of a dependency cannot change what a fresh clone gets. `make lock` refreshes that file.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+LOCK := requirements-lock.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench lock clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[all,dev]'
+	$(PY) -m pip install -q --upgrade 'pip>=24'
+	$(PY) -m pip install -q -e '.[all,dev]' -c $(LOCK)
 	touch $@
 
 demo: setup
@@ -27,5 +30,16 @@ test: setup
 bench: setup
 	$(PY) -m benchmarks.run_all
 
+# Resolve the newest releases pyproject.toml allows in a scratch venv and write them to the lock file.
+# Then run `make clean test` and commit the lock only if the suite passes.
+lock:
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade 'pip>=24'
+	.lock-venv/bin/python -m pip install -q -e '.[all,dev]'
+	{ echo "# Exact versions the test suite passed with; used as pip constraints by 'make setup'."; \
+	  echo "# Refresh: make lock && make clean test (commit only if the suite passes)."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable; } > $(LOCK)
+	rm -rf .lock-venv
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs .lock-venv

@@ -25,7 +25,8 @@ DATASETS = ("laion-400m", "laion-2b", "datacomp-1b", "demo", "custom")
 
 class _Strict(BaseModel):
     # Unknown fields fail at load (big_vision's parse_arg lesson): a typo never silently does nothing.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN/inf are refused everywhere: a NaN learning rate or price would train or plan silently wrong.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def _registered(check, v: str) -> str:
@@ -94,6 +95,13 @@ class OptimizerSpec(_Strict):
     name: Literal["adamw"] = "adamw"
     lr: float = Field(gt=0, description="peak learning rate")
     betas: tuple[float, float] = (0.9, 0.95)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"each beta must be in [0, 1), got {list(v)}")
+        return v
     eps: float = Field(1e-6, gt=0)
     weight_decay: float = Field(0.2, ge=0)
     grad_clip: Optional[float] = Field(None, gt=0, description="global-norm clip; none by default")
@@ -113,6 +121,13 @@ class AugmentSpec(_Strict):
     color_jitter_p: float = Field(0.8, ge=0, le=1)
     grayscale_p: float = Field(0.0, ge=0, le=1)
 
+    @field_validator("random_resized_crop")
+    @classmethod
+    def _crop(cls, v):
+        if v is not None and not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError(f"must be (min, max) with 0 < min <= max <= 1, got {list(v)}")
+        return v
+
 
 class Stage(_Strict):
     name: str
@@ -120,7 +135,7 @@ class Stage(_Strict):
     global_batch: int = Field(gt=0)
     image_size: int = Field(gt=0, description="input resolution in px")
     image_reduction: ImageReductionSpec = ImageReductionSpec()
-    text_len: int = Field(gt=0, description="text tokens per caption, incl. start/end tokens")
+    text_len: int = Field(ge=2, description="text tokens per caption, incl. start/end tokens (so at least 2)")
     text_reduction: TextReduction = "truncate"
     optimizer: OptimizerSpec
     schedule: ScheduleSpec = ScheduleSpec()
@@ -145,7 +160,7 @@ class Stage(_Strict):
 class TrainSpec(_Strict):
     """How to execute, not what to train: the same recipe runs on a laptop or a pod."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     precision: Literal["bf16", "fp32"] = "bf16"
     grad_checkpointing: bool = False
     compile: bool = False
@@ -164,7 +179,8 @@ class StagePrediction(_Strict):
     train_flops: float
     gpu_hours: float
     wall_hours: float
-    cost_usd: Optional[float] = Field(description="None when the hardware has no known price")
+    # Defaults to None: to_yaml drops None values, and an unpriced plan must load again.
+    cost_usd: Optional[float] = Field(None, description="None when the hardware has no known price")
     predicted_top1: Optional[float] = None
 
 
@@ -173,14 +189,31 @@ class Predictions(_Strict):
     predicted_top1_interval: tuple[float, float]
     gpu_hours: float = Field(description="device-hours (GPU or TPU chip)")
     wall_hours: float
-    cost_usd: Optional[float] = Field(description="None when the hardware has no known price")
+    # Defaults to None: to_yaml drops None values, and an unpriced plan must load again.
+    cost_usd: Optional[float] = Field(None, description="None when the hardware has no known price")
     hardware: str
     cost_model_version: str
     stages: list[StagePrediction] = []
 
 
+class Provenance(_Strict):
+    """How a generated recipe was made, so a plan can be reproduced or questioned later."""
+
+    command: str
+    clipa_version: str
+    created: str = Field(description="UTC time, ISO 8601")
+    budget_usd: Optional[float] = None
+    gpu_hours: Optional[float] = None
+    hardware: Optional[str] = None
+
+
+# Largest input size in any OpenCLIP model config (open_clip 3.3 model_configs: 512 px); well above it
+# is a typo (2240 for 224), not a plan.
+MAX_IMAGE_SIZE = 1024
+
+
 class Recipe(_Strict):
-    name: str
+    name: str = Field(description="names the run directory (runs/<name>): needs a letter or digit")
     encoder: EncoderSpec
     dataset: DatasetSpec
     hardware: HardwareSpec
@@ -188,13 +221,24 @@ class Recipe(_Strict):
     train: TrainSpec = TrainSpec()
     predictions: Optional[Predictions] = None
     notes: Optional[str] = None
+    provenance: Optional[Provenance] = None
+
+    @field_validator("name")
+    @classmethod
+    def _names_a_directory(cls, v: str) -> str:
+        # '..' or '/' alone would put the run directory outside runs/ (or into the current directory)
+        if not any(c.isalnum() for c in v):
+            raise ValueError(f"{v!r} has no letter or digit; it names the run directory")
+        return v
 
     @model_validator(mode="after")
     def _fits_encoder(self):
         enc = self.encoder.spec
+        patch = enc.vision.patch
         for i, st in enumerate(self.stages):
-            if st.image_size < enc.vision.patch:
-                raise ValueError(f"stages[{i}].image_size: {st.image_size} px is smaller than the patch ({enc.vision.patch} px)")
+            if st.image_size % patch or not patch <= st.image_size <= MAX_IMAGE_SIZE:
+                raise ValueError(f"stages[{i}].image_size: {st.image_size} px must be a multiple of the patch "
+                                 f"({patch} px) between {patch} and {MAX_IMAGE_SIZE}")
             if st.text_len > enc.text.max_len:
                 raise ValueError(f"stages[{i}].text_len: {st.text_len} exceeds the text tower's context ({enc.text.max_len})")
         return self
@@ -223,9 +267,13 @@ def load(path: str | Path) -> Recipe:
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a recipe") from None
     return from_dict(data, str(path))
 
 

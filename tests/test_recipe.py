@@ -43,7 +43,16 @@ def test_mask_reduces_tokens():
     (("stages", 0, "text_reduction"), "nouns", "stages[0].text_reduction"),
     (("encoder", "name"), "Z/99", "unknown encoder 'Z/99'"),
     (("stages", 1, "samplez"), 5, "stages[1].samplez"),
-    (("stages", 0, "image_size"), 8, "smaller than the patch"),
+    (("stages", 0, "image_size"), 8, "stages[0].image_size: 8 px must be a multiple of the patch"),
+    (("stages", 0, "image_size"), 70, "stages[0].image_size: 70 px must be a multiple of the patch"),
+    (("stages", 1, "image_size"), 2240, "between 16 and 1024"),
+    (("stages", 0, "text_len"), 1, "stages[0].text_len"),
+    (("stages", 0, "optimizer", "betas"), [0.9, 1.0], "stages[0].optimizer.betas: each beta must be in [0, 1)"),
+    (("stages", 0, "optimizer", "lr"), float("nan"), "stages[0].optimizer.lr"),
+    (("stages", 0, "optimizer", "lr"), float("inf"), "stages[0].optimizer.lr"),
+    (("stages", 0, "augment"), {"random_resized_crop": [0.9, 0.4]}, "stages[0].augment.random_resized_crop"),
+    (("train",), {"seed": -1}, "train.seed"),
+    (("name",), "..", "name: '..' has no letter or digit"),
     (("hardware", "name"), "a100x9", "hardware.name: unknown hardware 'a100x9'"),
 ])
 def test_bad_field_is_named(path, value, needle):
@@ -56,6 +65,18 @@ def test_bad_field_is_named(path, value, needle):
         recipe.from_dict(d)
     assert needle in str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"name: \xff\xfe\n", "not a UTF-8 text file"),
+    (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+])
+def test_unreadable_recipe_file_is_one_line(tmp_path, content, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_bytes(content)
+    with pytest.raises(UserError) as e:
+        recipe.load(p)
+    assert needle in str(e.value)
 
 
 def test_cli_bad_recipe_one_line_exit_2(tmp_path):

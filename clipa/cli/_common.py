@@ -1,39 +1,48 @@
-"""What every clipa command shares: one-line errors for user mistakes, exit code 2."""
+"""What every clipa command shares: one-line errors and the exit codes shells, CI and SLURM rely on.
+
+    0    success                         2    a usage error or a mistake in a flag, file or field
+    1    a failure that is not the user's (a worker died, a bug: its traceback is printed)
+    130  interrupted by Ctrl-C           143  stopped by SIGTERM (both after a checkpoint, when training)
+"""
 from __future__ import annotations
 
+import math
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
 
+from clipa import __version__
 from clipa.errors import UserError
 
 err_console = Console(stderr=True, highlight=False)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:
-    """Run a Typer app; a UserError becomes one red line on stderr and exit 2, never a traceback."""
+    """Run a Typer app and return its exit code; a user mistake is one red line on stderr, never a traceback."""
+    prog = app.info.name
     try:
-        app(args=argv, standalone_mode=False, prog_name=app.info.name)
+        # Non-standalone: click returns the command's exit code (typer.Exit, Ctrl-C -> 130, --help -> 0)
+        # instead of calling sys.exit, and raises usage errors for us to print in one line.
+        rv = app(args=argv, standalone_mode=False, prog_name=prog)
     except UserError as e:
-        err_console.print(f"[red]error:[/red] {e}", soft_wrap=True)
-        return e.exit_code
-    except typer.Exit as e:
+        err_console.print(f"[red]error:[/red] {_one_line(str(e))}", soft_wrap=True, markup=True)
         return e.exit_code
     except KeyboardInterrupt:
-        err_console.print("interrupted; the run directory keeps the last checkpoint")
+        err_console.print("interrupted")
         return 130
-    except Exception as e:  # click's usage errors carry their own exit code and message
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return 2
-        if isinstance(e, click.exceptions.Abort):
-            return 1
-        raise
-    return 0
+    except typer.Abort:
+        return 130  # typer turns Ctrl-C at a prompt into Abort
+    except typer.TyperException as e:  # typer's own click: unknown option, missing argument, bad value
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        err_console.print(f"[red]error:[/red] {_one_line(message)} (see {prog} --help)", soft_wrap=True)
+        return getattr(e, "exit_code", 2)
+    return rv if isinstance(rv, int) else 0
 
 
 def entry(app: typer.Typer) -> Callable[[], None]:
@@ -41,3 +50,32 @@ def entry(app: typer.Typer) -> Callable[[], None]:
         sys.exit(run_app(app))
 
     return main
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"clipa {__version__}")
+        raise typer.Exit(0)
+
+
+def version_option():
+    """``--version``: print clipa's version and exit (eager, so it works with any other flag)."""
+    return typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                        help="print clipa's version and exit")
+
+
+def finite(flag: str, value: Optional[float], positive: bool = True) -> Optional[float]:
+    """A number flag that must be finite (and > 0): `--budget nan` or `inf` is a mistake, not a plan."""
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        raise UserError(f"{flag}: must be a finite number, got {value}")
+    if positive and value <= 0:
+        raise UserError(f"{flag}: must be positive, got {value:g}")
+    return value
+
+
+def not_with(flag: str, given: bool, mode: str) -> None:
+    """A flag that does not apply to the chosen mode or backend is an error, never silently ignored."""
+    if given:
+        raise UserError(f"{flag}: does not apply {mode}")
