@@ -167,6 +167,8 @@ class TrainSpec(_Strict):
     checkpoint_every_samples: Optional[int] = Field(None, gt=0)
     eval_every_samples: Optional[int] = Field(None, gt=0)
     log_every_steps: int = Field(10, gt=0)
+    report_to: list[Literal["tensorboard"]] = Field(
+        [], description="trackers fed every metrics line besides metrics.jsonl (RUN_DIR/tensorboard/)")
 
 
 class StagePrediction(_Strict):
@@ -277,16 +279,31 @@ def load(path: str | Path) -> Recipe:
     return from_dict(data, str(path))
 
 
-def dump(recipe: Recipe, path: str | Path) -> Path:
-    """Write atomically (temp file + rename) so a crash never leaves half a recipe."""
+def dump(recipe: Recipe, path: str | Path, header: str = "") -> Path:
+    """Write atomically (temp file + rename) so a crash never leaves half a recipe. ``header`` becomes
+    a comment at the top (e.g. what to fill in before launching)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(to_yaml(recipe))
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    tmp.write_text(comment + to_yaml(recipe), encoding="utf-8")
     tmp.replace(path)
     return path
 
 
+def _round(x, digits: int = 4):
+    """Predictions to 4 significant digits: a model's output, not a measurement worth 17 digits."""
+    if isinstance(x, float):
+        return float(f"{x:.{digits}g}")
+    if isinstance(x, dict):
+        return {k: _round(v, digits) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_round(v, digits) for v in x]
+    return x
+
+
 def to_yaml(recipe: Recipe) -> str:
     data = recipe.model_dump(mode="json", exclude_none=True)
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    if "predictions" in data:
+        data["predictions"] = _round(data["predictions"])
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True)

@@ -1,23 +1,26 @@
 """Hardware and prices: what a machine or TPU slice can compute, hold and cost.
 
 Names: ``a100x8``, ``a100-40gbx8``, ``h100x8`` (8-GPU machines), ``tpu-v3-N``, ``tpu-v4-N``,
-``tpu-v5e-N`` (slices; N as in Google's slice names: TensorCores for v3/v4, chips for v5e, see
-``data/hardware.yaml``) and ``cpu`` (this machine, its peak measured once and cached).
+``tpu-v5e-N``, ``tpu-v5p-N`` (slices; N as in Google's slice names: TensorCores for v3/v4/v5p, chips
+for v5e, see ``data/hardware.yaml``) and ``cpu`` (this machine, its peak measured once and cached).
 
-Figures and their sources live in ``data/hardware.yaml``. A user file (``prices=``, the CLIs'
-``--prices FILE``) overrides them; it is a YAML mapping from a name (``h100x8``, ``tpu-v4-64``) or a
-TPU family (``tpu-v4``) to fields::
+Figures and their sources live in ``data/hardware.yaml``; cloud prices are rows of
+``data/cloud_prices.csv``, per pricing kind (``PRICING``: on-demand, or spot/preemptible where a source
+gives one). A user file (``prices=``, the CLIs' ``--prices FILE``) overrides them; it is a YAML mapping
+from a name (``h100x8``, ``tpu-v4-64``) or a TPU family (``tpu-v4``) to fields::
 
-    h100x8: {usd_per_hour: 80.0, source: "my cloud's list price page", date: "2025-01-01"}
+    h100x8: {usd_per_hour: 80.0, spot_usd_per_hour: 30.0, source: "my cloud's price page", date: "2025-01-01"}
     tpu-v4: {usd_per_device_hour: 3.0, source: "...", date: "..."}   # per chip-hour
 
-Fields: usd_per_hour (whole machine/slice), usd_per_device_hour, peak_flops (per device, FLOP/s),
-memory_bytes (per device), cpu_cores (total), source, date.
+Fields: usd_per_hour (whole machine/slice), usd_per_device_hour, spot_usd_per_hour,
+spot_usd_per_device_hour, peak_flops (per device, FLOP/s), memory_bytes (per device), cpu_cores
+(total), source, date.
 """
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import time
@@ -31,8 +34,13 @@ import yaml
 from clipa.errors import UserError
 
 DATA = Path(__file__).parent / "data" / "hardware.yaml"
-_OVERRIDE_FIELDS = {"usd_per_hour", "usd_per_device_hour", "peak_flops", "memory_bytes", "cpu_cores", "source", "date"}
-_TPU_RE = re.compile(r"^(tpu-v(?:3|4|5e))-(\d+)$")
+PRICING = ("on-demand", "spot")
+# The override fields that set the price of each pricing kind: (whole machine, per device).
+_PRICE_FIELDS = {"on-demand": ("usd_per_hour", "usd_per_device_hour"),
+                 "spot": ("spot_usd_per_hour", "spot_usd_per_device_hour")}
+_OVERRIDE_FIELDS = {*_PRICE_FIELDS["on-demand"], *_PRICE_FIELDS["spot"], "peak_flops", "memory_bytes", "cpu_cores",
+                    "source", "date"}
+_TPU_RE = re.compile(r"^(tpu-v(?:3|4|5e|5p))-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -48,13 +56,15 @@ class Hardware:
     cpu_cores: int                    # total host cores (vCPUs) for data loading
     source: str
     date: str
-    price_source: str = ""
+    price_source: str = ""            # where usd_per_hour comes from, with its date and region
+    pricing: str = "on-demand"        # which price usd_per_hour is: one of PRICING
 
     def require_price(self) -> float:
         """$/hour of the whole machine, or a UserError saying how to give one."""
         if self.usd_per_hour is None:
-            raise UserError(f"no price known for hardware {self.name!r}: give one with --prices FILE "
-                            f"(YAML, e.g. '{self.name}: {{usd_per_hour: 12.5, source: ..., date: ...}}')")
+            field = _PRICE_FIELDS[self.pricing][0]
+            raise UserError(f"no {self.pricing} price known for hardware {self.name!r}: give one with --prices FILE "
+                            f"(YAML, e.g. '{self.name}: {{{field}: 12.5, source: ..., date: ...}}')")
         return self.usd_per_hour
 
     def cost_usd(self, wall_hours: float) -> float:
@@ -80,38 +90,56 @@ def names() -> list[str]:
     return list(d["machines"]) + [f"{fam}-N" for fam in d["tpu_families"]] + ["cpu"]
 
 
-def _machine(name: str) -> Hardware:
+def _price(entry: Optional[dict], n_devices: int) -> tuple[Optional[float], str]:
+    """$/hour of the whole machine/slice from a price entry of hardware.yaml, and its cited source."""
+    if entry is None:
+        return None, ""
+    usd = entry["usd_per_hour"] if "usd_per_hour" in entry else entry["usd_per_chip_hour"] * n_devices
+    where = ", ".join(str(x) for x in (entry.get("region"), entry["date"]) if x)
+    return float(usd), f"{entry['source']} ({where})"
+
+
+def _float(x) -> Optional[float]:
+    return None if x is None else float(x)
+
+
+def _machine(name: str, pricing: str) -> Hardware:
     d = _data()
     m = d["machines"][name]
     dev = d["devices"][m["device"]]
-    return Hardware(name=name, device=m["device"], n_devices=int(m["n_devices"]), peak_flops=float(dev["peak_flops"]),
-                    memory_bytes=float(dev["memory_bytes"]), usd_per_hour=m["usd_per_hour"],
+    n = int(m["n_devices"])
+    usd, src = _price(m["prices"].get(pricing), n)
+    return Hardware(name=name, device=m["device"], n_devices=n, peak_flops=_float(dev["peak_flops"]),
+                    memory_bytes=_float(dev["memory_bytes"]), usd_per_hour=usd,
                     cpu_cores=int(m["cpu_cores"]), source=f"{dev['source']}; cores: {m['cpu_source']}",
-                    date=str(dev["date"]), price_source=m["price_source"])
+                    date=str(dev["date"]), price_source=src, pricing=pricing)
 
 
 def _valid_tpu_n(family: str, n: int) -> bool:
     if family == "tpu-v5e":
         return n in (1, 4, 8, 16, 32, 64, 128, 256)
-    top = 2048 if family == "tpu-v3" else 8192
+    top = {"tpu-v3": 2048, "tpu-v4": 8192}.get(family, math.inf)  # v5p: no largest size at hand
     return n % 8 == 0 and 8 <= n <= top
 
 
-def _tpu(family: str, n: int, name: str) -> Hardware:
+def _tpu(family: str, n: int, name: str, pricing: str = "on-demand") -> Hardware:
     d = _data()
     fam = d["tpu_families"][family]
     if not _valid_tpu_n(family, n):
         raise UserError(f"hardware {name!r}: {family} slices are {family}-N with N {fam['valid_n']}")
     chips = max(1, int(n * fam["chips_per_n"]))
     dev = d["devices"][fam["device"]]
-    hosts = max(1, -(-chips // fam["chips_per_host"]))
-    cores = hosts * int(fam["cpu_cores_per_host"])
-    cores = int(fam.get("cpu_cores_small_slices", {}).get(chips, cores))
-    price = fam["usd_per_chip_hour"]
-    return Hardware(name=name, device=fam["device"], n_devices=chips, peak_flops=float(dev["peak_flops"]),
-                    memory_bytes=float(dev["memory_bytes"]), usd_per_hour=None if price is None else price * chips,
+    cores = None
+    if fam["chips_per_host"] is not None:
+        hosts = max(1, -(-chips // fam["chips_per_host"]))
+        cores = hosts * int(fam["cpu_cores_per_host"])
+        cores = int(fam.get("cpu_cores_small_slices", {}).get(chips, cores))
+    prices = fam.get("prices_by_n", {}).get(n, fam["prices"])
+    usd, src = _price(prices.get(pricing), chips)
+    return Hardware(name=name, device=fam["device"], n_devices=chips, peak_flops=_float(dev["peak_flops"]),
+                    memory_bytes=_float(dev["memory_bytes"]), usd_per_hour=usd,
                     cpu_cores=cores, source=f"{dev['source']}; cores: {fam['cpu_source']}",
-                    date=str(dev["date"]))
+                    date=str(dev["date"]), price_source=src, pricing=pricing)
 
 
 # --- the local CPU, measured -------------------------------------------------------------------
@@ -210,8 +238,8 @@ def load_prices(path: Path) -> dict:
                 raise UserError(f"--prices {path}: {key}.{field}: unknown field; known: {', '.join(sorted(_OVERRIDE_FIELDS))}")
             if field in ("source", "date"):
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise UserError(f"--prices {path}: {key}.{field}: must be a number >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise UserError(f"--prices {path}: {key}.{field}: must be a finite number >= 0, got {value!r}")
     return data
 
 
@@ -222,10 +250,11 @@ def _apply(hw: Hardware, fields: dict, where: str) -> Hardware:
             changes[k] = float(fields[k])
     if "cpu_cores" in fields:
         changes["cpu_cores"] = int(fields["cpu_cores"])
-    if "usd_per_device_hour" in fields:
-        changes["usd_per_hour"] = float(fields["usd_per_device_hour"]) * hw.n_devices
-    if "usd_per_hour" in fields:
-        changes["usd_per_hour"] = float(fields["usd_per_hour"])
+    whole, per_device = _PRICE_FIELDS[hw.pricing]
+    if per_device in fields:
+        changes["usd_per_hour"] = float(fields[per_device]) * hw.n_devices
+    if whole in fields:
+        changes["usd_per_hour"] = float(fields[whole])
     if changes:
         note = f"{where}" + (f": {fields['source']}" if "source" in fields else "") + (f" ({fields['date']})" if "date" in fields else "")
         changes["price_source"] = note
@@ -251,17 +280,20 @@ def check_name(name: str) -> None:
     raise UserError(f"unknown hardware {name!r}; known: {', '.join(names())}")
 
 
-def get(name: str, prices: Optional[Path] = None) -> Hardware:
-    """Look hardware up by name, applying the overrides in ``prices`` (a YAML file) if given."""
+def get(name: str, prices: Optional[Path] = None, pricing: str = "on-demand") -> Hardware:
+    """Look hardware up by name, priced at ``pricing`` (one of PRICING), applying the overrides in
+    ``prices`` (a YAML file) if given. UserError if a figure the cost models need is in no source."""
+    if pricing not in PRICING:
+        raise UserError(f"--pricing: unknown pricing {pricing!r}; known: {', '.join(PRICING)}")
     d = _data()
     family = None
     if name == "cpu":
-        hw = _cpu()
+        hw = replace(_cpu(), pricing=pricing)     # the local machine costs $0 however it is priced
     elif name in d["machines"]:
-        hw = _machine(name)
+        hw = _machine(name, pricing)
     elif (m := _TPU_RE.match(name)) is not None:
         family = m.group(1)
-        hw = _tpu(family, int(m.group(2)), name)
+        hw = _tpu(family, int(m.group(2)), name, pricing)
     else:
         raise UserError(f"unknown hardware {name!r}; known: {', '.join(names())}")
     if prices is not None:
@@ -269,4 +301,9 @@ def get(name: str, prices: Optional[Path] = None) -> Hardware:
         for key in (family, name):              # family first, the exact name wins
             if key is not None and key in over:
                 hw = _apply(hw, over[key], f"--prices {prices} [{key}]")
+    missing = [f for f in ("peak_flops", "memory_bytes", "cpu_cores") if getattr(hw, f) is None]
+    if missing:
+        raise UserError(f"hardware {name!r}: no source at hand gives its {', '.join(missing)} "
+                        f"(costmodels/data/hardware.yaml); give them with --prices FILE, e.g. "
+                        f"'{name}: {{{', '.join(f + ': ...' for f in missing)}}}'")
     return hw
