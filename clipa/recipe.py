@@ -8,6 +8,7 @@ unit); steps are derived from samples and the global batch only at the edges.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Literal, Optional
@@ -40,6 +41,8 @@ def _registered(check, v: str) -> str:
 
 class EncoderSpec(_Strict):
     name: str = Field(description="registry name, e.g. 'L/16' (clipa.encoders)")
+    class_token: bool = Field(False, description="prepend a learned class token to the image tower, as OpenCLIP's "
+                                                 "ViT does (clipa-export needs it; torch backend only)")
 
     @field_validator("name")
     @classmethod
@@ -48,7 +51,10 @@ class EncoderSpec(_Strict):
 
     @property
     def spec(self) -> encoders.Encoder:
-        return encoders.get(self.name)
+        enc = encoders.get(self.name)
+        if self.class_token:
+            enc = dataclasses.replace(enc, vision=dataclasses.replace(enc.vision, class_token=True))
+        return enc
 
 
 class DatasetSpec(_Strict):
@@ -71,6 +77,8 @@ class DatasetSpec(_Strict):
 class HardwareSpec(_Strict):
     name: str = Field(description="hardware name, e.g. 'a100x8', 'tpu-v4-64', 'cpu' (clipa.costmodels.hardware)")
     usd_per_hour: Optional[float] = Field(None, ge=0, description="price of the whole machine/slice, $/hour")
+    pricing: Literal["on-demand", "spot"] = Field("on-demand", description="spot: preemptible, priced as such "
+                                                  "(clipa-plan --pricing spot), checkpointing often")
 
     @field_validator("name")
     @classmethod
@@ -165,6 +173,8 @@ class TrainSpec(_Strict):
     grad_checkpointing: bool = False
     compile: bool = False
     checkpoint_every_samples: Optional[int] = Field(None, gt=0)
+    checkpoint_every_minutes: Optional[float] = Field(None, gt=0, description="also checkpoint after this much wall "
+                                                      "time (spot plans set it: clipa.planner.spot)")
     eval_every_samples: Optional[int] = Field(None, gt=0)
     log_every_steps: int = Field(10, gt=0)
     report_to: list[Literal["tensorboard"]] = Field(

@@ -27,7 +27,8 @@ def resolve(recipe: Recipe, run_dir: Path, generate: bool = True) -> DatasetSpec
     if ds.name == "demo" and ds.train is None:
         ds = _demo(recipe, run_dir, generate)
     if ds.train is None:
-        raise UserError(f"dataset.train: required for dataset {ds.name!r} (webdataset shards)")
+        raise UserError(f"dataset.train: required for dataset {ds.name!r}: set it in the recipe to your webdataset "
+                        "shards (a path, brace pattern, list file or folder)")
     from clipa.backends.data import webdataset_io
 
     try:
@@ -62,3 +63,20 @@ def _demo(recipe: Recipe, run_dir: Path, generate: bool) -> DatasetSpec:
         "train": paths["train"], "train_samples": int(paths.get("train_samples", n_train)), "val": paths["val"],
         "classnames": paths["classnames"], "templates": paths["templates"],
     })
+
+
+def check_readable(train: str) -> None:
+    """The first shard opens as a tar and holds a sample: catches wrong formats and permissions before a
+    launch (every shard's existence is already checked by expand_shards; reading all could take hours)."""
+    import tarfile
+
+    from clipa.backends.data import webdataset_io
+
+    first = webdataset_io.expand_shards(train)[0]
+    try:
+        with tarfile.open(first, "r:") as tf:
+            member = tf.next()
+    except (OSError, tarfile.TarError) as e:
+        raise UserError(f"dataset.train: {first} is not a readable tar shard ({e})") from None
+    if member is None:
+        raise UserError(f"dataset.train: {first} is an empty tar shard")

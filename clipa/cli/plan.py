@@ -1,13 +1,20 @@
 """clipa-plan: from a budget and a hardware target to the CLIPA recipe predicted to be most accurate.
 
-    clipa-plan --budget 10000 --hw a100x8            # dollars
-    clipa-plan --gpu-hours 2000 --hw tpu-v4-64       # device-hours
+Examples:
+
+    clipa-plan --budget 10000 --hw a100x8           # a dollar budget
+    clipa-plan --gpu-hours 2000 --hw tpu-v4-64      # device-hours
+    clipa-plan --budget 10000 --train-data 'shards/{00000..41455}.tar' --val val/ --classnames cls.txt --templates tpl.txt
     clipa-plan --predict recipes/published/clipa_v2_h14_datacomp_70_224.yaml --json
     clipa-plan --fit-report
+
+With --train-data (and --val/--classnames/--templates) the recipe launches as is: clipa-run RECIPE.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,47 +22,75 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from clipa import __version__
 from clipa import recipe as recipe_mod
-from clipa.cli._common import entry
+from clipa.cli._common import entry, finite, not_with, version_option
 from clipa.errors import UserError
 
-app = typer.Typer(name="clipa-plan", add_completion=False, help=__doc__, rich_markup_mode=None)
+app = typer.Typer(name="clipa-plan", add_completion=False, help=__doc__, rich_markup_mode="markdown")
 DATASETS = tuple(d for d in recipe_mod.DATASETS if d != "custom")  # a plan needs a dataset the law knows
+DEFAULT_OUT = Path("recipes/generated.yaml")
+BUDGET, DATA, SEARCH, OUTPUT, MODES = ("Budget and hardware", "Your data (written into the recipe)", "Search",
+                                       "Output", "Other modes")
+# What each mode accepts besides the shared flags; anything else given on the command line is an error.
+_PLAN_ONLY = ("budget", "gpu_hours", "deadline", "dataset", "seed", "risk", "trials", "out", "name",
+              "train_data", "train_samples", "val", "classnames", "templates")
+_PREDICT_OK = {"predict", "hw", "prices", "calibration", "as_json"}
+_FIT_REPORT_OK = {"fit_report", "plot", "as_json"}
 
 
-@app.command()
+@app.command(help=__doc__)
 def plan(
-    budget: Optional[float] = typer.Option(None, help="budget in dollars for the whole recipe"),
-    gpu_hours: Optional[float] = typer.Option(None, help="budget in device-hours (GPU or TPU chip)"),
+    ctx: typer.Context,
+    budget: Optional[float] = typer.Option(None, help="budget in dollars for the whole recipe", rich_help_panel=BUDGET),
+    gpu_hours: Optional[float] = typer.Option(None, help="budget in device-hours (GPU or TPU chip)", rich_help_panel=BUDGET),
     hw: Optional[str] = typer.Option(None, help="hardware: a100x8 (default), a100-40gbx8, h100x8, tpu-v4-64, cpu, ...; "
-                                     "with --predict, default: the recipe's"),
-    dataset: str = typer.Option("datacomp-1b", help="laion-400m | laion-2b | datacomp-1b | demo"),
-    deadline: Optional[float] = typer.Option(None, help="wall-clock deadline in days"),
-    seed: int = typer.Option(0, help="search seed (the plan is deterministic for a seed)"),
-    risk: bool = typer.Option(False, "--risk", help="maximise the lower end of the predicted interval"),
-    trials: int = typer.Option(200, min=1, help="Optuna trials"),
-    out: Path = typer.Option(Path("recipes/generated.yaml"), help="where to write the recipe"),
-    name: Optional[str] = typer.Option(None, help="recipe name (default: derived from the plan)"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
-    prices: Optional[Path] = typer.Option(None, help="YAML file overriding hardware prices/peaks"),
-    calibration: Optional[Path] = typer.Option(None, help="calibration file from clipa-report --calibrate"),
-    predict: Optional[Path] = typer.Option(None, help="predict an existing recipe instead of planning"),
-    fit_report: bool = typer.Option(False, "--fit-report", help="print the cost models' fits and plot them"),
-    plot: Path = typer.Option(Path("fit_report.png"), help="--fit-report: where to write the plot"),
+                                     "with --predict, default: the recipe's", rich_help_panel=BUDGET),
+    deadline: Optional[float] = typer.Option(None, help="wall-clock deadline in days", rich_help_panel=BUDGET),
+    prices: Optional[Path] = typer.Option(None, help="YAML file overriding hardware prices/peaks", rich_help_panel=BUDGET),
+    calibration: Optional[Path] = typer.Option(None, help="calibration file from clipa-report --calibrate",
+                                               rich_help_panel=BUDGET),
+    dataset: str = typer.Option("datacomp-1b", help=" | ".join(DATASETS), rich_help_panel=DATA),
+    train_data: Optional[str] = typer.Option(None, "--train-data", help="webdataset shards: path, brace pattern "
+                                             "('shards/{00000..41455}.tar'), list file or folder", rich_help_panel=DATA),
+    train_samples: Optional[int] = typer.Option(None, min=1, help="samples in one pass of --train-data", rich_help_panel=DATA),
+    val: Optional[str] = typer.Option(None, help="zero-shot evaluation folder (val/CLASS/*.jpg)", rich_help_panel=DATA),
+    classnames: Optional[str] = typer.Option(None, help="file with one class name per line", rich_help_panel=DATA),
+    templates: Optional[str] = typer.Option(None, help="file with one prompt template per line ('{}' = class)",
+                                            rich_help_panel=DATA),
+    seed: int = typer.Option(0, min=0, help="search seed (the plan is deterministic for a seed)", rich_help_panel=SEARCH),
+    risk: bool = typer.Option(False, "--risk", help="maximise the lower end of the predicted interval",
+                              rich_help_panel=SEARCH),
+    trials: int = typer.Option(200, min=1, help="Optuna trials", rich_help_panel=SEARCH),
+    out: Optional[Path] = typer.Option(None, help=f"where to write the recipe (default: {DEFAULT_OUT})", rich_help_panel=OUTPUT),
+    name: Optional[str] = typer.Option(None, help="recipe name (default: derived from the plan)", rich_help_panel=OUTPUT),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables", rich_help_panel=OUTPUT),
+    predict: Optional[Path] = typer.Option(None, help="predict an existing recipe instead of planning", rich_help_panel=MODES),
+    fit_report: bool = typer.Option(False, "--fit-report", help="print the cost models' fits and plot them",
+                                    rich_help_panel=MODES),
+    plot: Optional[Path] = typer.Option(None, help="--fit-report: where to write the plot (default: fit_report.png)",
+                                        rich_help_panel=MODES),
+    version: bool = version_option(),
 ) -> None:
+    given = {k for k in ctx.params if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
     # Piped output gets a wide table instead of rich's 80-column default.
     console = Console() if sys.stdout.isatty() else Console(width=150)
     if fit_report:
+        _only(given, _FIT_REPORT_OK, "to --fit-report")
         from clipa.planner.fit_report import show
 
-        show(console, plot, as_json=as_json)
+        show(console, plot or Path("fit_report.png"), as_json=as_json)
         return
+    not_with("--plot", "plot" in given, "without --fit-report")
+    if hw is not None and not hw.strip():
+        raise UserError("--hw: empty; give a hardware name such as a100x8")
     from clipa.costmodels import calibration as calib_mod
     from clipa.costmodels.predict import predict_recipe
     from clipa.planner import present
 
     cal = calib_mod.load(calibration) if calibration else None
     if predict is not None:
+        _only(given, _PREDICT_OK, "to --predict (it prices an existing recipe)")
         rec = recipe_mod.load(predict)
         rec = rec.model_copy(update={"predictions": predict_recipe(rec, hw, prices, cal)})
         _emit(console, rec, str(predict), as_json, f"Predictions for {predict}")
@@ -68,25 +103,70 @@ def plan(
     if dataset not in DATASETS:
         raise UserError(f"--dataset: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
     for flag, v in (("--budget", budget), ("--gpu-hours", gpu_hours), ("--deadline", deadline)):
-        if v is not None and v <= 0:
-            raise UserError(f"{flag}: must be positive, got {v:g}")
+        finite(flag, v)
     result = make_plan(budget_usd=budget, gpu_hours=gpu_hours, hw_name=hw or "a100x8", dataset=dataset, deadline_days=deadline,
                        seed=seed, risk=risk, trials=trials, prices=prices, calibration=cal, name=name,
                        quiet=as_json)
-    path = recipe_mod.dump(result.recipe, out)
+    rec = _with_data(result.recipe, train_data, train_samples, val, classnames, templates)
+    rec = rec.model_copy(update={"provenance": recipe_mod.Provenance(
+        command=_command_line(ctx, given), clipa_version=__version__,
+        created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        budget_usd=budget, gpu_hours=gpu_hours, hardware=hw or "a100x8")})
+    path = recipe_mod.dump(rec, out or DEFAULT_OUT, header=_todo(rec))
     if as_json:
-        obj = present.prediction_json(result.recipe, str(path))
+        obj = present.prediction_json(rec, str(path))
         obj["alternatives"] = [present.plan_json(p) for p in result.search.alternatives]
         obj["pareto"] = [present.plan_json(p) for p in result.search.pareto]
         print(json.dumps(obj, indent=2))
         return
     present.print_tables(
         console,
-        present.stage_table(result.recipe, f"Best plan: {result.recipe.name}"),
+        present.stage_table(rec, f"Best plan: {rec.name}"),
         present.plans_table(result.search.alternatives, "Top alternatives"),
         present.plans_table(present.thin(result.search.pareto, 12), "Accuracy/cost Pareto front (sampled)"),
     )
-    console.print(f"recipe written to [bold]{path}[/bold]; launch it with: clipa-run {path}")
+    todo = _todo(rec)
+    if todo:
+        console.print(f"recipe written to [bold]{path}[/bold]; before clipa-run: {todo}", soft_wrap=True)
+    else:
+        console.print(f"recipe written to [bold]{path}[/bold]; launch it with: clipa-run {path}", soft_wrap=True)
+
+
+def _only(given: set, allowed: set, mode: str) -> None:
+    extra = sorted(given - allowed)
+    if extra:
+        not_with("--" + extra[0].replace("_", "-").replace("as-json", "json"), True, mode)
+
+
+def _with_data(rec, train, train_samples, val, classnames, templates):
+    """The dataset paths the user gave, checked now (one line naming the flag) rather than at launch."""
+    for flag, path in (("--val", val), ("--classnames", classnames), ("--templates", templates)):
+        if path is not None and not Path(path).exists():
+            raise UserError(f"{flag}: {path} not found")
+    if val is not None and (classnames is None or templates is None):
+        raise UserError("--val: zero-shot evaluation also needs --classnames and --templates")
+    update = {k: v for k, v in (("train", train), ("train_samples", train_samples), ("val", val),
+                                ("classnames", classnames), ("templates", templates)) if v is not None}
+    return rec.model_copy(update={"dataset": rec.dataset.model_copy(update=update)}) if update else rec
+
+
+def _todo(rec) -> str:
+    """What a user must still fill in before clipa-run can launch the recipe ('' when nothing)."""
+    if rec.dataset.train is None and rec.dataset.name != "demo":
+        return ("set dataset.train to your webdataset shards (or plan again with --train-data; "
+                "add --val/--classnames/--templates for zero-shot evaluation)")
+    return ""
+
+
+def _command_line(ctx: typer.Context, given: set) -> str:
+    """The command as the user could type it again (the flags they gave, in canonical form)."""
+    words = ["clipa-plan"]
+    for p in ctx.command.params:
+        if p.name in given and p.name != "version":
+            flag = max(p.opts, key=len)
+            v = ctx.params[p.name]
+            words += [flag] if v is True else [flag, f"{v:g}" if isinstance(v, float) else str(v)]
+    return shlex.join(words)
 
 
 def _emit(console: Console, rec, path: str, as_json: bool, title: str) -> None:

@@ -2,7 +2,13 @@
 
 With no RUN_DIR, reports the latest run under ./runs. Two or more runs are also put side by side.
 With --calibrate, fits the throughput model (per hardware) and the accuracy law's offset (per
-dataset) to the runs and writes a calibration file for ``clipa-plan --calibration FILE``.
+dataset) to the runs and writes a calibration file for `clipa-plan --calibration FILE`.
+
+Examples:
+
+    clipa-report                              # the latest run under ./runs
+    clipa-report runs/a runs/b --no-plots     # side by side, tables only
+    clipa-report --calibrate runs/a           # then: clipa-plan --calibration runs/calibration.yaml ...
 """
 from __future__ import annotations
 
@@ -14,9 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from clipa import rundir
-from clipa.cli._common import entry
+from clipa.cli._common import entry, version_option
 
-app = typer.Typer(name="clipa-report", add_completion=False, help=__doc__)
+app = typer.Typer(name="clipa-report", add_completion=False, help=__doc__, rich_markup_mode="markdown")
 console = Console(highlight=False)
 
 
@@ -50,7 +56,7 @@ def _calibrate(runs, out: Path) -> None:
     console.print(t)
 
 
-@app.command()
+@app.command(help=__doc__)
 def report(
     run_dirs: Optional[List[Path]] = typer.Argument(None, help="run directories (default: the latest under --root)"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for the PNGs and report.html (default: RUN_DIR/report)"),
@@ -60,6 +66,7 @@ def report(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="write the PNGs and the HTML report"),
     front: bool = typer.Option(True, "--front/--no-front", help="draw the planner's accuracy/cost Pareto front (a few seconds)"),
     root: Path = typer.Option(rundir.DEFAULT_ROOT, "--root", help="where to look for the latest run"),
+    version: bool = version_option(),
 ) -> None:
     from clipa.report import tables
     from clipa.report.load import load_run, resolve_dirs

@@ -1,6 +1,19 @@
-"""clipa-run RECIPE: train a recipe on a backend (PyTorch by default, JAX with --backend jax)."""
+"""clipa-run RECIPE: train a recipe on a backend (PyTorch by default, JAX with --backend jax).
+
+Examples:
+
+    clipa-run recipes/generated.yaml                # one process: a GPU if there is one, else the CPU
+    clipa-run recipes/generated.yaml --dry-run      # check recipe and data, print the command, write nothing
+    clipa-run R.yaml --nproc 8                      # torchrun: DDP (FSDP where the encoder does not fit)
+    clipa-run R.yaml --nproc 8 --nnodes 4 --node-rank 0 --rdzv-endpoint host0:29500
+    clipa-run R.yaml --backend jax --tpu my-v4-64 --zone us-central2-b --dry-run
+
+The same command again resumes an unfinished run. Ctrl-C (exit 130) and SIGTERM (exit 143) save a
+checkpoint first.
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -8,38 +21,67 @@ import typer
 
 from clipa import recipe as recipe_mod
 from clipa import rundir
-from clipa.cli._common import entry
+from clipa.cli._common import entry, not_with, version_option
+from clipa.errors import UserError
 
-app = typer.Typer(name="clipa-run", add_completion=False, help=__doc__)
+app = typer.Typer(name="clipa-run", add_completion=False, help=__doc__, rich_markup_mode="markdown")
+WHERE, TORCH, JAX, DEBUG = "Where to run", "PyTorch (torchrun)", "JAX / TPU", "Checks and debugging"
+# Launch flags only one backend understands: given to the other, they are an error, not ignored.
+_ONLY = {"torch": ("tpu", "zone", "project"), "jax": ()}
 
 
-@app.command()
+@app.command(help=__doc__)
 def run(
-    recipe: Path = typer.Argument(..., help="recipe YAML"),
-    backend: str = typer.Option("torch", help="torch | jax"),
-    run_dir: Optional[Path] = typer.Option(None, help="run directory (default: runs/<recipe name>); an unfinished one is resumed"),
-    nproc: int = typer.Option(1, help="processes (devices) per node; >1 launches torchrun"),
-    nnodes: int = typer.Option(1, help="nodes (torchrun)"),
-    node_rank: int = typer.Option(0, help="this node's rank (torchrun)"),
-    rdzv_endpoint: Optional[str] = typer.Option(None, help="HOST:PORT rendezvous (torchrun, multi-node)"),
-    rdzv_id: Optional[str] = typer.Option(None, help="rendezvous id (torchrun)"),
-    tpu: Optional[str] = typer.Option(None, help="TPU VM name: run on all its workers (jax)"),
-    zone: Optional[str] = typer.Option(None, help="TPU zone (jax)"),
-    project: Optional[str] = typer.Option(None, help="cloud project (jax, TPU)"),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the launch command and exit"),
-    max_samples: Optional[int] = typer.Option(None, help="stop after this many samples in total (debugging)"),
+    ctx: typer.Context,
+    recipe: Path = typer.Argument(..., help="recipe YAML (from clipa-plan, or written by hand)"),
+    backend: str = typer.Option("torch", help="torch | jax", rich_help_panel=WHERE),
+    run_dir: Optional[Path] = typer.Option(None, help="run directory (default: runs/NAME, the recipe's name); an unfinished "
+                                           "one is resumed", rich_help_panel=WHERE),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)", rich_help_panel=WHERE),
+    nproc: int = typer.Option(1, min=1, help="processes (devices) per node; >1 launches torchrun", rich_help_panel=TORCH),
+    nnodes: int = typer.Option(1, min=1, help="nodes", rich_help_panel=TORCH),
+    node_rank: int = typer.Option(0, min=0, help="this node's rank", rich_help_panel=TORCH),
+    rdzv_endpoint: Optional[str] = typer.Option(None, help="HOST:PORT rendezvous (multi-node)", rich_help_panel=TORCH),
+    rdzv_id: Optional[str] = typer.Option(None, help="rendezvous id", rich_help_panel=TORCH),
+    tpu: Optional[str] = typer.Option(None, help="TPU VM name: run on all its workers (--backend jax)", rich_help_panel=JAX),
+    zone: Optional[str] = typer.Option(None, help="TPU zone", rich_help_panel=JAX),
+    project: Optional[str] = typer.Option(None, help="cloud project (TPU)", rich_help_panel=JAX),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate the recipe and its data, print the launch "
+                                 "command, write nothing", rich_help_panel=DEBUG),
+    max_samples: Optional[int] = typer.Option(None, min=1, help="stop after this many samples in total (debugging)",
+                                              rich_help_panel=DEBUG),
+    version: bool = version_option(),
 ) -> None:
     from clipa import backends
 
     rec = recipe_mod.load(recipe)
     bk = backends.get(backend)
+    for name in _ONLY.get(backend, ()):
+        flag = "--" + name.replace("_", "-")
+        not_with(flag, ctx.params[name] is not None, f"to --backend {backend}")
+    run_dir = run_dir or rundir.default_run_dir(rec.name)
+    _check_before_claiming(rec, run_dir)
     opts = backends.LaunchOptions(
         nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id,
         tpu=tpu, zone=zone, project=project, dry_run=dry_run, device=device, max_samples=max_samples,
     )
-    code = bk.launch(recipe, rec, run_dir or rundir.default_run_dir(rec.name), opts)
+    code = bk.launch(recipe, rec, run_dir, opts)
     raise typer.Exit(code)
+
+
+def _check_before_claiming(rec, run_dir: Path) -> None:
+    """Everything a user can get wrong, checked before the run directory is touched: a typo fixed and the
+    same command run again then starts cleanly instead of meeting a half-made run directory."""
+    from clipa.backends.data import resolve
+
+    cores = os.cpu_count() or 1
+    if rec.dataset.workers > cores:
+        raise UserError(f"dataset.workers: {rec.dataset.workers} decode workers per device, but this host has "
+                        f"{cores} cores")
+    if rec.dataset.name == "demo" and rec.dataset.train is None:
+        return  # generated into the run directory at launch
+    ds = resolve.resolve(rec, run_dir, generate=False)
+    resolve.check_readable(ds.train)
 
 
 main = entry(app)

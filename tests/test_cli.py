@@ -1,0 +1,155 @@
+"""The three CLIs as a shell, CI job or SLURM script meets them: real subprocesses, exit codes, one-line
+errors and no tracebacks for user mistakes; a plan that launches as written."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clipa import __version__, recipe
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+CLIS = {"clipa-plan": "clipa.cli.plan", "clipa-run": "clipa.cli.run", "clipa-report": "clipa.cli.report"}
+
+
+def _cli(name: str, *args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", CLIS[name], *map(str, args)], capture_output=True, text=True,
+                          env=ENV, cwd=cwd, timeout=timeout)
+
+
+def _one_line_error(r: subprocess.CompletedProcess, code: int, needle: str) -> None:
+    assert r.returncode == code, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("name,args,needle", [
+    ("clipa-plan", ["--bugdet", "5"], "No such option: --bugdet"),
+    ("clipa-plan", ["--budget", "ten"], "'--budget'"),
+    ("clipa-plan", ["--budget", "5", "--trials", "0"], "'--trials'"),
+    ("clipa-plan", ["--budget", "nan"], "--budget: must be a finite number"),
+    ("clipa-plan", ["--budget", "inf"], "--budget: must be a finite number"),
+    ("clipa-plan", ["--budget", "-3"], "--budget: must be positive"),
+    ("clipa-plan", ["--budget", "5000", "--hw", ""], "--hw: empty"),
+    ("clipa-plan", ["--budget", "5000", "--hw", "a100x9"], "a100x9"),
+    ("clipa-plan", ["--budget", "5000", "--plot", "x.png"], "--plot: does not apply without --fit-report"),
+    ("clipa-plan", ["--fit-report", "--budget", "5"], "--budget: does not apply to --fit-report"),
+    ("clipa-run", [], "Missing argument"),
+    ("clipa-run", ["no-such.yaml"], "no-such.yaml: recipe file not found"),
+    ("clipa-report", ["--bogus"], "No such option: --bogus"),
+])
+def test_usage_errors_are_one_line_exit_2(tmp_path, name, args, needle):
+    _one_line_error(_cli(name, *args, cwd=tmp_path), 2, needle)
+
+
+def test_predict_refuses_planning_flags(tmp_path):
+    rec = Path(recipe.__file__).parent.parent / "recipes" / "demo.yaml"
+    _one_line_error(_cli("clipa-plan", "--predict", rec, "--out", tmp_path / "x.yaml"), 2,
+                    "--out: does not apply to --predict")
+    assert not (tmp_path / "x.yaml").exists()
+    _one_line_error(_cli("clipa-plan", "--predict", rec, "--budget", "100"), 2, "--budget: does not apply to --predict")
+
+
+def test_run_refuses_a_flag_its_backend_does_not_know(tmp_path):
+    rec = Path(recipe.__file__).parent.parent / "recipes" / "demo.yaml"
+    _one_line_error(_cli("clipa-run", rec, "--tpu", "pod-1", "--run-dir", tmp_path / "r"), 2,
+                    "--tpu: does not apply to --backend torch")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", list(CLIS))
+def test_version_and_help(name):
+    v = _cli(name, "--version")
+    assert v.returncode == 0 and v.stdout.strip() == f"clipa {__version__}"
+    h = _cli(name, "--help")
+    assert h.returncode == 0 and "Examples" in h.stdout and "Traceback" not in h.stderr
+
+
+def test_ctrl_c_during_planning_exits_130_without_traceback(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", CLIS["clipa-plan"], "--budget", "10000", "--trials", "100000",
+                             "--out", str(tmp_path / "g.yaml")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+    time.sleep(6)  # past the imports, inside the search
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert not (tmp_path / "g.yaml").exists()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from clipa.backends.data import demo_data
+
+    out = tmp_path_factory.mktemp("data")
+    return {k: str(v) for k, v in demo_data.generate(out, 64, 20, 32, 0).items()}
+
+
+def test_plan_with_data_flags_launches_as_written(tmp_path, shards):
+    """clipa-plan with the user's data writes a recipe that clipa-run --dry-run accepts, writing nothing."""
+    out = tmp_path / "plan.yaml"
+    r = _cli("clipa-plan", "--budget", "10000", "--hw", "a100x8", "--trials", "20", "--out", out,
+             "--train-data", shards["train"], "--val", shards["val"], "--classnames", shards["classnames"],
+             "--templates", shards["templates"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = recipe.load(out)
+    assert rec.dataset.train == shards["train"] and rec.dataset.val == shards["val"]
+    assert rec.provenance.command.startswith("clipa-plan --budget 10000 --hw a100x8")
+    assert rec.provenance.budget_usd == 10000 and rec.provenance.clipa_version == __version__
+    before = sorted(p.name for p in tmp_path.iterdir())
+    d = _cli("clipa-run", out, "--dry-run", cwd=tmp_path)
+    assert d.returncode == 0, d.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run directory claimed
+
+
+def test_plan_without_data_says_what_to_fill_and_run_names_the_field(tmp_path):
+    out = tmp_path / "plan.yaml"
+    r = _cli("clipa-plan", "--budget", "10000", "--trials", "20", "--out", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out.read_text().startswith("# set dataset.train")
+    assert "set dataset.train" in " ".join(r.stdout.split())
+    _one_line_error(_cli("clipa-run", out, "--dry-run", cwd=tmp_path), 2, "dataset.train: required")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_data_is_refused_before_the_run_directory_is_claimed(tmp_path, shards):
+    rec = {"name": "t", "encoder": {"name": "test"}, "hardware": {"name": "cpu"},
+           "dataset": {"name": "custom", "train": str(tmp_path / "missing-{0..3}.tar"), "workers": 0},
+           "stages": [{"name": "s", "samples": 32, "global_batch": 16, "image_size": 32, "text_len": 8,
+                       "optimizer": {"lr": 1e-3}}]}
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(rec))
+    _one_line_error(_cli("clipa-run", p, "--run-dir", tmp_path / "run"), 2, "shard not found")
+    assert not (tmp_path / "run").exists()
+    not_tar = tmp_path / "bad.tar"
+    not_tar.write_bytes(b"this is no tar file" * 100)
+    rec["dataset"]["train"] = str(not_tar)
+    p.write_text(yaml.safe_dump(rec))
+    _one_line_error(_cli("clipa-run", p, "--dry-run", "--run-dir", tmp_path / "run"), 2, "not a readable tar shard")
+    rec["dataset"]["train"], rec["dataset"]["workers"] = shards["train"], 10_000
+    p.write_text(yaml.safe_dump(rec))
+    _one_line_error(_cli("clipa-run", p, "--run-dir", tmp_path / "run"), 2, "dataset.workers")
+    assert not (tmp_path / "run").exists()
+
+
+def test_failed_torchrun_workers_exit_non_zero(tmp_path, shards):
+    """Two torchrun workers that cannot start (no CUDA here) make clipa-run fail, not exit 0."""
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    rec = {"name": "t", "encoder": {"name": "test"}, "hardware": {"name": "cpu"},
+           "dataset": {"name": "custom", "train": shards["train"], "workers": 0},
+           "stages": [{"name": "s", "samples": 32, "global_batch": 16, "image_size": 32, "text_len": 8,
+                       "optimizer": {"lr": 1e-3}}], "train": {"precision": "fp32"}}
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(rec))
+    r = _cli("clipa-run", p, "--nproc", "2", "--device", "cuda", "--run-dir", tmp_path / "run")
+    assert r.returncode != 0, r.stderr[-2000:]
