@@ -61,6 +61,7 @@ def run(
         not_with(flag, ctx.params[name] is not None, f"to --backend {backend}")
     run_dir = run_dir or rundir.default_run_dir(rec.name)
     _check_before_claiming(rec, run_dir)
+    rec = _frozen_predictions(rec, run_dir)
     opts = backends.LaunchOptions(
         nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id,
         tpu=tpu, zone=zone, project=project, dry_run=dry_run, device=device, max_samples=max_samples,
@@ -82,6 +83,25 @@ def _check_before_claiming(rec, run_dir: Path) -> None:
         return  # generated into the run directory at launch
     ds = resolve.resolve(rec, run_dir, generate=False)
     resolve.check_readable(ds.train)
+
+
+def _frozen_predictions(rec, run_dir: Path):
+    """A recipe without predictions gets them now, at launch, and they are stored with the run: the report
+    then compares against what was predicted before training, not against a later cost model. A resumed
+    run keeps the predictions it started with."""
+    if rec.predictions is not None:
+        return rec
+    existing = run_dir / rundir.RECIPE
+    if existing.exists():
+        try:
+            old = recipe_mod.load(existing)
+        except UserError:
+            old = None
+        if old is not None and old.model_copy(update={"predictions": None}) == rec:
+            return old
+    from clipa.costmodels.predict import predict_recipe
+
+    return rec.model_copy(update={"predictions": predict_recipe(rec)})
 
 
 main = entry(app)
