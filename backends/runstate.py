@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from clipa import recipe as recipe_mod
 from clipa import rundir
+from clipa.backends import tracking
 from clipa.costmodels import flops, hardware
 from clipa.errors import UserError
 from clipa.recipe import DatasetSpec, Recipe, Stage
@@ -119,9 +120,12 @@ def checkpoint_meta(prog: RunProgress, *, skipped: int, reasons: dict, time_s: f
 
 
 def append_metrics(path: Path, line: dict) -> None:
-    """One validated ``MetricsLine`` appended to metrics.jsonl."""
+    """One validated ``MetricsLine`` appended to metrics.jsonl, then handed to the recipe's trackers
+    (``train.report_to``; backends/tracking.py): every line of both backends passes here."""
+    line = rundir.MetricsLine(**line).model_dump(mode="json", exclude_none=True)
     with open(path, "a") as fh:
-        fh.write(json.dumps(rundir.MetricsLine(**line).model_dump(mode="json", exclude_none=True)) + "\n")
+        fh.write(json.dumps(line) + "\n")
+    tracking.report(Path(path).parent, line)
 
 
 def truncate_metrics(path: Path, n_bytes: int) -> None:

@@ -28,6 +28,10 @@ class VisionTower:
     heads: int
     mlp_dim: int
     patch: int
+    # A learned class token prepended to the patch tokens (in attention, left out of the average pool):
+    # OpenCLIP's VisionTransformer always has one, CLIPA's big_vision towers have none. Set per recipe
+    # (``encoder.class_token``) for a model ``clipa-export`` can write as an OpenCLIP model.
+    class_token: bool = False
 
     def tokens(self, image_size: int) -> int:
         """Patch tokens at ``image_size`` px (no class token: CLIPA pools by global average)."""

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clipa import encoders
+from clipa.errors import UserError
 
 # LayerNorm eps of timm's VisionTransformer and of the contract (backends/README.md).
 LN_EPS = 1e-6
@@ -211,6 +212,8 @@ def _l2(x):
 
 
 def build(encoder: encoders.Encoder, *, learned_pos: bool = False, dtype=jnp.float32, remat: bool = False) -> CLIP:
+    if encoder.vision.class_token:  # OpenCLIP's class token (clipa-export) exists in the torch model only
+        raise UserError("encoder.class_token: the JAX backend's image tower has no class token; use --backend torch")
     return CLIP(encoder, learned_pos=learned_pos, dtype=dtype, remat=remat)
 
 

@@ -101,9 +101,10 @@ class CLIPA(nn.Module):
         v = enc.vision
         self.encoder = enc
         # CLIPA's image tower in timm terms: no class token, GAP, no pre-norm, LayerNorm after the pool.
+        # ``v.class_token``: a class token in attention but not in the pool (OpenCLIP's ViT; clipa-export).
         self.visual = VisionTransformer(
             img_size=image_size, patch_size=v.patch, num_classes=0, global_pool="avg", embed_dim=v.width,
-            depth=v.depth, num_heads=v.heads, mlp_ratio=v.mlp_dim / v.width, qkv_bias=True, class_token=False,
+            depth=v.depth, num_heads=v.heads, mlp_ratio=v.mlp_dim / v.width, qkv_bias=True, class_token=v.class_token,
             no_embed_class=True, pre_norm=False, fc_norm=True, pos_embed="learn", norm_layer=_LN, act_layer=nn.GELU,
         )
         # The grid changes between stages; the position embedding is managed by set_stage, not timm.
@@ -153,12 +154,14 @@ class CLIPA(nn.Module):
         x = x + v.pos_embed
         if keep is not None:
             x = torch.gather(x, 1, keep.long()[..., None].expand(-1, -1, x.shape[-1]))
+        if v.cls_token is not None:  # no position of its own: OpenCLIP's is exported as zero
+            x = torch.cat([v.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if v.grad_checkpointing and self.training:
             for blk in v.blocks:
                 x = checkpoint(blk, x, use_reentrant=False)
         else:
             x = v.blocks(x)
-        x = v.fc_norm(x.mean(dim=1))
+        x = v.fc_norm(x[:, v.num_prefix_tokens:].mean(dim=1))
         return self.image_proj(x)
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
