@@ -8,6 +8,7 @@ from report_rundirs import demo_recipe, write_run
 
 from clipa.cli._common import run_app
 from clipa.cli.report import app
+from clipa import rundir
 from clipa.errors import UserError
 from clipa.report import tables
 from clipa.report.load import load_run
@@ -107,3 +108,21 @@ def test_latest_run_is_the_default(tmp_path, capsys, monkeypatch):
     assert new.name in out and "old" not in out
     monkeypatch.chdir(tmp_path / "runs")
     assert run_app(app, ["--no-plots"]) == 2  # no ./runs here
+
+
+def test_report_names_skipped_samples_and_uncalibrated_predictions(tmp_path):
+    d = write_run(tmp_path / "run", demo_recipe())
+    a = rundir.read_achieved(d).model_dump()
+    a.update(skipped_samples=7, skipped_reasons={"corrupt_shard": 5, "empty_caption": 2})
+    rundir.write_achieved(d, rundir.Achieved.model_validate(a))
+    lines = tables.status_lines(load_run(d))
+    assert "skipped samples: 7 (corrupt_shard 5, empty_caption 2)" in lines
+    hint = next(s for s in lines if "uncalibrated" in s)
+    assert "'demo'" in hint and f"clipa-report --calibrate {d}" in hint
+    # a dataset the law was fitted on, or a calibrated prediction, carries no such caveat
+    laion = write_run(tmp_path / "laion", demo_recipe(dataset="laion-400m"))
+    assert not any("uncalibrated" in s for s in tables.status_lines(load_run(laion)))
+    cal = demo_recipe(name="c")
+    cal = cal.model_copy(update={"predictions": cal.predictions.model_copy(
+        update={"cost_model_version": "clipa-costmodels-0.1+calibrated"})})
+    assert not any("uncalibrated" in s for s in tables.status_lines(load_run(write_run(tmp_path / "cal", cal))))

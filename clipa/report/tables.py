@@ -157,10 +157,30 @@ def rich_run_table(run: Run, rows: Optional[list[Row]] = None) -> Table:
     return t
 
 
+# Datasets with published runs behind the accuracy law; on any other, its prediction is a prior only.
+LAW_DATASETS = ("laion-400m", "laion-2b", "datacomp-1b")
+
+
+def caveat_lines(run: Run) -> list[str]:
+    """What a reader must know before trusting the comparison: skipped data, uncalibrated predictions."""
+    out = []
+    a = run.achieved
+    if a is not None and a.skipped_samples:
+        reasons = getattr(a, "skipped_reasons", None) or {}
+        why = ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items()))
+        out.append(f"skipped samples: {a.skipped_samples:,}" + (f" ({why})" if why else ""))
+    p = run.predictions
+    if p is not None and "calibrated" not in p.cost_model_version and run.recipe.dataset.name not in LAW_DATASETS:
+        out.append(f"top-1 prediction uncalibrated: no published run on dataset {run.recipe.dataset.name!r}. "
+                   f"Run: clipa-report --calibrate {run.path}, then clipa-plan --predict RECIPE --calibration "
+                   f"{run.path.parent / 'calibration.yaml'}")
+    return out
+
+
 def status_lines(run: Run) -> list[str]:
-    """What an unfinished (or crashed) run has: stages done, last metrics, checkpoints."""
+    """What an unfinished (or crashed) run has: stages done, last metrics, checkpoints; and the caveats."""
     out = [f"{run.path}: unfinished or crashed run (no achieved.json)"] if not run.finished else []
-    out += run.notes
+    out += run.notes + caveat_lines(run)
     if run.finished:
         return out
     done = run.stages_done()
