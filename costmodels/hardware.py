@@ -58,6 +58,7 @@ class Hardware:
     date: str
     price_source: str = ""            # where usd_per_hour comes from, with its date and region
     pricing: str = "on-demand"        # which price usd_per_hour is: one of PRICING
+    price_basis: str = ""             # the price in a few words (provider, machine, region, month)
 
     def require_price(self) -> float:
         """$/hour of the whole machine, or a UserError saying how to give one."""
@@ -90,13 +91,13 @@ def names() -> list[str]:
     return list(d["machines"]) + [f"{fam}-N" for fam in d["tpu_families"]] + ["cpu"]
 
 
-def _price(entry: Optional[dict], n_devices: int) -> tuple[Optional[float], str]:
-    """$/hour of the whole machine/slice from a price entry of hardware.yaml, and its cited source."""
+def _price(entry: Optional[dict], n_devices: int) -> dict:
+    """Hardware fields from a price entry of hardware.yaml: $/hour of the whole machine/slice and its source."""
     if entry is None:
-        return None, ""
+        return {"usd_per_hour": None}
     usd = entry["usd_per_hour"] if "usd_per_hour" in entry else entry["usd_per_chip_hour"] * n_devices
     where = ", ".join(str(x) for x in (entry.get("region"), entry["date"]) if x)
-    return float(usd), f"{entry['source']} ({where})"
+    return {"usd_per_hour": float(usd), "price_source": f"{entry['source']} ({where})", "price_basis": entry["basis"]}
 
 
 def _float(x) -> Optional[float]:
@@ -108,11 +109,10 @@ def _machine(name: str, pricing: str) -> Hardware:
     m = d["machines"][name]
     dev = d["devices"][m["device"]]
     n = int(m["n_devices"])
-    usd, src = _price(m["prices"].get(pricing), n)
     return Hardware(name=name, device=m["device"], n_devices=n, peak_flops=_float(dev["peak_flops"]),
-                    memory_bytes=_float(dev["memory_bytes"]), usd_per_hour=usd,
-                    cpu_cores=int(m["cpu_cores"]), source=f"{dev['source']}; cores: {m['cpu_source']}",
-                    date=str(dev["date"]), price_source=src, pricing=pricing)
+                    memory_bytes=_float(dev["memory_bytes"]), cpu_cores=int(m["cpu_cores"]),
+                    source=f"{dev['source']}; cores: {m['cpu_source']}", date=str(dev["date"]), pricing=pricing,
+                    **_price(m["prices"].get(pricing), n))
 
 
 def _valid_tpu_n(family: str, n: int) -> bool:
@@ -135,11 +135,10 @@ def _tpu(family: str, n: int, name: str, pricing: str = "on-demand") -> Hardware
         cores = hosts * int(fam["cpu_cores_per_host"])
         cores = int(fam.get("cpu_cores_small_slices", {}).get(chips, cores))
     prices = fam.get("prices_by_n", {}).get(n, fam["prices"])
-    usd, src = _price(prices.get(pricing), chips)
     return Hardware(name=name, device=fam["device"], n_devices=chips, peak_flops=_float(dev["peak_flops"]),
-                    memory_bytes=_float(dev["memory_bytes"]), usd_per_hour=usd,
-                    cpu_cores=cores, source=f"{dev['source']}; cores: {fam['cpu_source']}",
-                    date=str(dev["date"]), price_source=src, pricing=pricing)
+                    memory_bytes=_float(dev["memory_bytes"]), cpu_cores=cores,
+                    source=f"{dev['source']}; cores: {fam['cpu_source']}", date=str(dev["date"]), pricing=pricing,
+                    **_price(prices.get(pricing), chips))
 
 
 # --- the local CPU, measured -------------------------------------------------------------------
@@ -208,7 +207,7 @@ def _cpu() -> Hardware:
     peak, src = cpu_peak_flops()
     return Hardware(name="cpu", device=_cpu_model(), n_devices=1, peak_flops=peak, memory_bytes=_mem_total(),
                     usd_per_hour=0.0, cpu_cores=os.cpu_count() or 1, source=f"{src}; memory: /proc/meminfo MemTotal",
-                    date=str(date.today()), price_source="local machine: $0/hour by default")
+                    date=str(date.today()), price_source="local machine: $0/hour by default", price_basis="local machine")
 
 
 # --- overrides ---------------------------------------------------------------------------------
@@ -255,9 +254,9 @@ def _apply(hw: Hardware, fields: dict, where: str) -> Hardware:
         changes["usd_per_hour"] = float(fields[per_device]) * hw.n_devices
     if whole in fields:
         changes["usd_per_hour"] = float(fields[whole])
-    if changes:
-        note = f"{where}" + (f": {fields['source']}" if "source" in fields else "") + (f" ({fields['date']})" if "date" in fields else "")
-        changes["price_source"] = note
+    if "usd_per_hour" in changes:
+        cited = (f": {fields['source']}" if "source" in fields else "") + (f" ({fields['date']})" if "date" in fields else "")
+        changes.update(price_source=where + cited, price_basis=where)
     return replace(hw, **changes)
 
 

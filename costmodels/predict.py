@@ -38,7 +38,7 @@ def cost_usd(hw: hardware.Hardware, wall_hours: float) -> Optional[float]:
 def resolve_hardware(rec: recipe_mod.Recipe, hw_name: Optional[str] = None,
                      prices: Optional[Path] = None) -> hardware.Hardware:
     """The hardware to cost on: ``hw_name`` if given, else the recipe's (with its price override)."""
-    hw = hardware.get(hw_name or rec.hardware.name, prices)
+    hw = hardware.get(hw_name or rec.hardware.name, prices, rec.hardware.pricing)
     if hw_name is None and rec.hardware.usd_per_hour is not None:
         from dataclasses import replace
 

@@ -214,6 +214,30 @@ def predict_run_hours(run: dict, params: dict) -> float:
     return total
 
 
+def _chip(device: str) -> str:
+    """The chip a device entry is (``A100-80GB`` -> ``A100``): memory size does not change its speed."""
+    return re.sub(r"-\d+GB$", "", device)
+
+
+def fitted_chips() -> set[str]:
+    """Chips the published runs behind the utilisation fit (``fit_runs()``) trained on."""
+    return {_chip(hardware.get(name).device) for name in {r["hardware"] for r in fit_runs()}}
+
+
+def uncalibrated_note(hw: hardware.Hardware, calibration=None) -> Optional[str]:
+    """A line for the plan when ``hw``'s utilisation comes from another chip's fit, else None.
+
+    No published training run exists on other chips, so their throughput is the A100 fit's fraction of
+    their own peak until the user's runs calibrate it (``clipa-report --calibrate``)."""
+    if calibration is not None and calibration.utilisation(hw.name) is not None:
+        return None
+    chips = fitted_chips()
+    if _chip(hw.device) in chips:
+        return None
+    return (f"throughput uncalibrated on {hw.name}: utilisation carried over from the {'/'.join(sorted(chips))} fit "
+            f"(calibrate with your own runs: clipa-report --calibrate RUN_DIR)")
+
+
 def fit() -> dict:
     """Least-squares fit (log GPU-hours) of u_max and t0_s to ``fit_runs()``."""
     import numpy as np

@@ -9,7 +9,7 @@ from clipa import recipe as recipe_mod
 from clipa.costmodels import hardware
 from clipa.costmodels.predict import predict_recipe
 from clipa.errors import UserError
-from clipa.planner import optimize, published
+from clipa.planner import optimize, published, spot
 from clipa.planner import search_space as ss
 from clipa.planner.evaluate import Budget, Context, cheapest
 
@@ -33,8 +33,8 @@ def _usd(x: float) -> str:
 def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_name: str, dataset: str,
               deadline_days: Optional[float] = None, seed: int = 0, risk: bool = False, trials: int = 200,
               prices: Optional[Path] = None, calibration=None, name: Optional[str] = None,
-              quiet: bool = False) -> PlanResult:
-    hw = hardware.get(hw_name, prices)
+              quiet: bool = False, pricing: str = "on-demand") -> PlanResult:
+    hw = hardware.get(hw_name, prices, pricing)
     if budget_usd is not None:
         hw.require_price()
         if hw.usd_per_hour <= 0:
@@ -57,6 +57,8 @@ def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_nam
     rec = ss.build_recipe(best.point, best.samples, dataset=dataset, hardware=hw.name,
                           name=name or recipe_name(best), ft_batch=best.ft_batch,
                           grad_checkpointing=best.grad_checkpointing)
+    if pricing == "spot":
+        rec = spot.apply(rec, hw)
     rec = rec.model_copy(update={"predictions": predict_recipe(rec, hw_name, prices, calibration)})
     return PlanResult(rec, result)
 

@@ -4,6 +4,7 @@ Examples:
 
     clipa-plan --budget 10000 --hw a100x8           # a dollar budget
     clipa-plan --gpu-hours 2000 --hw tpu-v4-64      # device-hours
+    clipa-plan --budget 10000 --hw a100x8,h100x8,tpu-v4-64,tpu-v5e-64 --pricing spot   # compare, pick the best
     clipa-plan --budget 10000 --train-data 'shards/{00000..41455}.tar' --val val/ --classnames cls.txt --templates tpl.txt
     clipa-plan --predict recipes/published/clipa_v2_h14_datacomp_70_224.yaml --json
     clipa-plan --fit-report
@@ -33,7 +34,7 @@ DEFAULT_OUT = Path("recipes/generated.yaml")
 BUDGET, DATA, SEARCH, OUTPUT, MODES = ("Budget and hardware", "Your data (written into the recipe)", "Search",
                                        "Output", "Other modes")
 # What each mode accepts besides the shared flags; anything else given on the command line is an error.
-_PLAN_ONLY = ("budget", "gpu_hours", "deadline", "dataset", "seed", "risk", "trials", "out", "name",
+_PLAN_ONLY = ("budget", "gpu_hours", "pricing", "deadline", "dataset", "seed", "risk", "trials", "out", "name",
               "train_data", "train_samples", "val", "classnames", "templates")
 _PREDICT_OK = {"predict", "hw", "prices", "calibration", "as_json"}
 _FIT_REPORT_OK = {"fit_report", "plot", "as_json"}
@@ -47,6 +48,8 @@ def plan(
     hw: Optional[str] = typer.Option(None, help="hardware: a100x8 (default), a100-40gbx8, h100x8, tpu-v4-64, cpu, ...; "
                                      "with --predict, default: the recipe's", rich_help_panel=BUDGET),
     deadline: Optional[float] = typer.Option(None, help="wall-clock deadline in days", rich_help_panel=BUDGET),
+    pricing: str = typer.Option("on-demand", help="on-demand | spot (preemptible prices where a source gives them; "
+                                "the recipe checkpoints often)", rich_help_panel=BUDGET),
     prices: Optional[Path] = typer.Option(None, help="YAML file overriding hardware prices/peaks", rich_help_panel=BUDGET),
     calibration: Optional[Path] = typer.Option(None, help="calibration file from clipa-report --calibrate",
                                                rich_help_panel=BUDGET),
@@ -96,17 +99,19 @@ def plan(
         _emit(console, rec, str(predict), as_json, f"Predictions for {predict}")
         return
 
-    from clipa.planner.run import make_plan
-
     if budget is None and gpu_hours is None:
         raise UserError("give a budget: --budget DOLLARS or --gpu-hours HOURS")
     if dataset not in DATASETS:
         raise UserError(f"--dataset: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
     for flag, v in (("--budget", budget), ("--gpu-hours", gpu_hours), ("--deadline", deadline)):
         finite(flag, v)
-    result = make_plan(budget_usd=budget, gpu_hours=gpu_hours, hw_name=hw or "a100x8", dataset=dataset, deadline_days=deadline,
-                       seed=seed, risk=risk, trials=trials, prices=prices, calibration=cal, name=name,
-                       quiet=as_json)
+    from clipa.planner import compare
+
+    # Several --hw names (a,b,c): the best plan on each, side by side; the recipe is the pick's.
+    cmp = compare.plan_all(compare.hardware_list(hw), pricing=pricing, budget_usd=budget, gpu_hours=gpu_hours,
+                           dataset=dataset, deadline_days=deadline, seed=seed, risk=risk, trials=trials, prices=prices,
+                           calibration=cal, name=name, quiet=as_json)
+    result = cmp.result
     rec = _with_data(result.recipe, train_data, train_samples, val, classnames, templates)
     rec = rec.model_copy(update={"provenance": recipe_mod.Provenance(
         command=_command_line(ctx, given), clipa_version=__version__,
@@ -117,6 +122,9 @@ def plan(
         obj = present.prediction_json(rec, str(path))
         obj["alternatives"] = [present.plan_json(p) for p in result.search.alternatives]
         obj["pareto"] = [present.plan_json(p) for p in result.search.pareto]
+        obj["notes"] = cmp.best.notes
+        if len(cmp.options) > 1:
+            obj["hardware_comparison"] = compare.json_rows(cmp)
         print(json.dumps(obj, indent=2))
         return
     present.print_tables(
@@ -125,6 +133,10 @@ def plan(
         present.plans_table(result.search.alternatives, "Top alternatives"),
         present.plans_table(present.thin(result.search.pareto, 12), "Accuracy/cost Pareto front (sampled)"),
     )
+    if len(cmp.options) > 1:
+        present.print_tables(console, compare.table(cmp, f"Best plan per hardware ({pricing} prices)"))
+    for note in cmp.best.notes:
+        console.print(note, soft_wrap=True, highlight=False)
     todo = _todo(rec)
     if todo:
         console.print(f"recipe written to [bold]{path}[/bold]; before clipa-run: {todo}", soft_wrap=True)

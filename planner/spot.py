@@ -1,0 +1,38 @@
+"""Spot (preemptible) plans: the price they pay and how often they checkpoint.
+
+A preemption loses the work done since the last checkpoint: half a checkpoint interval on average.
+No source at hand gives a preemption rate for spot VMs or TPUs (providers only say they may be
+preempted at any time), so the rate is an assumption, stated in every spot plan:
+``HOURS_BETWEEN_PREEMPTIONS``. Checkpointing every ``2 * LOST_FRACTION * HOURS_BETWEEN_PREEMPTIONS``
+then loses ``LOST_FRACTION`` of the wall time on average (a whole interval, twice that, at worst).
+Restart time (a new VM, reloading the checkpoint) and the time to save checkpoints are not counted.
+"""
+from __future__ import annotations
+
+from clipa import recipe as recipe_mod
+from clipa.costmodels import hardware
+
+HOURS_BETWEEN_PREEMPTIONS = 24.0  # an assumption, not a measurement: see the module docstring
+LOST_FRACTION = 0.02              # the expected work lost to preemptions, as a fraction of wall time
+
+
+def checkpoint_minutes() -> int:
+    """Minutes between checkpoints of a spot run (whole minutes, rounded down)."""
+    return int(2 * LOST_FRACTION * HOURS_BETWEEN_PREEMPTIONS * 60)
+
+
+def apply(rec: recipe_mod.Recipe, hw: hardware.Hardware) -> recipe_mod.Recipe:
+    """``rec`` marked spot, priced at ``hw``'s spot price (written into the recipe, so the run's achieved
+    cost uses it; None where no source gives one) and checkpointing every ``checkpoint_minutes()``."""
+    train = rec.train.model_copy(update={"checkpoint_every_minutes": checkpoint_minutes()})
+    spec = rec.hardware.model_copy(update={"usd_per_hour": hw.usd_per_hour, "pricing": "spot"})
+    return rec.model_copy(update={"train": train, "hardware": spec})
+
+
+def note(hw: hardware.Hardware) -> str:
+    """What a spot plan says about itself."""
+    price = "no spot price known" if hw.usd_per_hour is None else f"${hw.usd_per_hour:,.2f}/hour ({hw.price_source})"
+    return (f"spot pricing on {hw.name}: {price}; the run can be "
+            f"preempted: it checkpoints every {checkpoint_minutes()} min (train.checkpoint_every_minutes), so, "
+            f"assuming at most one preemption per {HOURS_BETWEEN_PREEMPTIONS:g} h of wall time, preemptions cost "
+            f"about {LOST_FRACTION:.0%} of the wall time on average (restarts not counted; not in the $ above)")

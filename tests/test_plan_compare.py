@@ -1,0 +1,121 @@
+"""clipa-plan on priced hardware: h100x8 and TPU plans with cited prices, spot plans, the side-by-side
+comparison of several --hw targets, unpriced plans that load again, and bad price files. Real
+subprocesses for the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from clipa import recipe as recipe_mod
+from clipa.costmodels import hardware
+from clipa.errors import UserError
+from clipa.planner import compare, spot
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+UNCALIBRATED = "throughput uncalibrated on {}: utilisation carried over from the A100 fit"
+
+
+def _plan(tmp_path, *args):
+    out = tmp_path / "plan.yaml"
+    r = subprocess.run([sys.executable, "-m", "clipa.cli.plan", "--out", str(out), "--trials", "40", *args],
+                       capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    return r, out
+
+
+def _plan_json(tmp_path, *args):
+    r, out = _plan(tmp_path, "--json", *args)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout), recipe_mod.load(out)
+
+
+@pytest.mark.parametrize("hw", ["h100x8", "tpu-v4-64"])
+def test_budget_plan_with_cited_price(tmp_path, hw):
+    obj, rec = _plan_json(tmp_path, "--budget", "10000", "--hw", hw)
+    price = hardware.get(hw).usd_per_hour
+    assert rec.hardware.name == hw and obj["hardware"] == hw
+    assert 0 < obj["cost_usd"] <= 10000
+    assert obj["cost_usd"] == pytest.approx(obj["wall_hours"] * price, rel=1e-3)  # the cited price, not a guess
+    assert UNCALIBRATED.format(hw) in obj["notes"][0]
+
+
+def test_a100_plan_is_calibrated(tmp_path):
+    obj, _ = _plan_json(tmp_path, "--budget", "3000", "--hw", "a100x8")
+    assert obj["notes"] == []
+
+
+def test_spot_plan_says_so_and_checkpoints_often(tmp_path):
+    obj, rec = _plan_json(tmp_path, "--budget", "10000", "--hw", "h100x8", "--pricing", "spot")
+    spot_price = hardware.get("h100x8", pricing="spot").usd_per_hour
+    assert rec.hardware.pricing == "spot" and rec.hardware.usd_per_hour == pytest.approx(spot_price)
+    assert obj["cost_usd"] == pytest.approx(obj["wall_hours"] * spot_price, rel=1e-3)
+    minutes = rec.train.checkpoint_every_minutes
+    assert minutes == spot.checkpoint_minutes()
+    # the stated assumption: half an interval lost per preemption, one preemption per HOURS_BETWEEN_PREEMPTIONS
+    assert (minutes / 2) / (spot.HOURS_BETWEEN_PREEMPTIONS * 60) <= spot.LOST_FRACTION <= 0.05
+    assert any(n.startswith("spot pricing on h100x8") and f"every {int(minutes)} min" in n for n in obj["notes"])
+    ondemand, _ = _plan_json(tmp_path, "--budget", "10000", "--hw", "h100x8")
+    assert obj["predicted_top1"] >= ondemand["predicted_top1"]       # the same dollars buy more on spot
+
+
+def test_comparison_prints_side_by_side_and_writes_the_pick(tmp_path):
+    names = ["a100x8", "h100x8", "tpu-v4-64", "tpu-v5e-64"]
+    r, out = _plan(tmp_path, "--budget", "10000", "--hw", ",".join(names))
+    assert r.returncode == 0, r.stderr
+    assert "Best plan per hardware (on-demand prices)" in r.stdout and "* picked:" in r.stdout
+    for n in names:
+        assert n in r.stdout
+    obj, rec = _plan_json(tmp_path, "--budget", "10000", "--hw", ",".join(names))
+    rows = obj["hardware_comparison"]
+    assert [row["hardware"] for row in rows] == names
+    picked = [row for row in rows if row["picked"]]
+    assert len(picked) == 1 and rec.hardware.name == picked[0]["hardware"] == obj["hardware"]
+    assert picked[0]["predicted_top1"] == max(row["predicted_top1"] for row in rows)
+    for row in rows:
+        assert row["cost_usd"] <= 10000 and row["wall_hours"] > 0 and row["price_source"]
+        assert (UNCALIBRATED.format(row["hardware"]) in " ".join(row["notes"])) == (row["hardware"] != "a100x8")
+
+
+def test_comparison_keeps_a_target_it_cannot_plan(tmp_path):
+    # a100x8 has no spot price on its cited basis: its row says why, the others still compete
+    obj, rec = _plan_json(tmp_path, "--budget", "5000", "--hw", "a100x8,tpu-v5e-64", "--pricing", "spot")
+    a100, v5e = obj["hardware_comparison"]
+    assert "no spot price known for hardware 'a100x8'" in a100["error"] and not a100["picked"]
+    assert v5e["picked"] and rec.hardware.name == "tpu-v5e-64" and rec.hardware.pricing == "spot"
+    with pytest.raises(UserError, match="no hardware could be planned: a100x8: .*a100-40gbx8: "):
+        compare.plan_all(["a100x8", "a100-40gbx8"], pricing="spot", budget_usd=5000, gpu_hours=None,
+                         dataset="laion-2b", trials=5, quiet=True)
+
+
+def test_unpriced_plan_writes_a_recipe_clipa_loads(tmp_path):
+    r, out = _plan(tmp_path, "--gpu-hours", "2000", "--hw", "a100x8", "--pricing", "spot")
+    assert r.returncode == 0, r.stderr
+    rec = recipe_mod.load(out)
+    assert rec.predictions.cost_usd is None and rec.hardware.usd_per_hour is None
+    assert all(s.cost_usd is None for s in rec.predictions.stages)
+    again = subprocess.run([sys.executable, "-m", "clipa.cli.plan", "--predict", str(out), "--json"],
+                           capture_output=True, text=True, env=ENV, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["cost_usd"] is None          # still spot, still unpriced: never $0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--budget", "100", "--hw", "a100x8", "--pricing", "reserved"), "--pricing: unknown pricing 'reserved'"),
+    (("--budget", "100", "--hw", "a100x8,,h100x8"), "--hw: empty name"),
+    (("--budget", "100", "--hw", "a100x8,v100x8"), "unknown hardware 'v100x8'"),
+    (("--budget", "10000", "--hw", "tpu-v5p-64"), "'tpu-v5p-64': no source at hand gives its peak_flops"),
+])
+def test_cli_errors_are_one_line(tmp_path, args, needle):
+    r, _ = _plan(tmp_path, *args)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_nan_price_refused_in_one_line(tmp_path):
+    f = tmp_path / "prices.yaml"
+    f.write_text(yaml.safe_dump({"h100x8": {"usd_per_hour": float("nan")}}))
+    r, _ = _plan(tmp_path, "--budget", "10000", "--hw", "h100x8", "--prices", str(f))
+    assert r.returncode == 2 and "h100x8.usd_per_hour: must be a finite number >= 0, got nan" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
