@@ -82,14 +82,16 @@ _ZERO_SHOT = textwrap.dedent("""
             e = model.encode_text(tok([t.replace('{}', n) for t in temps]), normalize=True).mean(dim=0)
             classes.append(e / e.norm())
         classes = torch.stack(classes)
-        preds, labels = [], []
+        sims, labels = [], []
         for y, folder in enumerate(folders):
             for f in sorted(folder.iterdir()):
                 img = preprocess(Image.open(f)).unsqueeze(0)
-                preds.append(int((model.encode_image(img, normalize=True) @ classes.T).argmax()))
+                sims.append((model.encode_image(img, normalize=True) @ classes.T)[0].tolist())
                 labels.append(y)
+    preds = [max(range(len(s)), key=s.__getitem__) for s in sims]
     top1 = 100.0 * sum(p == y for p, y in zip(preds, labels)) / len(labels)
-    print(json.dumps({"top1": top1, "preds": preds, "clipa_imported": any(m.split('.')[0] == 'clipa' for m in sys.modules)}))
+    print(json.dumps({"top1": top1, "preds": preds, "sims": sims,
+                      "clipa_imported": any(m.split('.')[0] == 'clipa' for m in sys.modules)}))
 """)
 
 
@@ -111,9 +113,12 @@ def test_openclip_zero_shot_equals_clipa_in_a_process_without_clipa(trained):
         prompts = torch.as_tensor(zs.prompts(tokenizer.get(), last.text_len)).long()
         emb = model.encode_text(prompts).numpy()
         classes = zeroshot.class_embeddings(emb, len(zs.classnames), len(zs.templates))
-        preds = [int(p) for x, _ in zs.image_batches(last.image_size, 16)
-                 for p in (model.encode_image(torch.as_tensor(x)).numpy() @ classes.T).argmax(axis=1)]
-    assert got["preds"] == preds
+        img = np.concatenate([model.encode_image(torch.as_tensor(x)).numpy() for x, _ in
+                              zs.image_batches(last.image_size, 16)])
+    sims = (img / np.linalg.norm(img, axis=1, keepdims=True)) @ classes.T  # cosine similarity, image x class
+    # The same numbers from OpenCLIP's tokenizer, transforms and model, not only the same argmax
+    assert np.abs(np.array(got["sims"]) - sims).max() <= 1e-5
+    assert got["preds"] == sims.argmax(axis=1).tolist() and len(set(got["preds"])) > 1
     assert got["top1"] == pytest.approx(rundir.read_achieved(run_dir).top1, abs=1e-9)
 
 
