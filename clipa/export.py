@@ -107,7 +107,8 @@ def convert(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     w = dict(weights)
     if "visual.cls_token" not in w:
         raise UserError("class token: the run's image tower has none, and OpenCLIP's VisionTransformer always "
-                        "prepends one that takes part in attention; train with encoder.class_token: true to export")
+                        "prepends one that takes part in attention; train with encoder.class_token: true "
+                        "(torch backend) to export")
     out: dict[str, np.ndarray] = {}
     take = w.pop
     width = w["visual.pos_embed"].shape[-1]
@@ -116,7 +117,8 @@ def convert(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     pos = take("visual.pos_embed")[0] + take("visual.patch_embed.proj.bias")[None]  # OpenCLIP's conv has no bias
     out["visual.positional_embedding"] = np.concatenate([np.zeros((1, width), pos.dtype), pos])
     _blocks(w, "visual.blocks", "visual.transformer.resblocks", out)
-    out["visual.ln_post.weight"], out["visual.ln_post.bias"] = take("visual.fc_norm.weight"), take("visual.fc_norm.bias")
+    out["visual.ln_post.weight"] = take("visual.fc_norm.weight")
+    out["visual.ln_post.bias"] = take("visual.fc_norm.bias")
     out["visual.proj"] = take("image_proj.weight").T
     out["token_embedding.weight"] = take("text.token_embedding.weight")
     out["positional_embedding"] = take("text.pos_embed")[0]  # cut to context_length by _fit
