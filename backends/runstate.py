@@ -1,17 +1,19 @@
 """Run bookkeeping shared by the torch and JAX training loops (no torch or jax import here).
 
 Where a run is (``RunProgress``, saved in every checkpoint), what it achieved (``achieved``), MFU,
-metrics.jsonl lines, the progress bar, and the run directory's recipe check (``prepare_run_dir``).
-Each backend keeps its model, step, checkpoints and device naming; this module gets plain numbers.
+metrics.jsonl lines, the progress bar, weights files, and the run directory's checks (``prepare_run_dir``).
+The stage loop (``backends/loop.py``) calls these; this module gets plain numbers and numpy arrays.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -160,10 +162,21 @@ class _NoBar:
         pass
 
 
-def prepare_run_dir(recipe: Recipe, run_dir: Path) -> str:
-    """"new" (recipe.yaml written), "resume" (same recipe, unfinished) or "finished"; UserError when
-    the directory holds a different recipe (never mix two runs' checkpoints)."""
+# Each backend's resumable checkpoint folders under RUN_DIR/checkpoints (torch: ckpt-SSSS-TTTTTTTTT,
+# orbax: the run's optimizer step count); a run directory holds one backend's only.
+_CHECKPOINT_GLOBS = {"torch": "ckpt-*", "jax": "[0-9]*"}
+
+
+def prepare_run_dir(recipe: Recipe, run_dir: Path, backend: str, console: Console) -> bool:
+    """Whether there is anything to train: False (said on ``console``) when the run finished; recipe.yaml
+    written for a new run. UserError when the directory holds a different recipe or the other backend's
+    checkpoints (never mix two runs' or two backends' checkpoints)."""
     run_dir = Path(run_dir)
+    for other, pattern in _CHECKPOINT_GLOBS.items():
+        found = sorted((run_dir / rundir.CHECKPOINTS).glob(pattern)) if other != backend else []
+        if found:
+            raise UserError(f"{run_dir}: holds {other}-backend checkpoints ({found[0].name}); resume it with "
+                            f"--backend {other} or use a new --run-dir")
     existing = run_dir / rundir.RECIPE
     if existing.exists():
         try:
@@ -172,7 +185,22 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path) -> str:
             old = None
         if old != recipe_mod.to_yaml(recipe):
             raise UserError(f"{run_dir}: holds a different recipe ({existing}); use --run-dir for a new run")
-        return "finished" if (run_dir / rundir.ACHIEVED).exists() else "resume"
+        if (run_dir / rundir.ACHIEVED).exists():
+            console.print(f"{run_dir}: already finished ({rundir.ACHIEVED} exists); nothing to do")
+            return False
+        return True
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe_mod.dump(recipe, existing)
-    return "new"
+    return True
+
+
+def save_weights(weights: dict, path: Path, metadata: dict[str, str]) -> None:
+    """numpy arrays (the PyTorch layout) -> a safetensors file, atomically (temp, fsync, rename)."""
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -19,10 +19,11 @@ CASES = (("B/16", 112), ("L/16", 96))  # CLIPA's low-resolution pretraining sett
 
 def samples_per_s(enc, size: int, batch: int, text_len: int, steps: int, *, compile: bool = False,
                   grad_checkpointing: bool = False) -> tuple[float, float]:
-    """Training samples/s of the torch backend's model on one CUDA device (bf16 autocast, fused AdamW)
+    """Training samples/s of the torch trainer's step on one CUDA device (bf16 autocast, its AdamW)
     and the peak memory in GiB. Also the baseline of train_step_jax.py's GPU section."""
-    from clipa.backends.torch import dist as tdist
     from clipa.backends.torch.model import CLIPA
+    from clipa.backends.torch.trainer import build_optimizer, train_step
+    from clipa.recipe import OptimizerSpec, Stage
 
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.cuda.empty_cache()  # the previous case's model is gone with its call; count this one's peak only
@@ -32,18 +33,18 @@ def samples_per_s(enc, size: int, batch: int, text_len: int, steps: int, *, comp
     if grad_checkpointing:
         model.set_grad_checkpointing(True)
     fwd = torch.compile(model) if compile else model
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
-    image = torch.randn(batch, 3, size, size, device="cuda")
+    st = Stage(name="bench", samples=1000 * batch, global_batch=batch, image_size=size, text_len=text_len,
+               optimizer=OptimizerSpec(lr=1e-4))
+    opt = build_optimizer(model, st)
     text = torch.randint(1, 49000, (batch, text_len), device="cuda")
     text[:, -1] = 49407
+    b = {"image": torch.randn(batch, 3, size, size, device="cuda"), "text": text}
+
+    def amp():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            img, txt, scale = fwd(image, text)
-            loss = tdist.contrastive_loss(img, txt, scale)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(fwd, opt, b, 1e-4, amp=amp)
 
     for _ in range(3):
         step()

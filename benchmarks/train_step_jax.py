@@ -41,7 +41,7 @@ def jax_samples_per_s(enc, batch, size, text_len, steps, dtype=None, remat=False
     import jax
     import jax.numpy as jnp
 
-    from clipa.backends.jax import model as M, sharding as shd, train as T
+    from clipa.backends.jax import model as M, sharding as shd, trainer as T
 
     dtype = dtype or jnp.float32
     st = _stage(batch, size, text_len)
@@ -65,22 +65,17 @@ def jax_samples_per_s(enc, batch, size, text_len, steps, dtype=None, remat=False
 def torch_samples_per_s(enc, batch, size, text_len, steps) -> float:
     import torch
 
-    from clipa.backends.torch import dist as tdist, optim
     from clipa.backends.torch.model import CLIPA
+    from clipa.backends.torch.trainer import build_optimizer, train_step
 
     st = _stage(batch, size, text_len)
     m = CLIPA(enc, size)
-    opt = optim.build(m, st)
+    opt = build_optimizer(m, st)
     nb = _batch(batch, size, text_len)
-    img, txt = torch.from_numpy(nb["image"]), torch.from_numpy(nb["text"]).long()
+    b = {"image": torch.from_numpy(nb["image"]), "text": torch.from_numpy(nb["text"]).long()}
 
     def one():
-        i, t, s = m(img, txt)
-        loss = tdist.contrastive_loss(i, t, s)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
+        return train_step(m, opt, b, 1e-4)
 
     for _ in range(2):
         one()

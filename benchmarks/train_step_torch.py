@@ -3,7 +3,7 @@
     python benchmarks/train_step_torch.py [--encoder S/16] [--image-size 64] [--text-len 16] [--batch 32]
 
 Both models: same registry shape (open_clip built from a custom config with CLIPA's image-tower options,
-pretrained=None), same batch, same loss function, AdamW, fp32. Steps of the two models are interleaved
+pretrained=None), same batch, the torch trainer's own step (``train_step``: loss, AdamW), fp32. Steps of the two models are interleaved
 in rounds so that load from other processes hits both alike; the median step time is reported.
 Target: ratio (clipa / open_clip samples/s) >= 0.95.
 """
@@ -36,8 +36,9 @@ def open_clip_model(enc, image_size: int, text_len: int):
 
 def main() -> None:
     from clipa import encoders
-    from clipa.backends.torch import dist as tdist
     from clipa.backends.torch.model import CLIPA
+    from clipa.backends.torch.trainer import build_optimizer, train_step
+    from clipa.recipe import OptimizerSpec, Stage
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoder", default="S/16")
@@ -60,22 +61,17 @@ def main() -> None:
     n_ours = sum(p.numel() for p in ours.parameters())
     n_ref = sum(p.numel() for p in ref.parameters())
 
-    def stepper(model, forward):
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    # The trainer's own step and optimizer for both models (open_clip's forward returns the same triple:
+    # normalised features and exp(logit_scale)).
+    st = Stage(name="bench", samples=1000 * a.batch, global_batch=a.batch, image_size=a.image_size,
+               text_len=a.text_len, optimizer=OptimizerSpec(lr=1e-4))
+    batch = {"image": image, "text": text}
 
-        def step():
-            img, txt, scale = forward(model)
-            loss = tdist.contrastive_loss(img, txt, scale)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return step
+    def stepper(model):
+        opt = build_optimizer(model, st)
+        return lambda: train_step(model, opt, batch, 1e-4)
 
-    def fwd_ref(m):
-        img, txt, scale = m(image, text)  # normalised features and exp(logit_scale), as ours
-        return img, txt, scale
-
-    runs = {"clipa": stepper(ours, lambda m: m(image, text)), "open_clip": stepper(ref, fwd_ref)}
+    runs = {"clipa": stepper(ours), "open_clip": stepper(ref)}
     times = {k: [] for k in runs}
     for f in runs.values():  # warm-up
         f()

@@ -12,7 +12,7 @@ def problem(mask: bool = False):
     import jax
 
     from clipa import encoders
-    from clipa.backends.jax import model as M, train as T
+    from clipa.backends.jax import model as M, trainer as T
     from clipa.recipe import OptimizerSpec, Stage
 
     enc = encoders.get("test")
@@ -33,7 +33,7 @@ def problem(mask: bool = False):
 
 def two_steps(model, tx, params, batch, mesh):
     """Two training steps on ``mesh`` (``batch`` = this process's rows) -> (final state, losses)."""
-    from clipa.backends.jax import sharding as shd, train as T
+    from clipa.backends.jax import sharding as shd, trainer as T
 
     state = T.place_state(T.init_state(params, tx), mesh)
     step = T.make_step(model, tx, mesh, state, list(batch))

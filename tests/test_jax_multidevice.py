@@ -17,7 +17,7 @@ def _compare() -> dict:
     import jax
     import numpy as np
 
-    from clipa.backends.jax import sharding as shd, train as T
+    from clipa.backends.jax import sharding as shd, trainer as T
     from jax_steps import flat_params, problem, two_steps
 
     assert jax.device_count() == 4, jax.devices()

@@ -8,8 +8,10 @@ import torch
 
 from clipa import encoders
 from clipa.backends.torch import dist as tdist
-from clipa.backends.torch import optim
-from clipa.backends.torch.model import CLIPA, sincos_2d
+from clipa.backends.posembed import sincos_2d
+from clipa.backends.schedule import lr_at
+from clipa.backends.torch.model import CLIPA
+from clipa.backends.torch.trainer import build_optimizer
 from clipa.recipe import OptimizerSpec, ScheduleSpec, Stage
 
 torch.set_num_threads(1)
@@ -25,7 +27,7 @@ def test_sincos_equals_open_clip():
     from open_clip.pos_embed import get_2d_sincos_pos_embed
 
     ref = get_2d_sincos_pos_embed(64, 5)
-    assert torch.allclose(sincos_2d(64, 5), torch.from_numpy(ref).float(), atol=1e-6)
+    assert np.allclose(sincos_2d(5, 64), ref.astype(np.float32), atol=1e-6)
 
 
 def test_image_tower_is_timms_vit_forward():
@@ -64,12 +66,12 @@ def test_set_stage_pos_embed():
     m.set_stage(32, "learned")
     assert m.visual.pos_embed.requires_grad
     before = m.visual.pos_embed.detach().clone()
-    assert torch.allclose(before[0], sincos_2d(ENC.vision.width, 4))  # initialised from the current one
+    assert torch.allclose(before[0], torch.from_numpy(sincos_2d(4, ENC.vision.width)))  # initialised from the current one
     m.set_stage(64, "learned")
     assert m.visual.pos_embed.shape == (1, 64, ENC.vision.width)
     m.encode_image(torch.randn(1, 3, 64, 64))
     m.set_stage(48, "sincos")
-    assert torch.allclose(m.visual.pos_embed[0], sincos_2d(ENC.vision.width, 6))
+    assert torch.allclose(m.visual.pos_embed[0], torch.from_numpy(sincos_2d(6, ENC.vision.width)))
     with pytest.raises(ValueError, match="set_stage"):
         m.encode_image(torch.randn(1, 3, 32, 32))
 
@@ -99,7 +101,7 @@ def test_lr_schedule_in_samples():
     st = Stage(name="s", samples=1000, global_batch=100, image_size=32, text_len=16,
                optimizer=OptimizerSpec(lr=1e-3), schedule=ScheduleSpec(warmup_samples=200, min_lr=1e-5))
     assert st.warmup_steps == 2 and st.steps == 10
-    lrs = [optim.lr_at(st, s) for s in range(st.steps)]
+    lrs = [lr_at(st, s) for s in range(st.steps)]
     assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
     # cosine midpoint between step 2 (peak) and step 10 (min_lr)
@@ -109,7 +111,7 @@ def test_lr_schedule_in_samples():
 def test_optimizer_skips_fixed_pos_embed_and_decays_only_matrices():
     m = _model()
     st = Stage(name="s", samples=10, global_batch=2, image_size=32, text_len=8, optimizer=OptimizerSpec(lr=1e-3))
-    opt = optim.build(m, st)
+    opt = build_optimizer(m, st)
     decayed = {id(p) for p in opt.param_groups[0]["params"]}
     plain = {id(p) for p in opt.param_groups[1]["params"]}
     assert id(m.visual.pos_embed) not in decayed | plain

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -119,3 +119,23 @@ def top1(image_emb: np.ndarray, class_emb: np.ndarray, labels: np.ndarray) -> fl
 
 def top1_from_logits(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((np.argmax(logits, axis=-1) == labels).mean())
+
+
+def top1_percent(zs: ZeroShotSet, tokenizer, text_len: int, image_size: int, batch_size: int,
+                 encode_text: Callable[[np.ndarray], np.ndarray], encode_image: Callable[[np.ndarray], np.ndarray],
+                 rank: int = 0, world: int = 1,
+                 total: Callable[[np.ndarray], np.ndarray] = lambda counts: counts) -> float:
+    """Zero-shot top-1 in percent of ``zs`` (CLIP's protocol) given a model's two encoders.
+
+    ``encode_text``: int32 [b, text_len] -> [b, D]; ``encode_image``: float32 [b, 3, S, S] -> [b, D]
+    (numpy in and out, normalised or not). This process scores its ``rank`` share of the images;
+    ``total`` sums the float64 [correct, seen] counts over processes (identity for one)."""
+    prompts = zs.prompts(tokenizer, text_len)
+    emb = np.concatenate([encode_text(prompts[i:i + batch_size]) for i in range(0, len(prompts), batch_size)])
+    classes = class_embeddings(emb.astype(np.float32), len(zs.classnames), len(zs.templates))
+    counts = np.zeros(2, np.float64)
+    for images, labels in zs.image_batches(image_size, batch_size, rank, world):
+        pred = np.argmax(encode_image(images) @ classes.T, axis=-1)
+        counts += [(pred == labels).sum(), len(labels)]
+    correct, seen = total(counts)
+    return 100.0 * correct / max(1.0, seen)

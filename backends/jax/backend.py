@@ -12,10 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from clipa import rundir
 from clipa.backends.base import LaunchOptions
 from clipa.backends.jax import launch
-from clipa.errors import UserError
 from clipa.recipe import Recipe
 
 _PLATFORMS = {"cpu": "cpu", "cuda": "cuda", "gpu": "cuda", "tpu": "tpu"}
@@ -47,23 +45,16 @@ def train(recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
     # The platform must be chosen before JAX touches a device.
     if opts.device:
         jax.config.update("jax_platforms", _PLATFORMS[opts.device])
-    from clipa.backends.jax import loop, sharding as shd
+    from clipa.backends import loop
     from clipa.backends.data import resolve
+    from clipa.backends.jax import sharding as shd
+    from clipa.backends.jax.trainer import JaxTrainer
     from clipa.backends.runstate import prepare_run_dir
 
     console = Console(stderr=True, soft_wrap=True)
     shd.maybe_initialize_distributed(shd.cluster_from_env_and_opts(opts.nnodes, opts.node_rank, opts.rdzv_endpoint))
-    foreign = sorted((run_dir / rundir.CHECKPOINTS).glob("ckpt-*"))
-    if foreign:  # the PyTorch backend's resumable checkpoints: never mix two backends in one run
-        raise UserError(f"{run_dir}: holds PyTorch-backend checkpoints ({foreign[0].name}); resume it with "
-                        "--backend torch or use a new --run-dir")
-    state = prepare_run_dir(recipe, run_dir)
-    if state == "finished":
-        console.print(f"{run_dir}: already finished ({rundir.ACHIEVED} exists); nothing to do")
+    if not prepare_run_dir(recipe, run_dir, "jax", console):
         return 0
     ds = resolve.resolve(recipe, run_dir, generate=True)
-    achieved = loop.run(recipe, run_dir, ds, max_samples=opts.max_samples, console=console)
-    if achieved is not None:
-        rundir.write_achieved(run_dir, achieved)
-        console.print(f"finished: {run_dir}/{rundir.ACHIEVED} ({achieved.summary()})")
+    loop.run(recipe, run_dir, ds, JaxTrainer(recipe, run_dir), max_samples=opts.max_samples, console=console)
     return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from clipa.errors import UserError
-from clipa.backends.jax.model import sincos_2d
+from clipa.backends.posembed import sincos_2d
 
 _LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 _NORMS = ("norm1", "norm2")
@@ -138,16 +138,6 @@ def load_safetensors(path: str | Path, learned_pos: bool = False) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file not found")
     return torch_to_flax(load_file(str(path)), learned_pos=learned_pos)
-
-
-def save_safetensors(params: dict, path: str | Path, image_size: int, patch: int) -> Path:
-    from safetensors.numpy import save_file
-
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(flax_to_torch_full(params, image_size, patch), str(tmp))
-    tmp.replace(path)
-    return path
 
 
 def _set(tree: dict, path: tuple, value) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from clipa import encoders
 from clipa.errors import UserError
+from clipa.backends.posembed import sincos_2d
 
 # LayerNorm eps of timm's VisionTransformer and of the contract (backends/README.md).
 LN_EPS = 1e-6
@@ -37,26 +38,6 @@ _dense_init = nn.initializers.truncated_normal(0.02)  # timm ViT init (trunc_nor
 
 def _proj_init(width: int):
     return nn.initializers.normal(width ** -0.5)  # the PyTorch backend's projection init (CLIP's)
-
-
-def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
-    """Fixed 2-D sin-cos position embedding, float32 [grid*grid, width], row-major tokens.
-
-    The PyTorch backend's layout (open_clip/MAE ``get_2d_sincos_pos_embed``): the first half of
-    the channels encodes the column index, the second half the row index, each half
-    [sin(pos*w), cos(pos*w)] with w = 1 / temperature**(k / (width/4)), k = 0..width/4-1.
-    """
-    if width % 4:
-        raise ValueError(f"sin-cos 2-D position embedding needs width divisible by 4, got {width}")
-    quarter = width // 4
-    omega = 1.0 / temperature ** (np.arange(quarter, dtype=np.float64) / quarter)
-    rows, cols = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
-
-    def half(pos):
-        out = pos.reshape(-1, 1) * omega[None]
-        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-    return np.concatenate([half(cols), half(rows)], axis=1).astype(np.float32)
 
 
 def resize_pos_embed(pe: np.ndarray | jax.Array, grid: int) -> np.ndarray:

@@ -1,48 +1,64 @@
-"""One training step: contrastive loss over the global batch, optax AdamW, warmup + cosine.
+"""The JAX trainer: the Flax model, optax AdamW and the jitted step over the global batch, orbax checkpoints.
 
-Each builder gets only its own section of the recipe (a ``Stage``'s optimizer/schedule), never
-the whole recipe. Learning rates are per optimizer step; durations arrive in samples and are
-turned into steps by the recipe (``Stage.steps`` and ``Stage.warmup_steps``), for both backends.
+``JaxTrainer`` is what the shared stage loop (``backends/loop.py``) drives. Every host runs it with
+its own share of the global batch (rank = process index); orbax checkpoints are written by all hosts
+together. Each builder gets only its own section of the recipe (a ``Stage``'s optimizer/schedule).
 """
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from clipa.recipe import OptimizerSpec, ScheduleSpec, Stage
-from clipa.backends.jax import sharding as shd
+from clipa.backends import schedule as sched
+from clipa.backends.data import tokenizer
+from clipa.backends.jax import checkpoint, convert, evaluate, model as M, sharding as shd
 from clipa.backends.jax.model import CLIP
+from clipa.recipe import OptimizerSpec, Recipe, Stage
 
 
-def lr_at(step, peak: float, sched: ScheduleSpec, total_steps: int, warm: int):
-    """Learning rate of optimizer step ``step`` (0-based; jnp or python number).
+def compute_dtype(precision: str):
+    """bf16 compute where the hardware has it (TPU, GPU); float32 on CPU, as the torch backend."""
+    return jnp.bfloat16 if precision == "bf16" and jax.default_backend() != "cpu" else jnp.float32
 
-    Linear warmup to ``peak`` over ``warm`` steps (step 0 already gets peak/warm, never 0), then
-    cosine from ``peak`` to ``sched.min_lr`` over the remaining steps (or constant).
-    """
-    step = jnp.asarray(step, jnp.float32)
-    warm_lr = peak * (step + 1.0) / max(warm, 1)
-    if sched.name == "constant":
-        after = jnp.asarray(peak, jnp.float32)
+
+def stage_model(recipe: Recipe, st: Stage) -> CLIP:
+    return M.build(recipe.encoder.spec, learned_pos=st.pos_embed == "learned",
+                   dtype=compute_dtype(recipe.train.precision), remat=recipe.train.grad_checkpointing)
+
+
+def adapt_params(params: dict, st: Stage, patch: int, prev_image_size: int) -> dict:
+    """Params of the previous stage (trained at ``prev_image_size``) -> this stage's (the torch model's
+    ``set_stage``)."""
+    params = shd.to_host(params)
+    vis = dict(params["visual"])
+    grid = st.image_size // patch
+    if st.pos_embed == "learned":
+        # A learned embedding starts from the one the previous stage used, interpolated to the new grid
+        # (CLIPA's fine-tune: "learnable position embedding (interpolated from pretrain)"). A sin-cos
+        # table computed afresh at the new grid would instead show the model positions it never saw.
+        pe = vis.get("pos_embed")
+        if pe is None:
+            pe = M.sincos_2d(prev_image_size // patch, vis["patch_embed"]["bias"].shape[0])
+        vis["pos_embed"] = M.resize_pos_embed(pe, grid)
     else:
-        frac = jnp.clip((step - warm) / max(total_steps - warm, 1), 0.0, 1.0)
-        after = sched.min_lr + 0.5 * (peak - sched.min_lr) * (1.0 + jnp.cos(jnp.pi * frac))
-    return jnp.where(step < warm, warm_lr, after)
+        vis.pop("pos_embed", None)
+    return {**params, "visual": vis}
 
 
 def schedule(stage: Stage) -> Callable:
-    warm, total = stage.warmup_steps, stage.steps
-    return lambda step: lr_at(step, stage.optimizer.lr, stage.schedule, total, warm)
+    """optax's learning rate of step n: backends/schedule.py's formula, traced with jax.numpy."""
+    return lambda step: sched.lr_at(stage, step, jnp)
 
 
 def decay_mask(params):
-    """Weight decay on matrices (kernels, embeddings) only; biases, norms and the temperature
-    are not decayed (open_clip's rule: exclude parameters with ndim < 2)."""
-    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+    """Weight decay where backends/schedule.py's rule says (matrices and embeddings only)."""
+    return jax.tree_util.tree_map_with_path(lambda path, p: sched.decays(jax.tree_util.keystr(path), p.ndim), params)
 
 
 def optimizer(opt: OptimizerSpec, lr: Callable) -> optax.GradientTransformation:
@@ -113,3 +129,77 @@ def place_state(state, mesh: Mesh):
     """Lay ``state`` out on ``mesh``. The step donates its input: pass host (numpy) arrays or device
     arrays no longer needed elsewhere (device_put may alias them)."""
     return jax.device_put(state, state_sharding(state, mesh))
+
+
+class JaxTrainer:
+    """The shared loop's ``Trainer`` on a ``jax.sharding`` mesh (this host's devices, or all hosts')."""
+
+    backend = "jax"
+
+    def __init__(self, recipe: Recipe, run_dir: Path, mesh: Optional[Mesh] = None):
+        self.recipe, self.stages, self.mesh = recipe, recipe.stages, mesh or shd.make_mesh()
+        for i, st in enumerate(self.stages):
+            shd.check_divisible(st.global_batch, self.mesh, f"stages[{i}].global_batch")
+        self.n_devices = self.mesh.devices.size
+        self.rank, self.world = jax.process_index(), jax.process_count()
+        self.is_main = self.rank == 0
+        dev = jax.devices()[0]
+        self.device_name = "cpu" if dev.platform == "cpu" else dev.device_kind
+        self.mngr = checkpoint.manager(run_dir)
+        self.state = self.params = self.model = self._step = None
+        self.stage, self._keys = self.stages[0], []
+
+    def restore(self) -> Optional[tuple[str, dict]]:
+        found = checkpoint.latest_meta(self.mngr)
+        if found is None:
+            st = self.stages[0]
+            self.params = M.init_params(stage_model(self.recipe, st), jax.random.key(self.recipe.train.seed),
+                                        st.image_size, st.text_len)
+            return None
+        n, meta = found
+        self.stage = st = self.stages[meta["stage"]]
+        m, tx = stage_model(self.recipe, st), optimizer(st.optimizer, schedule(st))
+        like = jax.eval_shape(lambda: init_state(M.init_params(m, jax.random.key(0), st.image_size, st.text_len), tx))
+        self.state = checkpoint.restore_state(self.mngr, n, like, state_sharding(like, self.mesh))
+        self.params = self.state["params"]
+        return f"checkpoint {n}", meta
+
+    def close_stage(self) -> None:
+        self.params, self.state = self._params(), None
+
+    def _params(self):
+        return self.state["params"] if self.state is not None else self.params
+
+    def start_stage(self, k: int, st: Stage, step: int) -> None:
+        self.model, tx = stage_model(self.recipe, st), optimizer(st.optimizer, schedule(st))
+        if self.state is None:  # a fresh stage: the previous weights, a new optimizer
+            prev = self.stages[max(k - 1, 0)].image_size
+            params = adapt_params(self.params, st, self.recipe.encoder.spec.vision.patch, prev)
+            self.state = place_state(init_state(params, tx), self.mesh)
+        self._keys = ["image", "text"] + (["keep"] if st.image_reduction.kind != "resize" else [])
+        self._step = make_step(self.model, tx, self.mesh, self.state, self._keys)
+        self.stage = st
+
+    def step(self, batch: dict) -> jax.Array:
+        self.state, out = self._step(self.state, shd.global_batch({k: batch[k] for k in self._keys}, self.mesh))
+        return out["loss"]  # a device scalar: no host sync per step
+
+    def mean_loss(self, losses: list) -> float:
+        return float(np.mean([float(x) for x in losses]))  # the global batch's loss: the same on every host
+
+    def evaluate(self, zs, st: Stage) -> float:
+        return evaluate.zero_shot_top1(self.model, self._params(), zs, tokenizer.get(), st)
+
+    def save(self, k: int, step: int, meta: dict) -> str:
+        n = sum(s.steps for s in self.stages[:k]) + step  # optimizer steps over the whole run
+        checkpoint.save(self.mngr, n, self.state, meta)
+        return f"checkpoint {n}"
+
+    def full_weights(self) -> Optional[dict[str, np.ndarray]]:
+        host = shd.to_host(self._params())  # every host takes part (an fsdp gather is a collective)
+        if not self.is_main:
+            return None
+        return convert.flax_to_torch_full(host, self.stage.image_size, self.recipe.encoder.spec.vision.patch)
+
+    def sum_counts(self, skipped: int, reasons: dict) -> tuple[int, dict]:
+        return shd.sum_counts(skipped, reasons)

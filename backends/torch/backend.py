@@ -6,7 +6,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from clipa import rundir
 from clipa.backends.base import LaunchOptions
 from clipa.backends.runstate import prepare_run_dir
 from clipa.recipe import Recipe
@@ -25,9 +24,7 @@ class TorchBackend:
         if opts.dry_run:
             print(" ".join(cmd))
             return 0
-        state = prepare_run_dir(recipe, run_dir)
-        if state == "finished":
-            console.print(f"{run_dir}: already finished ({rundir.ACHIEVED} exists); nothing to do")
+        if not prepare_run_dir(recipe, run_dir, "torch", console):
             return 0
         resolve.resolve(recipe, run_dir, generate=True)  # missing paths fail here, before any worker starts
         if opts.nproc * opts.nnodes == 1:

@@ -39,13 +39,6 @@ def latest(run_dir: Path) -> Optional[Path]:
     return max(found, key=lambda p: p.name) if found else None
 
 
-def save_weights_atomic(weights: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
 def save(run_dir: Path, stage: int, step: int, weights: dict[str, torch.Tensor], state: dict,
          metadata: dict[str, str]) -> Path:
     """Write one resumable checkpoint atomically and prune old ones; returns its directory."""

@@ -23,6 +23,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from clipa.backends.posembed import sincos_2d
 from clipa.encoders import Encoder
 
 # LayerNorm eps 1e-6 in every block (timm ViT default; big_vision's CLIPA towers use the same).
@@ -30,27 +31,6 @@ _LN = partial(nn.LayerNorm, eps=1e-6)
 # CLIP's temperature: initialised to 1/0.07 and clamped at 100 (Radford et al. 2021, section 2.5).
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100.0)
-
-
-def sincos_2d(width: int, grid: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embedding [grid*grid, width], row-major tokens.
-
-    Same layout as open_clip ``pos_embed.get_2d_sincos_pos_embed`` (MAE/MoCo v3): the first half of
-    the channels encodes the column index, the second half the row index; each half is
-    [sin(pos * omega), cos(pos * omega)] with omega = 1 / 10000 ** (k / (width / 4)).
-    """
-    if width % 4:
-        raise ValueError(f"sin-cos position embedding needs width divisible by 4, got {width}")
-    quarter = width // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
-                                indexing="ij")
-
-    def half(pos: torch.Tensor) -> torch.Tensor:
-        out = pos.reshape(-1, 1) * omega[None]
-        return torch.cat([out.sin(), out.cos()], dim=1)
-
-    return torch.cat([half(cols), half(rows)], dim=1).float()
 
 
 class TextTower(nn.Module):
@@ -129,7 +109,7 @@ class CLIPA(nn.Module):
         grid = image_size // self.encoder.vision.patch
         pe = self.visual.pos_embed
         if pos_embed == "sincos":
-            new = sincos_2d(pe.shape[-1], grid)[None].to(pe.device, pe.dtype)
+            new = torch.from_numpy(sincos_2d(grid, pe.shape[-1]))[None].to(pe.device, pe.dtype)
         elif pos_embed == "learned":
             new = pe.detach()
             if grid != self.grid:

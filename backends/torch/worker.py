@@ -23,8 +23,10 @@ def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int]
     """Train; returns 0 when finished or stopped at max_samples, raises UserError on user mistakes."""
     import torch
 
+    from clipa.backends import loop
     from clipa.backends.data import resolve
-    from clipa.backends.torch import dist as tdist, train
+    from clipa.backends.torch import dist as tdist
+    from clipa.backends.torch.trainer import TorchTrainer
 
     rec = recipe_mod.load(Path(run_dir) / rundir.RECIPE)
     world = tdist.init(device)
@@ -37,10 +39,7 @@ def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int]
     console = Console(stderr=True, soft_wrap=True)
     try:
         ds = resolve.resolve(rec, run_dir, generate=False)
-        achieved = train.run(rec, run_dir, ds, world, max_samples=max_samples, console=console)
-        if achieved is not None:
-            rundir.write_achieved(run_dir, achieved)
-            console.print(f"finished: {run_dir}/{rundir.ACHIEVED} ({achieved.summary()})")
+        loop.run(rec, run_dir, ds, TorchTrainer(rec, run_dir, world), max_samples=max_samples, console=console)
     finally:
         tdist.shutdown()
     return 0
