@@ -72,7 +72,7 @@ def mfu_fn(recipe: Recipe, n_devices: int) -> MfuFn:
 def achieved(recipe: Recipe, *, backend: str, device: str, n_devices: int, prog: RunProgress, wall: float,
              skipped: int, reasons: dict, dataset: DatasetSpec) -> rundir.Achieved:
     """The run's achieved.json: ``wall`` seconds over all processes of the run on ``n_devices`` devices."""
-    hw = hardware.get(recipe.hardware.name)
+    hw = hardware.get(recipe.hardware.name, pricing=recipe.hardware.pricing)
     usd_per_hour = recipe.hardware.usd_per_hour  # the recipe's own price wins over the cost models'
     if usd_per_hour is None:
         usd_per_hour = hw.usd_per_hour

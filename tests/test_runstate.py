@@ -13,9 +13,9 @@ from clipa.errors import UserError
 from clipa.recipe import HardwareSpec
 
 
-def _recipe(name, usd_per_hour=None):
+def _recipe(name, usd_per_hour=None, pricing="on-demand"):
     r = recipe_mod.load("recipes/demo.yaml")
-    return r.model_copy(update={"hardware": HardwareSpec(name=name, usd_per_hour=usd_per_hour)})
+    return r.model_copy(update={"hardware": HardwareSpec(name=name, usd_per_hour=usd_per_hour, pricing=pricing)})
 
 
 def _achieved(r, n_devices=2, wall=7200.0):
@@ -35,10 +35,11 @@ def test_cost_is_the_runs_share_of_the_machine_price():
 
 def test_recipe_price_overrides_and_unknown_price_is_unknown_not_free():
     assert _achieved(_recipe("a100x8", usd_per_hour=20.0)).cost_usd == pytest.approx(2.0 * 20.0 * 2 / 8)
-    assert hardware.get("h100x8").usd_per_hour is None  # the premise of the next lines
-    a = _achieved(_recipe("h100x8"))
+    # the premise of the next lines: no cited spot price for a100x8 (the run is costed at its recipe's pricing)
+    assert hardware.get("a100x8", pricing="spot").usd_per_hour is None
+    a = _achieved(_recipe("a100x8", pricing="spot"))
     assert a.cost_usd is None and a.usd_per_hour is None
-    assert "cost unknown: no $/hour for h100x8" in a.summary()
+    assert "cost unknown: no $/hour for a100x8" in a.summary()
     a = rundir.Achieved.model_validate_json(a.model_dump_json())  # achieved.json round trip
     assert a.cost_usd is None
 
