@@ -28,10 +28,14 @@ class World:
 
 
 def init(device: str | None = None) -> World:
-    """Join torchrun's process group (env RANK/WORLD_SIZE/LOCAL_RANK) or run as a single process.
+    """Join torchrun's process group (env RANK/WORLD_SIZE/LOCAL_RANK; under clipa's SLURM script, read
+    from SLURM's variables: backends/torch/slurm.py) or run as a single process.
 
     gloo on CPU, nccl on CUDA. ``device``: "cpu" | "cuda" | None (cuda when available).
     """
+    from clipa.backends.torch import slurm
+
+    slurm.apply_env(os.environ)
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

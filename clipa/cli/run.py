@@ -7,6 +7,7 @@ Examples:
     clipa-run R.yaml --nproc 8                      # torchrun: DDP (FSDP where the encoder does not fit)
     clipa-run R.yaml --nproc 8 --nnodes 4 --node-rank 0 --rdzv-endpoint host0:29500
     clipa-run R.yaml --backend jax --tpu my-v4-64 --zone us-central2-b --dry-run
+    clipa-run R.yaml --slurm --nodes 4 --gpus-per-node 8 --partition gpu --time 2-00:00:00 --dry-run
 
 The same command again resumes an unfinished run. Ctrl-C (exit 130) and SIGTERM (exit 143) save a
 checkpoint first.
@@ -25,7 +26,8 @@ from clipa.cli._common import entry, not_with, version_option
 from clipa.errors import UserError
 
 app = typer.Typer(name="clipa-run", add_completion=False, help=__doc__, rich_markup_mode="markdown")
-WHERE, TORCH, JAX, DEBUG = "Where to run", "PyTorch (torchrun)", "JAX / TPU", "Checks and debugging"
+WHERE, TORCH, SLURM, JAX, DEBUG = ("Where to run", "PyTorch (torchrun)", "PyTorch on SLURM (sbatch)", "JAX / TPU",
+                                   "Checks and debugging")
 # Launch flags only one backend understands: given to the other, they are an error, not ignored.
 _ONLY = {"torch": ("tpu", "zone", "project"), "jax": ()}
 
@@ -43,6 +45,13 @@ def run(
     node_rank: int = typer.Option(0, min=0, help="this node's rank", rich_help_panel=TORCH),
     rdzv_endpoint: Optional[str] = typer.Option(None, help="HOST:PORT rendezvous (multi-node)", rich_help_panel=TORCH),
     rdzv_id: Optional[str] = typer.Option(None, help="rendezvous id", rich_help_panel=TORCH),
+    slurm: bool = typer.Option(False, "--slurm", help="submit with sbatch (print the script with --dry-run); the run "
+                               "directory must be on a shared filesystem", rich_help_panel=SLURM),
+    nodes: int = typer.Option(1, min=1, help="--slurm: nodes", rich_help_panel=SLURM),
+    gpus_per_node: int = typer.Option(1, min=1, help="--slurm: GPUs (training processes) per node", rich_help_panel=SLURM),
+    partition: Optional[str] = typer.Option(None, help="--slurm: partition", rich_help_panel=SLURM),
+    time: Optional[str] = typer.Option(None, help="--slurm: time limit, e.g. 2-00:00:00 (the job requeues itself "
+                                       "before it)", rich_help_panel=SLURM),
     tpu: Optional[str] = typer.Option(None, help="TPU VM name: run on all its workers (--backend jax)", rich_help_panel=JAX),
     zone: Optional[str] = typer.Option(None, help="TPU zone", rich_help_panel=JAX),
     project: Optional[str] = typer.Option(None, help="cloud project (TPU)", rich_help_panel=JAX),
@@ -59,6 +68,12 @@ def run(
     for name in _ONLY.get(backend, ()):
         flag = "--" + name.replace("_", "-")
         not_with(flag, ctx.params[name] is not None, f"to --backend {backend}")
+    given = {k for k in ctx.params if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
+    for name in ("nodes", "gpus_per_node", "partition", "time"):
+        not_with("--" + name.replace("_", "-"), name in given and not slurm, "without --slurm")
+    for name in ("nproc", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_id"):
+        not_with("--" + name.replace("_", "-"), name in given and slurm, "with --slurm (use --nodes/--gpus-per-node)")
+    not_with("--slurm", slurm and backend != "torch", f"to --backend {backend}")
     run_dir = run_dir or rundir.default_run_dir(rec.name)
     _check_before_claiming(rec, run_dir)
     rec = _frozen_predictions(rec, run_dir)
@@ -66,6 +81,11 @@ def run(
         nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id,
         tpu=tpu, zone=zone, project=project, dry_run=dry_run, device=device, max_samples=max_samples,
     )
+    if slurm:
+        from clipa.backends.torch import slurm as slurm_mod
+
+        raise typer.Exit(slurm_mod.launch(recipe, rec, run_dir, opts, slurm_mod.SlurmOptions(
+            nodes=nodes, gpus_per_node=gpus_per_node, partition=partition, time=time)))
     code = bk.launch(recipe, rec, run_dir, opts)
     raise typer.Exit(code)
 
