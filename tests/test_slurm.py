@@ -124,6 +124,7 @@ def test_two_slurm_tasks_equal_one_process(tmp_path):
 # SLURM_NTASKS tasks with SLURM_PROCID/SLURM_LOCALID (as srun does) and forwards SIGTERM to them;
 # scontrol names this host and records requeues.
 FAKE_SRUN = """#!/bin/bash
+touch "$FAKE_SLURM_LOG.srun"
 while [[ "$1" == --* ]]; do shift; done
 pids=()
 for ((i = 0; i < SLURM_NTASKS; i++)); do SLURM_PROCID=$i SLURM_LOCALID=$i "$@" & pids+=($!); done
@@ -169,3 +170,31 @@ def test_script_trains_on_two_tasks_and_resumes_a_finished_run(recipe, tmp_path)
     again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already finished" in again.stdout, again.stderr
     assert not (tmp_path / "requeues").exists()
+
+
+def test_time_limit_signal_stops_the_workers_and_requeues(recipe, tmp_path):
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    r = _clipa_run(recipe, "--run-dir", run_dir, "--slurm", "--gpus-per-node", "2", "--device", "cpu", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    script = tmp_path / "job.sbatch"
+    script.write_text(r.stdout)
+    log = tmp_path / "requeues"
+    env = _slurm_env(2, PATH=f"{_fake_bin(tmp_path)}{os.pathsep}{ENV['PATH']}", SLURM_JOB_ID="4242",
+                     SLURM_JOB_NODELIST="node1", FAKE_SLURM_LOG=str(log))
+    job = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not Path(f"{log}.srun").exists():                     # the workers are starting: the traps are set
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.05)
+    job.send_signal(signal.SIGUSR1)                              # what --signal=B:USR1@120 sends
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err[-3000:]
+    assert "time limit near" in err and log.read_text().split() == ["4242"]
+    assert not (run_dir / rundir.ACHIEVED).exists()              # stopped before the end
+    # the requeued job starts the same script again and finishes the run from its run directory
+    again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run_dir / rundir.ACHIEVED).read_text())["n_devices"] == 2
