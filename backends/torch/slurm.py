@@ -109,7 +109,7 @@ def script(recipe_path: Path, name: str, run_dir: Path, opts: LaunchOptions, s: 
     lines = [
         "#!/bin/bash",
         f"# clipa: train recipe {name!r} on {s.nodes} node(s) x {s.gpus_per_node} GPU(s), one task per GPU.",
-        f"# Written by clipa-run --slurm; submit with: sbatch THIS_FILE (clipa-run --slurm without --dry-run does).",
+        "# Written by clipa-run --slurm; submit with: sbatch THIS_FILE (clipa-run --slurm without --dry-run does).",
         f"# The run directory {run_dir} must be on a shared filesystem that every node mounts:",
         "# all ranks write there, and a requeued job (preemption, time limit) resumes from its checkpoints.",
         *(f"#SBATCH {a}" for a in sbatch),
@@ -118,18 +118,17 @@ def script(recipe_path: Path, name: str, run_dir: Path, opts: LaunchOptions, s: 
         f"export {LAUNCHER_ENV}=slurm  # workers read SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS for their rank",
         'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
         "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 10000))  # per job: two jobs on one node do not collide",
-        f"{q(python)} -m {__name__} prepare {q(str(recipe_path))} \"$RUN_DIR\" || exit $?",
-        f'if [ -e "$RUN_DIR/{rundir.ACHIEVED}" ]; then echo "clipa: $RUN_DIR already finished"; exit 0; fi',
         "# SIGUSR1: the time limit is 120 s away; SIGTERM: preemption or scancel. Either way the workers get",
         "# SIGTERM; only the time limit requeues here (SLURM requeues a preempted job). A requeued job resumes",
         "# from the latest checkpoint in the run directory.",
-        'stop() { kill -TERM "$srun_pid" 2>/dev/null; wait "$srun_pid"; }',
+        'stop() { kill -TERM $(jobs -p) 2>/dev/null; wait; }',
         "trap 'echo \"clipa: time limit near: stopping, then requeueing\" >&2; stop; "
         "scontrol requeue \"$SLURM_JOB_ID\"; exit 0' USR1",
         "trap 'echo \"clipa: SIGTERM: stopping\" >&2; stop; exit 143' TERM",
+        f"{q(python)} -m {__name__} prepare {q(str(recipe_path))} \"$RUN_DIR\" || exit $?",
+        f'if [ -e "$RUN_DIR/{rundir.ACHIEVED}" ]; then echo "clipa: $RUN_DIR already finished"; exit 0; fi',
         f"srun --kill-on-bad-exit=1 {worker} &",
-        "srun_pid=$!",
-        'wait "$srun_pid"',
+        "wait $!",
         "exit $?",
     ]
     return "\n".join(lines) + "\n"
