@@ -75,7 +75,7 @@ def plan_all(hw_names: list[str], *, pricing: str = "on-demand", prices=None, ca
         hw = hardware.get(name, prices, pricing)
         notes = [n for n in (throughput.uncalibrated_note(hw, calibration),) if n]
         if pricing == "spot":
-            notes.append(spot.note(hw))
+            notes.append(spot.note(hw, res.recipe.train.checkpoint_every_minutes))
         options.append(Option(name, res, hw, notes=notes))
     planned = [o for o in options if o.result is not None]
     if not planned:

@@ -3,8 +3,8 @@
 A preemption loses the work done since the last checkpoint: half a checkpoint interval on average.
 No source at hand gives a preemption rate for spot VMs or TPUs (providers only say they may be
 preempted at any time), so the rate is an assumption, stated in every spot plan:
-``HOURS_BETWEEN_PREEMPTIONS``. Checkpointing every ``2 * LOST_FRACTION * HOURS_BETWEEN_PREEMPTIONS``
-then loses ``LOST_FRACTION`` of the wall time on average (a whole interval, twice that, at worst).
+``HOURS_BETWEEN_PREEMPTIONS``. Checkpointing at least every ``2 * LOST_FRACTION * HOURS_BETWEEN_PREEMPTIONS``
+then loses at most ``LOST_FRACTION`` of the wall time on average (a whole interval, twice that, at worst).
 Restart time (a new VM, reloading the checkpoint) and the time to save checkpoints are not counted.
 """
 from __future__ import annotations
@@ -17,22 +17,30 @@ LOST_FRACTION = 0.02              # the expected work lost to preemptions, as a 
 
 
 def checkpoint_minutes() -> int:
-    """Minutes between checkpoints of a spot run (whole minutes, rounded down)."""
+    """The longest interval between checkpoints that keeps the expected loss at LOST_FRACTION (whole minutes)."""
     return int(2 * LOST_FRACTION * HOURS_BETWEEN_PREEMPTIONS * 60)
+
+
+def expected_loss(minutes: float) -> float:
+    """Fraction of wall time lost to preemptions when checkpointing every ``minutes`` (the assumption above)."""
+    return minutes / 2 / (HOURS_BETWEEN_PREEMPTIONS * 60)
 
 
 def apply(rec: recipe_mod.Recipe, hw: hardware.Hardware) -> recipe_mod.Recipe:
     """``rec`` marked spot, priced at ``hw``'s spot price (written into the recipe, so the run's achieved
-    cost uses it; None where no source gives one) and checkpointing every ``checkpoint_minutes()``."""
-    train = rec.train.model_copy(update={"checkpoint_every_minutes": checkpoint_minutes()})
+    cost uses it; None where no source gives one) and checkpointing at least every ``checkpoint_minutes()``
+    (a recipe that already checkpoints more often keeps its interval)."""
+    current = rec.train.checkpoint_every_minutes
+    minutes = checkpoint_minutes() if current is None else min(current, checkpoint_minutes())
+    train = rec.train.model_copy(update={"checkpoint_every_minutes": minutes})
     spec = rec.hardware.model_copy(update={"usd_per_hour": hw.usd_per_hour, "pricing": "spot"})
     return rec.model_copy(update={"train": train, "hardware": spec})
 
 
-def note(hw: hardware.Hardware) -> str:
-    """What a spot plan says about itself."""
+def note(hw: hardware.Hardware, minutes: float) -> str:
+    """What a spot plan checkpointing every ``minutes`` says about itself."""
     price = "no spot price known" if hw.usd_per_hour is None else f"${hw.usd_per_hour:,.2f}/hour ({hw.price_source})"
-    return (f"spot pricing on {hw.name}: {price}; the run can be "
-            f"preempted: it checkpoints every {checkpoint_minutes()} min (train.checkpoint_every_minutes), so, "
-            f"assuming at most one preemption per {HOURS_BETWEEN_PREEMPTIONS:g} h of wall time, preemptions cost "
-            f"about {LOST_FRACTION:.0%} of the wall time on average (restarts not counted; not in the $ above)")
+    return (f"spot pricing on {hw.name}: {price}; the run can be preempted: it checkpoints every {minutes:g} min "
+            f"(train.checkpoint_every_minutes), so, assuming at most one preemption per "
+            f"{HOURS_BETWEEN_PREEMPTIONS:g} h of wall time, preemptions cost about {expected_loss(minutes):.1%} of "
+            f"the wall time on average (restarts not counted; not in the $ above)")
