@@ -49,6 +49,9 @@ class Trainer(Protocol):
     def mean_loss(self, losses: list) -> float:
         """The mean of ``step``'s losses over all processes (collective)."""
 
+    def logit_scale(self) -> float:
+        """The inverse temperature the loss uses now: exp(logit_scale), clamped as in the forward (collective)."""
+
     def evaluate(self, zs, st: Stage) -> float:
         """Zero-shot top-1 in percent on ``zs`` at the stage's resolution (collective)."""
 
@@ -134,7 +137,8 @@ class _Run:
         sps = len(win.losses) * st.global_batch / (time.monotonic() - win.t0)
         lr = float(lr_at(st, self.pos.step - 1))  # the window's last step
         self.write_metrics(dict(stage=st.name, step=self.pos.step, samples=self.pos.step * st.global_batch,
-                                time_s=self.elapsed(), loss=loss, lr=lr, samples_per_s=sps, mfu=self.mfu(st, sps)))
+                                time_s=self.elapsed(), loss=loss, lr=lr, samples_per_s=sps, mfu=self.mfu(st, sps),
+                                logit_scale=self.tr.logit_scale()))
         bar.update(task, info=f"loss {loss:.3f}  {sps:,.0f} samples/s")
         win.losses, win.t0 = [], time.monotonic()
 

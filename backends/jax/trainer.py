@@ -6,6 +6,7 @@ together. Each builder gets only its own section of the recipe (a ``Stage``'s op
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -186,6 +187,9 @@ class JaxTrainer:
 
     def mean_loss(self, losses: list) -> float:
         return float(np.mean([float(x) for x in losses]))  # the global batch's loss: the same on every host
+
+    def logit_scale(self) -> float:
+        return math.exp(min(float(self._params()["logit_scale"]), M.MAX_LOGIT_SCALE))  # replicated: every host
 
     def evaluate(self, zs, st: Stage) -> float:
         return evaluate.zero_shot_top1(self.model, self._params(), zs, tokenizer.get(), st)

@@ -20,7 +20,7 @@ from clipa.backends.data import tokenizer
 from clipa.backends.loop import weights_meta
 from clipa.backends.runstate import merge_counts
 from clipa.backends.torch import checkpoint, dist as tdist, evaluate
-from clipa.backends.torch.model import CLIPA
+from clipa.backends.torch.model import CLIPA, LOGIT_SCALE_MAX
 from clipa.errors import UserError
 from clipa.recipe import Recipe, Stage
 
@@ -128,6 +128,11 @@ class TorchTrainer:
 
     def mean_loss(self, losses: list) -> float:
         return tdist.mean_over_ranks(torch.stack(losses).mean()).item()
+
+    def logit_scale(self) -> float:
+        p = self.model.logit_scale.detach()
+        p = p.full_tensor() if hasattr(p, "full_tensor") else p  # an FSDP-sharded DTensor (collective)
+        return float(p.clamp(max=LOGIT_SCALE_MAX).exp())
 
     def evaluate(self, zs, st: Stage) -> float:
         return evaluate.zero_shot_top1(self.model, zs, tokenizer.get(), image_size=st.image_size,
