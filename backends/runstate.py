@@ -172,6 +172,7 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path, backend: str, console: Consol
     written for a new run. UserError when the directory holds a different recipe or the other backend's
     checkpoints (never mix two runs' or two backends' checkpoints)."""
     run_dir = Path(run_dir)
+    tracking.check(recipe)
     for other, pattern in _CHECKPOINT_GLOBS.items():
         found = sorted((run_dir / rundir.CHECKPOINTS).glob(pattern)) if other != backend else []
         if found:

@@ -16,7 +16,6 @@ those lines.
 """
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 from typing import Optional
@@ -33,9 +32,14 @@ TAGS = {"loss": "train/loss", "lr": "train/lr", "samples_per_s": "train/samples_
 
 
 def check(recipe: Recipe) -> None:
-    """UserError before training starts when a tracker the recipe asks for is not installed."""
-    if "tensorboard" in recipe.train.report_to and importlib.util.find_spec("tensorboard") is None:
-        raise UserError("train.report_to: tensorboard needs the tensorboard package (pip install tensorboard)")
+    """UserError before training starts (``runstate.prepare_run_dir``) when a tracker the recipe asks for
+    is not installed, rather than at the first metrics line."""
+    if "tensorboard" in recipe.train.report_to:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise UserError("train.report_to: tensorboard needs the tensorboard package "
+                            "(pip install 'clipa[tensorboard]')") from None
 
 
 class TensorBoard:

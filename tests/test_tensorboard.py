@@ -1,10 +1,12 @@
 """train.report_to: [tensorboard]: a real tiny run's event file, read back with TensorBoard's own reader,
 holds the metrics.jsonl values; a resumed process's file supersedes the killed one's later points."""
 import json
+import sys
 
 import numpy as np
 import pytest
 import yaml
+from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_torch_run import _recipe, _run, data  # noqa: F401  (data: the shared shard fixture)
 
@@ -87,3 +89,11 @@ def test_report_to_rejects_an_unknown_tracker():
     with pytest.raises(UserError, match="report_to"):
         _tiny_recipe(report_to=["wandb"])
     assert yaml.safe_load(recipe_mod.to_yaml(_tiny_recipe(["tensorboard"])))["train"]["report_to"] == ["tensorboard"]
+
+
+def test_missing_tensorboard_is_refused_before_training(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # what `import tensorboard` meets when it is not installed
+    with pytest.raises(UserError, match=r"train.report_to: tensorboard needs"):
+        runstate.prepare_run_dir(_tiny_recipe(report_to=["tensorboard"]), tmp_path / "run", "torch", Console())
+    assert not (tmp_path / "run" / rundir.RECIPE).exists()  # refused before the run directory is claimed
+    tracking.check(_tiny_recipe(report_to=[]))  # no tracker asked for: tensorboard is not needed
