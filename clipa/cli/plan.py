@@ -4,7 +4,7 @@ Examples:
 
     clipa-plan --budget 10000 --hw a100x8           # a dollar budget
     clipa-plan --gpu-hours 2000 --hw tpu-v4-64      # device-hours
-    clipa-plan --budget 10000 --hw a100x8,h100x8,tpu-v4-64,tpu-v5e-64 --pricing spot   # compare, pick the best
+    clipa-plan --budget 10000 --hw a100x8,h100x8,tpu-v4-64 --pricing spot  # compare
     clipa-plan --budget 10000 --train-data 'shards/{00000..41455}.tar' --val val/ --classnames cls.txt --templates tpl.txt
     clipa-plan --predict recipes/published/clipa_v2_h14_datacomp_70_224.yaml --json
     clipa-plan --fit-report
@@ -46,6 +46,7 @@ def plan(
     budget: Optional[float] = typer.Option(None, help="budget in dollars for the whole recipe", rich_help_panel=BUDGET),
     gpu_hours: Optional[float] = typer.Option(None, help="budget in device-hours (GPU or TPU chip)", rich_help_panel=BUDGET),
     hw: Optional[str] = typer.Option(None, help="hardware: a100x8 (default), a100-40gbx8, h100x8, tpu-v4-64, cpu, ...; "
+                                     "several, comma-separated, are compared side by side; "
                                      "with --predict, default: the recipe's", rich_help_panel=BUDGET),
     deadline: Optional[float] = typer.Option(None, help="wall-clock deadline in days", rich_help_panel=BUDGET),
     pricing: str = typer.Option("on-demand", help="on-demand | spot (preemptible prices where a source gives them; "
