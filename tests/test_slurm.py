@@ -54,6 +54,7 @@ def test_dry_run_prints_a_script_bash_accepts(recipe, tmp_path):
     assert r.returncode == 0, r.stderr
     text = r.stdout
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --cpus-per-task=1",                   # the recipe's 0 decoding workers + the trainer
                  "#SBATCH --partition=gpu", "#SBATCH --time=1-00:00:00", "#SBATCH --requeue",
                  "#SBATCH --signal=B:USR1@120"):
         assert line in text.splitlines(), line

@@ -92,15 +92,18 @@ def worker_command(run_dir: Path, opts: LaunchOptions, python: str = sys.executa
     return [python, "-m", launch.WORKER, *launch.worker_args(run_dir, opts)]
 
 
-def script(recipe_path: Path, name: str, run_dir: Path, opts: LaunchOptions, s: SlurmOptions,
+def script(recipe_path: Path, rec, run_dir: Path, opts: LaunchOptions, s: SlurmOptions,
            python: str = sys.executable) -> str:
-    """The sbatch script (bash) for ``recipe_path`` trained into ``run_dir`` (made absolute)."""
+    """The sbatch script (bash) for the recipe ``rec`` at ``recipe_path`` trained into ``run_dir`` (made absolute)."""
     check(s)
+    name = rec.name
     q = shlex.quote
     run_dir, recipe_path = Path(run_dir).absolute(), Path(recipe_path).absolute()
     job = "clipa-" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    # Each task runs its training process and dataset.workers decoding processes; SLURM's default is one
+    # CPU per task, which would starve the decoders.
     sbatch = [f"--job-name={job}", f"--nodes={s.nodes}", f"--ntasks-per-node={s.gpus_per_node}",
-              f"--gpus-per-node={s.gpus_per_node}"]
+              f"--gpus-per-node={s.gpus_per_node}", f"--cpus-per-task={rec.dataset.workers + 1}"]
     sbatch += [f"--partition={s.partition}"] if s.partition else []
     sbatch += [f"--time={s.time}"] if s.time else []
     # The output file's folder must exist when the job starts: clipa-run --slurm creates the run directory.
@@ -161,7 +164,7 @@ def launch(recipe_path: Path, rec, run_dir: Path, opts: LaunchOptions, s: SlurmO
     from clipa.backends.data import resolve
     from clipa.backends.runstate import prepare_run_dir
 
-    text = script(recipe_path, rec.name, run_dir, opts, s)
+    text = script(recipe_path, rec, run_dir, opts, s)
     if opts.dry_run:
         print(text, end="")
         return 0
