@@ -83,6 +83,9 @@ def test_slurm_variables_become_torchruns():
     env = {"CLIPA_LAUNCHER": "slurm", "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8",
            "SLURM_TASKS_PER_NODE": "4(x2)"}
     assert slurm.torch_env(env) == {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}
+    bound = slurm.torch_env({**env, "CUDA_VISIBLE_DEVICES": "3"})   # one GPU bound to the task: its device 0
+    assert bound["LOCAL_RANK"] == "0" and bound["RANK"] == "5"
+    assert slurm.torch_env({**env, "CUDA_VISIBLE_DEVICES": "0,1,2,3"})["LOCAL_RANK"] == "1"
     # without the script's marker (e.g. a plain clipa-run inside salloc), or under torchrun: untouched
     assert slurm.torch_env({k: v for k, v in env.items() if k != "CLIPA_LAUNCHER"}) == {}
     assert slurm.torch_env({**env, "WORLD_SIZE": "2"}) == {}
