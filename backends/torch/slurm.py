@@ -74,11 +74,11 @@ def torch_env(environ) -> dict[str, str]:
     world = _int(environ, "SLURM_NTASKS")
     # SLURM_NTASKS_PER_NODE is set with --ntasks-per-node (the script's); SLURM_TASKS_PER_NODE is "8(x4)".
     per_node = environ.get("SLURM_NTASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE", "1").split("(")[0]
-    local = _int(environ, "SLURM_LOCALID")
+    rank, local = _int(environ, "SLURM_PROCID"), _int(environ, "SLURM_LOCALID")
     # A cluster that binds one GPU to each task (gres binding) shows each task only its own, as device 0.
     if len([d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]) == 1:
         local = 0
-    return {"RANK": str(_int(environ, "SLURM_PROCID")), "LOCAL_RANK": str(local),
+    return {"RANK": str(rank), "LOCAL_RANK": str(local),
             "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": per_node}
 
 
