@@ -269,6 +269,12 @@ def gpu_machine(device_name: str) -> Optional[str]:
     return None
 
 
+def check_pricing(pricing: str) -> None:
+    """UserError unless ``pricing`` is one of PRICING."""
+    if pricing not in PRICING:
+        raise UserError(f"--pricing: unknown pricing {pricing!r}; known: {', '.join(PRICING)}")
+
+
 def check_name(name: str) -> None:
     """UserError unless ``name`` is known hardware (without measuring the local CPU)."""
     if name == "cpu" or name in _data()["machines"]:
@@ -282,8 +288,7 @@ def check_name(name: str) -> None:
 def get(name: str, prices: Optional[Path] = None, pricing: str = "on-demand") -> Hardware:
     """Look hardware up by name, priced at ``pricing`` (one of PRICING), applying the overrides in
     ``prices`` (a YAML file) if given. UserError if a figure the cost models need is in no source."""
-    if pricing not in PRICING:
-        raise UserError(f"--pricing: unknown pricing {pricing!r}; known: {', '.join(PRICING)}")
+    check_pricing(pricing)
     d = _data()
     family = None
     if name == "cpu":

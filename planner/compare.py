@@ -3,7 +3,8 @@
     clipa-plan --budget 10000 --hw a100x8,h100x8,tpu-v4-64,tpu-v5e-64
 
 Each target is planned alone (``make_plan``, the same search as a single ``--hw``); the pick is the
-highest predicted top-1 (its interval's lower end with ``--risk``), then the cheaper, then the faster.
+best by the plan's objective (the lower end of the 80% interval by default, the predicted top-1 with
+``--objective mean``), then the cheaper, then the faster.
 A target that cannot be planned (no price for a dollar budget, nothing fits) gets a row saying why.
 """
 from __future__ import annotations
@@ -27,18 +28,18 @@ class Option:
     error: str = ""                          # why there is no plan on this hardware
     notes: list[str] = field(default_factory=list)
 
-    def key(self, risk: bool) -> tuple:
+    def key(self, objective: str) -> tuple:
         """Sort key of a planned option: better first."""
         p = self.result.recipe.predictions
         cost = p.cost_usd if p.cost_usd is not None else float("inf")
-        return (-(p.predicted_top1_interval[0] if risk else p.predicted_top1), cost, p.wall_hours)
+        return (-(p.predicted_top1_interval[0] if objective == "low" else p.predicted_top1), cost, p.wall_hours)
 
 
 @dataclass
 class Comparison:
     options: list[Option]
     best: Option
-    risk: bool = False
+    objective: str = "low"
 
     @property
     def result(self) -> PlanResult:
@@ -55,17 +56,18 @@ def hardware_list(hw: Optional[str]) -> list[str]:
     return names
 
 
-def plan_all(hw_names: list[str], *, pricing: str = "on-demand", prices=None, calibration=None, risk: bool = False,
-             **plan_kwargs) -> Comparison:
+def plan_all(hw_names: list[str], *, pricing: str = "on-demand", prices=None, calibration=None,
+             objective: str = "low", risk: Optional[bool] = None, **plan_kwargs) -> Comparison:
     """The best plan on each of ``hw_names`` and the pick among them. One name: ``make_plan``'s own errors
     propagate; several: a name that cannot be planned is kept with its reason, and only if none can is
-    that an error."""
-    if pricing not in hardware.PRICING:
-        raise UserError(f"--pricing: unknown pricing {pricing!r}; known: {', '.join(hardware.PRICING)}")
+    that an error. ``risk``: the old spelling of ``objective`` (True: 'low', False: 'mean')."""
+    if risk is not None:
+        objective = "low" if risk else "mean"
+    hardware.check_pricing(pricing)
     options = []
     for name in hw_names:
         try:
-            res = make_plan(hw_name=name, pricing=pricing, prices=prices, calibration=calibration, risk=risk,
+            res = make_plan(hw_name=name, pricing=pricing, prices=prices, calibration=calibration, objective=objective,
                             **plan_kwargs)
         except UserError as e:
             if len(hw_names) == 1:
@@ -80,7 +82,7 @@ def plan_all(hw_names: list[str], *, pricing: str = "on-demand", prices=None, ca
     planned = [o for o in options if o.result is not None]
     if not planned:
         raise UserError("no hardware could be planned: " + "; ".join(f"{o.hw_name}: {o.error}" for o in options))
-    return Comparison(options, min(planned, key=lambda o: o.key(risk)), risk)
+    return Comparison(options, min(planned, key=lambda o: o.key(objective)), objective)
 
 
 def _usd(x: Optional[float]) -> str:
@@ -103,7 +105,7 @@ def table(cmp: Comparison, title: str) -> Table:
         t.add_row("*" if o is cmp.best else "", o.hw_name, f"{price} {o.hw.pricing}", o.hw.price_basis,
                   o.result.recipe.name, f"{p.predicted_top1:.1f} [{lo:.1f}, {hi:.1f}]", f"{p.wall_hours / 24:,.2f}",
                   _usd(p.cost_usd), "uncalibrated" if uncalibrated else "fitted")
-    t.caption = (f"* picked: {cmp.best.hw_name} (highest predicted top-1{' lower bound' if cmp.risk else ''}, then "
+    t.caption = (f"* picked: {cmp.best.hw_name} (highest predicted top-1{' lower bound' if cmp.objective == 'low' else ''}, then "
                  f"cheapest). Prices differ by provider, region and date (see price basis; override: --prices FILE)")
     t.caption += "".join(f"\n{o.hw_name}: {o.error}" for o in cmp.options if o.result is None)
     return t
