@@ -118,7 +118,9 @@ def test_openclip_zero_shot_equals_clipa_in_a_process_without_clipa(trained):
     sims = (img / np.linalg.norm(img, axis=1, keepdims=True)) @ classes.T  # cosine similarity, image x class
     # The same numbers from OpenCLIP's tokenizer, transforms and model, not only the same argmax
     assert np.abs(np.array(got["sims"]) - sims).max() <= 1e-5
-    assert got["preds"] == sims.argmax(axis=1).tolist() and len(set(got["preds"])) > 1
+    assert got["preds"] == sims.argmax(axis=1).tolist()
+    # the similarities differ between images by far more than the tolerance: the comparison tells them apart
+    assert np.ptp(sims, axis=0).min() > 100 * 1e-5
     assert got["top1"] == pytest.approx(rundir.read_achieved(run_dir).top1, abs=1e-9)
 
 
