@@ -9,6 +9,7 @@ zero-shot evaluation, and nothing about cadence. Every process runs this; the ma
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,10 @@ import numpy as np
 from rich.console import Console
 
 from clipa import rundir
-from clipa.backends import runstate as rs
+from clipa.backends import logline, runstate as rs
 from clipa.backends.schedule import lr_at
+from clipa.backends.stopping import StopSignals
+from clipa.errors import Interrupted
 from clipa.recipe import DatasetSpec, Recipe, Stage
 
 
@@ -33,8 +36,12 @@ class Trainer(Protocol):
     world: int  # ... out of this many processes
     is_main: bool  # the process that writes metrics, weights files and achieved.json
 
-    def restore(self) -> Optional[tuple[str, dict]]:
-        """Build the model: from the newest checkpoint -> (its name, its saved position), else from the seed -> None."""
+    def checkpoints(self) -> list[str]:
+        """The run directory's resumable checkpoints, newest first."""
+
+    def restore(self, name: Optional[str]) -> Optional[dict]:
+        """Build the model: from checkpoint ``name`` -> its saved position (rs.CorruptCheckpoint when it
+        cannot be read), or from the seed (``name`` None) -> None."""
 
     def close_stage(self) -> None:
         """The restored checkpoint closed its stage: forget its optimizer state (the next stage starts afresh)."""
@@ -61,8 +68,8 @@ class Trainer(Protocol):
     def full_weights(self) -> Optional[dict[str, np.ndarray]]:
         """The whole model in the PyTorch layout on the main process, None elsewhere (collective)."""
 
-    def sum_counts(self, skipped: int, reasons: dict) -> tuple[int, dict]:
-        """Skipped-sample counts summed over processes (collective)."""
+    def all_gather(self, obj) -> list:
+        """``obj`` (numbers, strings, lists, dicts) of every process, in rank order (collective)."""
 
 
 def weights_meta(recipe: Recipe, st: Stage) -> dict[str, str]:
@@ -83,26 +90,39 @@ class _Run:
     """One process's run: position, data counters and the files it writes."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, dataset: DatasetSpec, trainer: Trainer, console: Console,
-                 max_samples: Optional[int]):
+                 max_samples: Optional[int], signals: StopSignals, resume: str):
         from clipa.backends.data import pipeline, zeroshot
 
-        self.recipe, self.run_dir, self.dataset, self.tr, self.console = recipe, Path(run_dir), dataset, trainer, console
-        self.max_samples = max_samples
+        self.recipe, self.run_dir, self.dataset, self.tr = recipe, Path(run_dir), dataset, trainer
+        self.console = console
+        self.max_samples, self.signals, self.resume = max_samples, signals, resume
         self.metrics_path = self.run_dir / rundir.METRICS
         self.mfu = rs.mfu_fn(recipe, trainer.n_devices)
-        self.t_start = time.monotonic()
-        self.pos, self.last_ckpt = rs.RunProgress(), None
-        found = trainer.restore()
-        if found is not None:
-            self.last_ckpt, state = found
+        self.t_start = self.saved_at = time.monotonic()
+        self.log = logline.Lines(console, trainer.is_main, recipe)
+        self.log.preparing(dataset)
+        self.pos = rs.RunProgress()
+        self.last_ckpt, state = self._restore()
+        if state is not None:
             self.pos = rs.RunProgress.from_state(state)
-            if trainer.is_main:
-                console.print(f"resuming {self.run_dir} from {self.last_ckpt} "
-                              f"(stage {recipe.stages[self.pos.stage].name}, step {self.pos.step})")
-                rs.truncate_metrics(self.metrics_path, self.pos.metrics_bytes)
+            self.log.say(f"resuming {self.run_dir} from {self.last_ckpt} "
+                         f"(stage {recipe.stages[self.pos.stage].name}, step {self.pos.step})")
+        if trainer.is_main:  # a fresh run drops the lines of a process killed before its first checkpoint
+            rs.truncate_metrics(self.metrics_path, self.pos.metrics_bytes)
+        self.bad_before = dict(state.get(rs.SKIPPED_KEYS, {})) if state else {}  # bad samples found earlier
+        self.stats = pipeline.DataStats(known=set(self.bad_before))
         ds = dataset
         self.zs = zeroshot.load_zeroshot(ds.val, ds.classnames, ds.templates) if ds.val else None
-        self.stats = pipeline.DataStats()
+
+    def _restore(self) -> tuple[Optional[str], Optional[dict]]:
+        """The newest readable checkpoint (an unreadable one is reported and passed over), else a fresh model."""
+        for name in self.tr.checkpoints():
+            try:
+                return name, self.tr.restore(name)
+            except rs.CorruptCheckpoint as e:
+                self.log.say(f"[yellow]checkpoint {name} is unreadable ({e}); trying the one before[/yellow]")
+        self.tr.restore(None)
+        return None, None
 
     def elapsed(self) -> float:
         """Wall seconds of the whole run: earlier processes and this one."""
@@ -123,16 +143,41 @@ class _Run:
             raise rs.diverged(st.name, self.pos.step, keep)
         return loss
 
+    def bad_found(self) -> dict:
+        """Bad samples/shards this process's run found so far, all processes together (collective)."""
+        found: dict = {}
+        for d in self.tr.all_gather(self.stats.found):
+            found.update(d)
+        return found
+
     def save(self, k: int, st: Stage, win: _Window, stage_t0: float) -> None:
         """A checkpoint at the current position, only after finite losses (collective)."""
         self.finite_loss(st, win)
-        skipped, reasons = self.tr.sum_counts(self.stats.skipped, self.stats.reasons)
+        found = self.bad_found()
+        skipped, reasons = rs.count_skipped(found)
+        if self.tr.is_main:
+            rs.sync_file(self.metrics_path)  # the lines the checkpoint counts are on disk before it is
         meta = rs.checkpoint_meta(self.pos, skipped=skipped, reasons=reasons, time_s=self.elapsed(),
                                   stage_s=time.monotonic() - stage_t0, metrics_path=self.metrics_path)
+        meta[rs.SKIPPED_KEYS] = {**self.bad_before, **found}
         self.last_ckpt = self.tr.save(k, self.pos.step, meta)
+        self.saved_at = time.monotonic()
 
-    def log(self, st: Stage, win: _Window, bar, task) -> None:
-        """One metrics line for the window, then a new window."""
+    def boundary(self) -> tuple[Optional[int], bool]:
+        """At a step boundary: (the stop signal, whether a wall-time checkpoint is due), the same on every
+        process. Several processes agree once per log window (one collective), a single one every step."""
+        minutes = self.recipe.train.checkpoint_every_minutes
+        signum = self.signals.pending
+        due = bool(minutes) and time.monotonic() - self.saved_at >= 60 * minutes
+        if self.tr.world > 1:
+            if self.pos.step % self.recipe.train.log_every_steps:
+                return None, False
+            every = self.tr.all_gather([signum, due])
+            signum, due = next((s for s, _ in every if s), None), any(d for _, d in every)
+        return signum, due
+
+    def write_log(self, st: Stage, win: _Window, bar, task) -> None:
+        """One metrics line for the window (and a plain line where stderr is no terminal), then a new window."""
         loss = self.finite_loss(st, win)
         sps = len(win.losses) * st.global_batch / (time.monotonic() - win.t0)
         lr = float(lr_at(st, self.pos.step - 1))  # the window's last step
@@ -140,11 +185,29 @@ class _Run:
                                 time_s=self.elapsed(), loss=loss, lr=lr, samples_per_s=sps, mfu=self.mfu(st, sps),
                                 logit_scale=self.tr.logit_scale()))
         bar.update(task, info=f"loss {loss:.3f}  {sps:,.0f} samples/s")
+        self.log.progress(st, self.pos, loss, lr, sps)
         win.losses, win.t0 = [], time.monotonic()
 
     def eval_line(self, st: Stage, top1: Optional[float]) -> None:
         self.write_metrics(dict(kind="eval", stage=st.name, step=self.pos.step,
                                 samples=self.pos.step * st.global_batch, time_s=self.elapsed(), top1=top1))
+
+    def stop_or_save(self, k: int, st: Stage, win: _Window, stage_t0: float) -> bool:
+        """Before a step: checkpoint and stop on a signal (Interrupted) or at --max-samples (True);
+        checkpoint when the wall-time interval has passed."""
+        signum, due = self.boundary()
+        if signum is not None:
+            self.save(k, st, win, stage_t0)
+            raise Interrupted(signum, f"stopped by {signal.Signals(signum).name} at stage {st.name!r} step "
+                                      f"{self.pos.step}, checkpoint {self.last_ckpt} written; "
+                                      f"resume with: {self.resume}")
+        if self.max_samples is not None and self.pos.samples_drawn >= self.max_samples:
+            self.save(k, st, win, stage_t0)
+            self.log.say(f"stopped at --max-samples {self.max_samples}; run again to continue")
+            return True
+        if due:
+            self.save(k, st, win, stage_t0)
+        return False
 
     def train_stage(self, k: int, st: Stage) -> bool:
         """Stage ``k`` from the current position to its end; False when stopped at --max-samples."""
@@ -162,16 +225,13 @@ class _Run:
         with rs.progress_bar(tr.is_main, self.console) as bar:
             task = bar.add_task(st.name, total=st.steps, completed=pos.step, info="")
             while pos.step < st.steps:
-                if self.max_samples is not None and pos.samples_drawn >= self.max_samples:
-                    self.save(k, st, win, stage_t0)
-                    if tr.is_main:
-                        self.console.print(f"stopped at --max-samples {self.max_samples}; run again to continue")
+                if self.stop_or_save(k, st, win, stage_t0):
                     return False
                 win.losses.append(tr.step(next(batches)))
                 pos.step += 1
                 pos.samples_drawn += st.global_batch
                 if pos.step % cfg.log_every_steps == 0 or pos.step == st.steps:
-                    self.log(st, win, bar, task)
+                    self.write_log(st, win, bar, task)
                 mid_stage = pos.step < st.steps
                 if eval_every and pos.step % eval_every == 0 and mid_stage and self.zs is not None:
                     self.eval_line(st, tr.evaluate(self.zs, st))
@@ -191,8 +251,8 @@ class _Run:
         weights = self.tr.full_weights()
         if self.tr.is_main:
             samples = st.steps * st.global_batch
-            self.console.print(f"stage {st.name}: {samples:,} samples in {stage_wall:.0f} s"
-                               + (f", zero-shot top-1 {top1:.2f}%" if top1 is not None else ""))
+            self.log.say(f"stage {st.name}: {samples:,} samples in {stage_wall:.0f} s"
+                         + (f", zero-shot top-1 {top1:.2f}%" if top1 is not None else ""))
             rs.save_weights(weights, self.run_dir / rundir.CHECKPOINTS /
                             f"stage-{k}-{rundir.safe_name(st.name)}.safetensors", weights_meta(self.recipe, st))
         self.save(k, st, _Window(), stage_t0)
@@ -200,7 +260,7 @@ class _Run:
 
     def finish(self) -> Optional[rundir.Achieved]:
         """The final weights and achieved.json (main process); None elsewhere."""
-        skipped, reasons = self.tr.sum_counts(self.stats.skipped, self.stats.reasons)
+        skipped, reasons = rs.count_skipped(self.bad_found())
         skipped, reasons = self.pos.skipped + skipped, rs.merge_counts(self.pos.reasons, reasons)
         weights = self.tr.full_weights()
         if not self.tr.is_main:
@@ -212,22 +272,30 @@ class _Run:
                                n_devices=self.tr.n_devices, prog=self.pos, wall=self.elapsed(), skipped=skipped,
                                reasons=reasons, dataset=self.dataset)
         rundir.write_achieved(self.run_dir, achieved)
-        self.console.print(f"finished: {self.run_dir}/{rundir.ACHIEVED} ({achieved.summary()})")
+        self.log.say(f"finished: {self.run_dir}/{rundir.ACHIEVED} ({achieved.summary()})")
+        self.log.versus_prediction(achieved, self.run_dir)
         return achieved
 
 
 def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, trainer: Trainer, *,
-        max_samples: Optional[int] = None, console: Optional[Console] = None) -> Optional[rundir.Achieved]:
+        max_samples: Optional[int] = None, console: Optional[Console] = None,
+        resume: Optional[str] = None) -> Optional[rundir.Achieved]:
     """Train every stage not yet done; the achieved figures (main process, finished run, also written to
-    achieved.json) or None (another process, or stopped at ``max_samples`` samples drawn in total)."""
-    r = _Run(recipe, run_dir, dataset, trainer, console or Console(stderr=True, soft_wrap=True), max_samples)
-    stages = recipe.stages
-    while r.pos.stage < len(stages):
-        k, st = r.pos.stage, stages[r.pos.stage]
-        if r.pos.step >= st.steps:  # the checkpoint (or the stage just trained) closed this stage
-            r.pos.stage, r.pos.step, r.pos.stage_time_s = k + 1, 0, 0.0
-            trainer.close_stage()
-            continue
-        if not r.train_stage(k, st):
-            return None
-    return r.finish()
+    achieved.json) or None (another process, or stopped at ``max_samples`` samples drawn in total).
+
+    SIGINT/SIGTERM: a checkpoint at the next step boundary, then ``Interrupted`` (its message ends with
+    ``resume``, the command that continues the run; default: clipa-run on the run directory's recipe)."""
+    resume = resume or rs.resume_command(Path(run_dir) / rundir.RECIPE, run_dir, trainer.backend)
+    with StopSignals() as signals:
+        r = _Run(recipe, run_dir, dataset, trainer, console or Console(stderr=True, soft_wrap=True), max_samples,
+                 signals, resume)
+        stages = recipe.stages
+        while r.pos.stage < len(stages):
+            k, st = r.pos.stage, stages[r.pos.stage]
+            if r.pos.step >= st.steps:  # the checkpoint (or the stage just trained) closed this stage
+                r.pos.stage, r.pos.step, r.pos.stage_time_s = k + 1, 0, 0.0
+                trainer.close_stage()
+                continue
+            if not r.train_stage(k, st):
+                return None
+        return r.finish()

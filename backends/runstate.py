@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -35,6 +36,20 @@ def diverged(stage: str, step: int, keep: str) -> Diverged:
     """The error for a NaN/inf loss in ``stage`` by optimizer step ``step``; ``keep`` says which checkpoint is left."""
     return Diverged(f"loss is NaN/inf in stage {stage!r} by step {step}: training diverged (lower optimizer.lr "
                     f"or add optimizer.grad_clip); {keep}")
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint that cannot be read (torn by a crash, damaged on disk): the loop tries the one before."""
+
+    @classmethod
+    def reading(cls, e: Exception) -> "CorruptCheckpoint":
+        """From the error a reader raised: its type and first line."""
+        return cls(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+
+
+# The checkpoint key of every bad sample/shard found so far (key -> [reason, n], DataStats.found):
+# a resumed process does not count them again.
+SKIPPED_KEYS = "skipped_keys"
 
 
 @dataclass
@@ -131,10 +146,35 @@ def append_metrics(path: Path, line: dict) -> None:
 
 
 def truncate_metrics(path: Path, n_bytes: int) -> None:
-    """Drop the metrics lines written after the checkpoint being resumed (they will be written again)."""
+    """Keep the lines the resumed checkpoint counted (the first ``n_bytes``; 0 for a fresh run), never
+    more than the file holds (truncate would pad it with NULs) and never a torn or NUL-filled tail (what
+    a crash can leave of lines written after the last fsync): the dropped lines will be written again."""
+    if not path.exists():
+        return
+    with open(path, "r+b") as fh:
+        kept = fh.read(n_bytes).split(b"\0", 1)[0]
+        fh.truncate(kept.rfind(b"\n") + 1)
+
+
+def sync_file(path: Path) -> None:
+    """``path``'s written bytes on disk (before a checkpoint that counts them is)."""
     if path.exists():
-        with open(path, "r+b") as fh:
-            fh.truncate(n_bytes)
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def count_skipped(found: dict) -> tuple[int, dict]:
+    """Bad samples/shards (key -> [reason, n], ``DataStats.found``) -> (total, reason -> count)."""
+    reasons: dict = {}
+    for reason, n in found.values():
+        reasons[reason] = reasons.get(reason, 0) + n
+    return sum(reasons.values()), reasons
+
+
+def resume_command(recipe_path: Path, run_dir: Path, backend: str) -> str:
+    """The command line that continues a stopped run (printed when a signal stops it)."""
+    cmd = ["clipa-run", str(recipe_path), "--run-dir", str(run_dir)]
+    return shlex.join(cmd + (["--backend", backend] if backend != "torch" else []))
 
 
 def print_skipped(console: Console, skipped: int, reasons: dict) -> None:

@@ -173,8 +173,9 @@ class TrainSpec(_Strict):
     grad_checkpointing: bool = False
     compile: bool = False
     checkpoint_every_samples: Optional[int] = Field(None, gt=0)
-    checkpoint_every_minutes: Optional[float] = Field(None, gt=0, description="also checkpoint after this much wall "
-                                                      "time (spot plans set it: clipa.planner.spot)")
+    # 30 min: a preempted or killed run loses at most half an hour, for one checkpoint write per half hour.
+    checkpoint_every_minutes: float = Field(30.0, gt=0, description="also checkpoint after this much wall time "
+                                            "(spot plans set their own: clipa.planner.spot)")
     eval_every_samples: Optional[int] = Field(None, gt=0)
     log_every_steps: int = Field(10, gt=0)
     report_to: list[Literal["tensorboard"]] = Field(

@@ -65,6 +65,9 @@ def run(cfg: JobConfig, items: list[tuple[int, str, dict[str, bytes]]]) -> dict:
                 pos[i] = t
     failed = []
     for i, (position, name, members) in enumerate(items):
+        if not captions[i]:  # nothing to contrast the image with: skipped like an undecodable image
+            failed.append((i, name, "empty_caption"))
+            continue
         rng = np.random.default_rng([cfg.seed, cfg.rank, position])
         data = next(members[e] for e in IMAGE_EXTS if e in members)
         try:

@@ -18,8 +18,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import ctypes
 import multiprocessing as mp
+import os
+import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -44,15 +49,27 @@ _MAX_EMPTY_EPOCHS = 64
 @dataclass
 class DataStats:
     """What the pipeline saw; the backend logs it. ``seen``: samples delivered in batches;
-    ``skipped``: samples (or whole corrupt shards) dropped; ``reasons``: reason -> count."""
+    ``skipped``: samples (or whole corrupt shards) dropped; ``reasons``: reason -> count.
+
+    Each bad sample or shard counts once per run, however often a stage, an epoch or a resumed process
+    meets it again: ``found`` maps its key (a shard's path and reason, or ``shard:sample``) to
+    [reason, count]; keys in ``known`` (found earlier in the run, from the checkpoint) are not counted."""
 
     seen: int = 0
     skipped: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    found: dict[str, list] = field(default_factory=dict)
+    known: set[str] = field(default_factory=set)
 
-    def add(self, reason: str, n: int = 1) -> None:
+    def add(self, reason: str, n: int = 1, key: Optional[str] = None) -> bool:
+        """Count ``n`` skipped under ``reason``; False (nothing counted) when ``key`` was counted before."""
+        if key is not None:
+            if key in self.known or key in self.found:
+                return False
+            self.found[key] = [reason, n]
         self.skipped += n
         self.reasons[reason] = self.reasons.get(reason, 0) + n
+        return True
 
 
 class RankStream:
@@ -76,9 +93,8 @@ class RankStream:
         if s in self._counts:  # report a shard's problems once, not every epoch
             return
         self._counts[s] = len(idx.entries)
-        for reason, n in idx.errors.items():
-            self.stats.add(reason, n)
-        if "corrupt_shard" in idx.errors:
+        new = [self.stats.add(reason, n, key=f"{idx.path}#{reason}") for reason, n in idx.errors.items()]
+        if "corrupt_shard" in idx.errors and any(new):  # said once per run, as it is counted
             print(f"clipa data: {idx.path}: corrupt shard, kept {len(idx.entries)} complete samples",
                   file=sys.stderr)
 
@@ -177,7 +193,7 @@ def _finish(out: dict, stats: DataStats) -> dict[str, np.ndarray]:
             for key in ("image", "text", "keep"):
                 if out[key] is not None:
                     out[key][i] = out[key][j]
-            stats.add(why.split(":")[0])
+            stats.add(why.split(":")[0], key=name)
     batch = {"image": normalize(out["image"]), "text": out["text"]}
     if out["keep"] is not None:
         batch["keep"] = out["keep"]
@@ -235,7 +251,8 @@ def batches_for(shards: list[Path], cfg: batch_job.JobConfig, batch_size: int, r
                 yield _finish(batch_job.run(cfg, items), stats)
             return
         # spawn, not fork: the caller may hold torch/JAX threads, which fork would copy half-way.
-        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=worker_init,
+                                    initargs=(os.getpid(),)) as pool:
             pending: collections.deque = collections.deque()
             source = jobs()
             try:
@@ -248,3 +265,23 @@ def batches_for(shards: list[Path], cfg: batch_job.JobConfig, batch_size: int, r
                     f.cancel()
     finally:
         reader.close()
+
+
+def worker_init(parent: int) -> None:
+    """A decoding worker: dies with its parent (a ``kill -9`` of the trainer must not leave it running),
+    and leaves Ctrl-C to the parent, which stops at a step boundary (no worker traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        # prctl(PR_SET_PDEATHSIG, SIGKILL): the kernel kills this process when its parent exits
+        # (<linux/prctl.h>: PR_SET_PDEATHSIG = 1).
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    else:
+        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)

@@ -35,10 +35,10 @@ class JaxBackend:
         if opts.dry_run:
             print(shlex.join(launch.worker_command(recipe_path, run_dir, opts)))
             return 0
-        return train(recipe, run_dir, opts)
+        return train(recipe, run_dir, opts, recipe_path)
 
 
-def train(recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
+def train(recipe: Recipe, run_dir: Path, opts: LaunchOptions, recipe_path: Path) -> int:
     """Train in this process (one host of possibly several); 0 when finished or stopped at max_samples."""
     import jax
 
@@ -49,12 +49,13 @@ def train(recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
     from clipa.backends.data import resolve
     from clipa.backends.jax import sharding as shd
     from clipa.backends.jax.trainer import JaxTrainer
-    from clipa.backends.runstate import prepare_run_dir
+    from clipa.backends.runstate import prepare_run_dir, resume_command
 
     console = Console(stderr=True, soft_wrap=True)
     shd.maybe_initialize_distributed(shd.cluster_from_env_and_opts(opts.nnodes, opts.node_rank, opts.rdzv_endpoint))
     if not prepare_run_dir(recipe, run_dir, "jax", console):
         return 0
     ds = resolve.resolve(recipe, run_dir, generate=True)
-    loop.run(recipe, run_dir, ds, JaxTrainer(recipe, run_dir), max_samples=opts.max_samples, console=console)
+    loop.run(recipe, run_dir, ds, JaxTrainer(recipe, run_dir), max_samples=opts.max_samples, console=console,
+             resume=resume_command(recipe_path, run_dir, "jax"))
     return 0

@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from clipa import rundir
+from clipa.backends.runstate import CorruptCheckpoint
 
 KEEP_LAST = 2  # resumable checkpoints kept (as the PyTorch backend)
 
@@ -29,25 +30,29 @@ def manager(run_dir: Path) -> ocp.CheckpointManager:
 
 
 def save(mngr: ocp.CheckpointManager, n: int, state, meta: dict) -> None:
-    """Save checkpoint ``n`` unless it exists (nothing trained since: e.g. --max-samples right after
-    a periodic checkpoint)."""
+    """Save checkpoint ``n``, replacing one of that number (an unreadable one the run passed over)."""
     if n in mngr.all_steps():
-        return
+        mngr.delete(n)
     mngr.save(n, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
               force=True)
     mngr.wait_until_finished()
 
 
-def latest_meta(mngr: ocp.CheckpointManager) -> Optional[tuple[int, dict]]:
-    """(N, position) of the newest complete checkpoint, or None for a fresh run."""
-    n = mngr.latest_step()
-    if n is None:
-        return None
-    meta = mngr.restore(n, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    return n, dict(meta)
+def steps(mngr: ocp.CheckpointManager) -> list[int]:
+    """The complete checkpoints' numbers, newest first."""
+    return sorted(mngr.all_steps(), reverse=True)
 
 
-def restore_state(mngr: ocp.CheckpointManager, n: int, like, shardings):
-    """The state of checkpoint ``n``, laid out as ``shardings`` (``like`` gives shapes/dtypes)."""
-    target = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), like, shardings)
-    return mngr.restore(n, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+def restore(mngr: ocp.CheckpointManager, n: int, like=None, shardings=None) -> tuple[Optional[dict], dict]:
+    """(state laid out as ``shardings``, position) of checkpoint ``n`` (``like`` gives shapes/dtypes; without
+    it the position alone, state None). CorruptCheckpoint when it cannot be read."""
+    args = {"meta": ocp.args.JsonRestore()}
+    if like is not None:
+        target = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), like,
+                                        shardings)
+        args["state"] = ocp.args.StandardRestore(target)
+    try:
+        out = mngr.restore(n, args=ocp.args.Composite(**args))
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # orbax/tensorstore/JSON read errors
+        raise CorruptCheckpoint.reading(e) from None
+    return out.get("state") if like is not None else None, dict(out["meta"])

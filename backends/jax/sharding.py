@@ -122,22 +122,16 @@ def to_host(tree):
     return jax.tree_util.tree_map(one, tree)
 
 
-def sum_counts(skipped: int, reasons: dict) -> tuple[int, dict]:
-    """Skipped-sample counts (a number and reason -> count) summed over hosts (collective)."""
+def all_gather_json(obj) -> list:
+    """``obj`` (JSON: numbers, strings, lists, dicts) of every host, in process order (collective)."""
     if jax.process_count() == 1:
-        return skipped, dict(reasons)
+        return [obj]
     import json
 
     from jax.experimental import multihost_utils
 
-    from clipa.backends.runstate import merge_counts
-
-    # Hosts' dicts differ in size: gather the JSON text's lengths, then the texts padded to the longest.
-    data = np.frombuffer(json.dumps([skipped, reasons]).encode(), np.uint8)
+    # Hosts' texts differ in length: gather the lengths, then the texts padded to the longest.
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
     n = int(multihost_utils.process_allgather(np.array([data.size])).max())
     every = multihost_utils.process_allgather(np.pad(data, (0, n - data.size), constant_values=ord(" ")))
-    total, merged = 0, {}
-    for row in np.asarray(every).reshape(-1, n):
-        s, r = json.loads(row.tobytes().decode())
-        total, merged = total + s, merge_counts(merged, r)
-    return total, merged
+    return [json.loads(row.tobytes().decode()) for row in np.asarray(every).reshape(-1, n)]

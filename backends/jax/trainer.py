@@ -149,21 +149,24 @@ class JaxTrainer:
         self.mngr = checkpoint.manager(run_dir)
         self.state = self.params = self.model = self._step = None
         self.stage, self._keys = self.stages[0], []
+        self._saved: Optional[int] = None  # the checkpoint that holds the current state
 
-    def restore(self) -> Optional[tuple[str, dict]]:
-        found = checkpoint.latest_meta(self.mngr)
-        if found is None:
+    def checkpoints(self) -> list[str]:
+        return [f"checkpoint {n}" for n in checkpoint.steps(self.mngr)]
+
+    def restore(self, name: Optional[str]) -> Optional[dict]:
+        if name is None:
             st = self.stages[0]
             self.params = M.init_params(stage_model(self.recipe, st), jax.random.key(self.recipe.train.seed),
                                         st.image_size, st.text_len)
             return None
-        n, meta = found
-        self.stage = st = self.stages[meta["stage"]]
+        n = int(name.split()[-1])
+        st = self.stages[checkpoint.restore(self.mngr, n)[1]["stage"]]  # the state's shapes depend on the stage
         m, tx = stage_model(self.recipe, st), optimizer(st.optimizer, schedule(st))
         like = jax.eval_shape(lambda: init_state(M.init_params(m, jax.random.key(0), st.image_size, st.text_len), tx))
-        self.state = checkpoint.restore_state(self.mngr, n, like, state_sharding(like, self.mesh))
-        self.params = self.state["params"]
-        return f"checkpoint {n}", meta
+        self.state, meta = checkpoint.restore(self.mngr, n, like, state_sharding(like, self.mesh))
+        self.stage, self.params, self._saved = st, self.state["params"], n
+        return meta
 
     def close_stage(self) -> None:
         self.params, self.state = self._params(), None
@@ -196,7 +199,9 @@ class JaxTrainer:
 
     def save(self, k: int, step: int, meta: dict) -> str:
         n = sum(s.steps for s in self.stages[:k]) + step  # optimizer steps over the whole run
-        checkpoint.save(self.mngr, n, self.state, meta)
+        if n != self._saved:  # else nothing trained since (e.g. --max-samples right after a periodic save)
+            checkpoint.save(self.mngr, n, self.state, meta)
+            self._saved = n
         return f"checkpoint {n}"
 
     def full_weights(self) -> Optional[dict[str, np.ndarray]]:
@@ -205,5 +210,5 @@ class JaxTrainer:
             return None
         return convert.flax_to_torch_full(host, self.stage.image_size, self.recipe.encoder.spec.vision.patch)
 
-    def sum_counts(self, skipped: int, reasons: dict) -> tuple[int, dict]:
-        return shd.sum_counts(skipped, reasons)
+    def all_gather(self, obj) -> list:
+        return shd.all_gather_json(obj)

@@ -1,13 +1,12 @@
 """TorchBackend: ``launch(recipe_path, recipe, run_dir, opts)`` trains a recipe into a run directory."""
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from rich.console import Console
 
 from clipa.backends.base import LaunchOptions
-from clipa.backends.runstate import prepare_run_dir
+from clipa.backends.runstate import prepare_run_dir, resume_command
 from clipa.recipe import Recipe
 
 
@@ -27,6 +26,7 @@ class TorchBackend:
         if not prepare_run_dir(recipe, run_dir, "torch", console):
             return 0
         resolve.resolve(recipe, run_dir, generate=True)  # missing paths fail here, before any worker starts
+        resume = resume_command(recipe_path, run_dir, self.name)
         if opts.nproc * opts.nnodes == 1:
-            return worker.main(run_dir, opts.device, opts.max_samples)
-        return subprocess.call(cmd)
+            return worker.main(run_dir, opts.device, opts.max_samples, resume)
+        return launch.run(cmd, resume)

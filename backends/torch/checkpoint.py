@@ -12,15 +12,18 @@ temporary name and renamed into place, so a killed process leaves either a whole
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from clipa import rundir
+from clipa.backends.runstate import CorruptCheckpoint
 
 KEEP_LAST = 2  # resumable checkpoints kept; stage-end weights are always kept
 _CKPT = re.compile(r"^ckpt-(\d{4})-(\d{9})$")
@@ -30,13 +33,13 @@ def ckpt_dir(run_dir: Path) -> Path:
     return Path(run_dir) / rundir.CHECKPOINTS
 
 
-def latest(run_dir: Path) -> Optional[Path]:
-    """The newest complete checkpoint directory, or None."""
+def complete(run_dir: Path) -> list[Path]:
+    """The complete checkpoint directories, newest first."""
     d = ckpt_dir(run_dir)
     if not d.is_dir():
-        return None
-    found = [p for p in d.iterdir() if _CKPT.match(p.name) and (p / "state.pt").exists()]
-    return max(found, key=lambda p: p.name) if found else None
+        return []
+    return sorted((p for p in d.iterdir() if _CKPT.match(p.name) and (p / "state.pt").exists()),
+                  key=lambda p: p.name, reverse=True)
 
 
 def save(run_dir: Path, stage: int, step: int, weights: dict[str, torch.Tensor], state: dict,
@@ -65,5 +68,10 @@ def save(run_dir: Path, stage: int, step: int, weights: dict[str, torch.Tensor],
 
 
 def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(weights, state) of a checkpoint directory; state loaded with weights_only=True (no pickle code)."""
-    return load_file(str(path / "model.safetensors")), torch.load(path / "state.pt", weights_only=True)
+    """(weights, state) of a checkpoint directory; state loaded with weights_only=True (no pickle code).
+    CorruptCheckpoint when either file cannot be read."""
+    try:
+        return load_file(str(path / "model.safetensors")), torch.load(path / "state.pt", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as e:  # what torch.load
+        # (weights_only: its own unpickler, no code run) and safetensors raise on torn or damaged files
+        raise CorruptCheckpoint.reading(e) from None

@@ -18,7 +18,7 @@ from torch import nn
 from clipa.backends import schedule
 from clipa.backends.data import tokenizer
 from clipa.backends.loop import weights_meta
-from clipa.backends.runstate import merge_counts
+from clipa.backends.runstate import CorruptCheckpoint
 from clipa.backends.torch import checkpoint, dist as tdist, evaluate
 from clipa.backends.torch.model import CLIPA, LOGIT_SCALE_MAX
 from clipa.errors import UserError
@@ -88,17 +88,22 @@ class TorchTrainer:
             model.set_grad_checkpointing(True)
         return model
 
-    def restore(self) -> Optional[tuple[str, dict]]:
+    def checkpoints(self) -> list[str]:
+        return [p.name for p in checkpoint.complete(self.run_dir)]
+
+    def restore(self, name: Optional[str]) -> Optional[dict]:
         torch.manual_seed(self.recipe.train.seed)
-        last = checkpoint.latest(self.run_dir)
-        weights, state = checkpoint.load(last) if last is not None else (None, {})
+        weights, state = checkpoint.load(checkpoint.ckpt_dir(self.run_dir) / name) if name else (None, {})
         self.st = self.recipe.stages[state.get("stage", 0)]
-        self.model = self._build(self.st, weights)
-        if last is None:
+        try:
+            self.model = self._build(self.st, weights)
+        except RuntimeError as e:  # weights that do not fit the model (a damaged or foreign file)
+            raise CorruptCheckpoint(str(e).splitlines()[0]) from None
+        if name is None:
             return None
         self._opt_state = state["optimizer"]
         torch.set_rng_state(state["rng"])  # after the build: a fresh run's init draws from the seed
-        return last.name, state
+        return state
 
     def close_stage(self) -> None:
         self._opt_state = None
@@ -164,15 +169,12 @@ class TorchTrainer:
             dist.barrier()
         return name
 
-    def sum_counts(self, skipped: int, reasons: dict) -> tuple[int, dict]:
+    def all_gather(self, obj) -> list:
         if not dist.is_initialized():
-            return skipped, dict(reasons)
+            return [obj]
         every = [None] * self.world
-        dist.all_gather_object(every, (skipped, dict(reasons)))
-        total, merged = 0, {}
-        for s, r in every:
-            total, merged = total + s, merge_counts(merged, r)
-        return total, merged
+        dist.all_gather_object(every, obj)
+        return every
 
 
 def _amp(world: tdist.World, recipe: Recipe):

@@ -19,8 +19,10 @@ from clipa import rundir
 from clipa.errors import UserError
 
 
-def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int] = None) -> int:
-    """Train; returns 0 when finished or stopped at max_samples, raises UserError on user mistakes."""
+def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int] = None,
+         resume: Optional[str] = None) -> int:
+    """Train; returns 0 when finished or stopped at max_samples, raises UserError on user mistakes
+    (Interrupted on SIGINT/SIGTERM, its message ending with ``resume``)."""
     import torch
 
     from clipa.backends import loop
@@ -39,7 +41,8 @@ def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int]
     console = Console(stderr=True, soft_wrap=True)
     try:
         ds = resolve.resolve(rec, run_dir, generate=False)
-        loop.run(rec, run_dir, ds, TorchTrainer(rec, run_dir, world), max_samples=max_samples, console=console)
+        loop.run(rec, run_dir, ds, TorchTrainer(rec, run_dir, world), max_samples=max_samples, console=console,
+                 resume=resume)
     finally:
         tdist.shutdown()
     return 0

@@ -1,0 +1,49 @@
+"""SIGINT/SIGTERM during training: a flag the stage loop reads at step boundaries, never a torn process.
+
+Ctrl-C and SIGTERM (what SLURM and preemptible VMs send before they stop a job) set ``pending``; the
+loop writes a checkpoint at the next step boundary and raises ``clipa.errors.Interrupted`` (exit 130
+or 143). A repeat after ``FORCE_AFTER_S`` stops at once with the signal's usual action; a repeat
+sooner is the same request delivered twice (the terminal and torchrun both pass Ctrl-C on).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Optional
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+FORCE_AFTER_S = 5.0  # a second Ctrl-C this long after the first means "stop now, skip the checkpoint"
+
+
+class StopSignals:
+    """While entered (in the main thread), SIGINT/SIGTERM set ``pending`` to the signal number."""
+
+    def __init__(self):
+        self.pending: Optional[int] = None
+        self._at = 0.0
+        self._old: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # Python runs handlers there only
+            self._old = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        self._old = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.pending is None:
+            self.pending, self._at = signum, time.monotonic()
+            return
+        if time.monotonic() - self._at < FORCE_AFTER_S:
+            return
+        old = self._old.get(signum, signal.SIG_DFL)
+        signal.signal(signum, old)
+        if callable(old):
+            old(signum, frame)  # Python's own Ctrl-C handler: KeyboardInterrupt
+        else:
+            os.kill(os.getpid(), signum)

@@ -1,0 +1,222 @@
+"""Training that survives preemption (issue 10 item 4), through real clipa-run subprocesses on the torch
+backend: SIGTERM/Ctrl-C checkpoint and exit 143/130, resuming gives the uninterrupted run's weights,
+an unreadable newest checkpoint falls back to the one before, decoding workers die with their parent,
+metrics.jsonl holds each line once, and each bad sample counts once per run."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from clipa import rundir
+from clipa.backends import runstate as rs
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from clipa.backends.data import demo_data
+
+    out = tmp_path_factory.mktemp("data")
+    return {k: str(v) for k, v in demo_data.generate(out, 192, 30, 32, 0).items()}
+
+
+def _recipe(tmp: Path, data: dict, name: str, *, pre=256, workers=0, **train) -> Path:
+    stage = dict(global_batch=16, image_size=32, text_len=12, schedule={"warmup_samples": 32})
+    rec = {
+        "name": name, "encoder": {"name": "test"}, "hardware": {"name": "cpu"},
+        "dataset": {"name": "custom", "train": data["train"], "val": data["val"], "classnames": data["classnames"],
+                    "templates": data["templates"], "workers": workers},
+        "stages": [
+            {**stage, "name": "pre", "samples": pre, "optimizer": {"lr": 1e-3}},
+            {**stage, "name": "ft", "samples": 64, "image_size": 40, "pos_embed": "learned",
+             "image_reduction": {"kind": "random_mask", "mask_ratio": 0.5}, "optimizer": {"lr": 1e-4}},
+        ],
+        "train": {"seed": 0, "precision": "fp32", "log_every_steps": 2, **train},
+    }
+    p = tmp / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(rec))
+    return p
+
+
+def _cmd(recipe: Path, run_dir: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "clipa.cli.run", str(recipe), "--run-dir", str(run_dir), "--device", "cpu", *extra]
+
+
+def _run(recipe, run_dir, *extra):
+    return subprocess.run(_cmd(recipe, run_dir, *extra), capture_output=True, text=True, env=ENV, timeout=600)
+
+
+def _start(recipe, run_dir):
+    return subprocess.Popen(_cmd(recipe, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def _wait_for(proc, ready, what: str, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before {what}: {proc.communicate()[1][-2000:]}"
+    assert ready(), f"timed out waiting for {what}"
+
+
+def _train_steps(run_dir: Path) -> list:
+    """(stage, step) of the complete train lines (the run may be writing the last one)."""
+    p = run_dir / rundir.METRICS
+    lines = p.read_text().split("\n")[:-1] if p.exists() else []
+    return [(m["stage"], m["step"]) for m in map(json.loads, lines) if m.get("kind", "train") == "train"]
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    # tensors, not file bytes: the order of safetensors' header entries may differ between writers
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), [k for k in wa if not torch.equal(wa[k], wb[k])][:5]
+
+
+def test_sigterm_checkpoints_exits_143_and_resumes_to_the_same_weights(tmp_path, data):
+    # periodic checkpoints every 10 steps of the first stage's 16
+    recipe = _recipe(tmp_path, data, "term", checkpoint_every_samples=160)
+    ref = _run(recipe, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    run_dir = tmp_path / "run"
+    proc = _start(recipe, run_dir)
+    periodic = run_dir / "checkpoints" / "ckpt-0000-000000010"
+    # stop after the step-12 line: past the periodic checkpoint, whatever the scheduling
+    _wait_for(proc, lambda: periodic.exists() and ("pre", 12) in _train_steps(run_dir), "step 12 of 'pre'")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err
+    hint = f"resume with: clipa-run {recipe} --run-dir {run_dir}"
+    assert hint in " ".join(err.split())
+    *_, before, newest = sorted((run_dir / "checkpoints").glob("ckpt-*"), key=lambda p: p.name)
+    assert newest.name > periodic.name, newest.name  # written on the signal, after the periodic one
+    assert not (run_dir / rundir.ACHIEVED).exists()
+
+    # a copy of the stopped run whose newest checkpoint is torn: it resumes from the one before
+    torn = tmp_path / "torn"
+    shutil.copytree(run_dir, torn)
+    (torn / "checkpoints" / newest.name / "model.safetensors").write_bytes(b"\x00" * 100)
+
+    for d in (run_dir, torn):
+        resumed = _run(recipe, d)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert f"resuming {d} from " in resumed.stderr
+        _same_weights(tmp_path / "ref" / "checkpoints" / "final.safetensors", d / "checkpoints" / "final.safetensors")
+        steps = _train_steps(d)
+        assert len(steps) == len(set(steps)) and steps == _train_steps(tmp_path / "ref")
+    assert f"checkpoint {newest.name} is unreadable" in " ".join(resumed.stderr.split())
+    assert f"from {before.name}" in resumed.stderr
+
+
+def test_ctrl_c_with_a_decoding_worker_exits_130_without_traceback(tmp_path, data):
+    recipe = _recipe(tmp_path, data, "int", workers=1)
+    run_dir = tmp_path / "run"
+    proc = _start(recipe, run_dir)
+    _wait_for(proc, lambda: bool(_train_steps(run_dir)), "the first metrics line")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "resume with: clipa-run" in err and "stopped by SIGINT" in err
+    assert list((run_dir / "checkpoints").glob("ckpt-0000-*"))
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the field after the state is the parent's pid
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_kill9_leaves_no_worker_and_no_duplicated_metrics(tmp_path, data):
+    recipe = _recipe(tmp_path, data, "k9", workers=1)  # no periodic checkpoint: killed before the first one
+    run_dir = tmp_path / "run"
+    proc = _start(recipe, run_dir)
+    _wait_for(proc, lambda: bool(_train_steps(run_dir)), "the first metrics line")
+    workers = _children(proc.pid)
+    assert workers, "the run has a decoding worker"
+    proc.kill()
+    proc.communicate()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{w}").exists() for w in workers), "a decoding worker outlived its parent"
+    assert not list((run_dir / "checkpoints").glob("ckpt-*"))
+
+    again = _run(recipe, run_dir)
+    assert again.returncode == 0, again.stderr[-2000:]
+    steps = _train_steps(run_dir)
+    assert steps and len(steps) == len(set(steps))
+
+
+def test_plain_log_lines_and_the_final_comparison_on_a_non_terminal(tmp_path, data):
+    r = _run(_recipe(tmp_path, data, "log", pre=64), tmp_path / "run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith("preparing data: ")
+    plain = [ln for ln in lines if " stage pre step " in ln]
+    assert [ln.split(" step ")[1].split()[0] for ln in plain] == ["2/4", "4/4"]
+    for field in ("samples ", "loss ", "lr ", "samples/s", "ETA "):
+        assert field in plain[0]
+    assert plain[0][:20].endswith("Z") and time.strptime(plain[0][:20], "%Y-%m-%dT%H:%M:%SZ")
+    assert "achieved top-1" in lines[-1] and f"clipa-report {tmp_path / 'run'}" in lines[-1]
+
+
+def test_each_bad_sample_counts_once_per_run_across_stages_and_resume(tmp_path, data):
+    from clipa.backends.data.webdataset_io import read_shard_samples, write_shard
+
+    src = sorted(Path(data["train"].split("{")[0]).parent.glob("*.tar"))[0]
+    samples, _ = read_shard_samples(src)
+    mixed = [dict(s) for s in samples[:24]]
+    for s in mixed[:3]:
+        s["jpg"] = b"this is not a jpeg"
+    for s in mixed[3:5]:
+        s["txt"] = b"   "
+    d = tmp_path / "shards"
+    write_shard(d / "mixed.tar", mixed)
+    with tarfile.open(write_shard(d / "cut.tar", samples[24:32])) as tf:
+        m = tf.getmembers()[9]  # a download cut inside a file: the complete samples before it stay
+    with open(d / "cut.tar", "r+b") as fh:
+        fh.truncate(m.offset_data + m.size // 2)
+    # both stages pass over the ~28 samples several times (64 + 64 draws)
+    recipe = _recipe(tmp_path, {**data, "train": str(d)}, "bad", pre=64)
+    want = {"undecodable_image": 3, "empty_caption": 2, "corrupt_shard": 1}
+    whole = _run(recipe, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    stopped = _run(recipe, tmp_path / "split", "--max-samples", "48")
+    assert stopped.returncode == 0 and not (tmp_path / "split" / rundir.ACHIEVED).exists()
+    resumed = _run(recipe, tmp_path / "split")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for run in ("whole", "split"):
+        ach = rundir.read_achieved(tmp_path / run)
+        assert ach.skipped_reasons == want and ach.skipped_samples == 6, (run, ach.skipped_reasons)
+
+
+def test_resume_keeps_whole_lines_never_nul_padding(tmp_path):
+    p = tmp_path / "metrics.jsonl"
+    p.write_bytes(b'{"a": 1}\n{"b": 2}\n')
+    rs.truncate_metrics(p, 100)  # a checkpoint that counted more than the file kept
+    assert p.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
+    p.write_bytes(b'{"a": 1}\n{"b": 2}\n\x00\x00\x00\x00{"c"')  # a torn tail after a crash
+    rs.truncate_metrics(p, 30)
+    assert p.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
+    rs.truncate_metrics(p, 0)  # a fresh run: the lines of a process killed before its first checkpoint go
+    assert p.read_bytes() == b""
