@@ -1,0 +1,60 @@
+"""backends/threads.py: compute threads from the decode demand, free cores and the recipe override."""
+import math
+from pathlib import Path
+
+import pytest
+
+from clipa.backends import threads
+
+
+def test_light_decoding_keeps_every_core_computing():
+    # issue 13: 2 cores, 1 mostly idle decoding worker; the old rule gave 1 thread
+    c = threads.choose(2, 1, 1, 0.2)
+    assert (c.threads, c.reserved) == (2, 0)
+
+
+def test_heavy_decoding_reserves_a_core_per_busy_worker():
+    assert threads.choose(2, 1, 1, 0.6).threads == 1
+    assert threads.choose(16, 1, 4, 2.6) == threads.Choice(13, 3, 2.6, threads.choose(16, 1, 4, 2.6).reason)
+    assert threads.choose(16, 1, 2, 9.0).reserved == 2          # never more cores than workers
+    assert threads.choose(2, 1, 0, 5.0).threads == 2            # no workers: decoding is inline
+
+
+def test_ranks_share_cores_and_one_thread_is_the_floor():
+    assert threads.choose(16, 8, 1, 0.1).threads == 2
+    assert threads.choose(16, 8, 1, 1.0).threads == 1
+    assert threads.choose(1, 4, 2, 3.0).threads == 1
+
+
+def test_cores_other_processes_use_are_not_counted():
+    assert threads.choose(2, 1, 1, 0.1, busy=1.2).threads == 1
+    assert threads.choose(2, 1, 1, 0.1, busy=0.3).threads == 2
+    assert threads.choose(2, 1, 1, 0.1, busy=5.0).threads == 1
+
+
+def test_override_wins():
+    c = threads.choose(2, 1, 1, 3.0, override=2)
+    assert c.threads == 2 and math.isnan(c.decode_cores)
+    with pytest.raises(ValueError):
+        threads.choose(2, 1, 1, 0.0, override=0)
+
+
+def test_busy_cores_is_within_the_host():
+    import os
+    assert 0.0 <= threads.busy_cores(0.05) <= (os.cpu_count() or 1) + 1e-9
+
+
+def test_for_recipe_measures_the_runs_own_shards(tmp_path):
+    """The demo's 64-px shards decode far faster than the web photos the model assumes."""
+    from clipa import recipe
+    from clipa.backends.data import demo_data
+
+    paths = demo_data.generate(tmp_path / "data", 64, 10, 64)
+    rec = recipe.load(Path(__file__).parents[1] / "recipes" / "demo.yaml")
+    rec = rec.model_copy(update={"dataset": rec.dataset.model_copy(update={
+        k: str(v) for k, v in paths.items() if k in ("train", "val", "classnames", "templates")})})
+    st = rec.stages[-1]
+    measured = threads.measure_decode_s(rec.dataset, st, rec.encoder.spec, batch_size=8, batches=1)
+    assert measured is not None and 0 < measured < threads.modelled_decode_s(st.image_size)
+    c = threads.for_recipe(rec, tmp_path)
+    assert 1 <= c.threads <= 2 and c.decode_cores > 0
