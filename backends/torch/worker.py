@@ -33,11 +33,13 @@ def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int]
     rec = recipe_mod.load(Path(run_dir) / rundir.RECIPE)
     world = tdist.init(device)
     if world.device.type == "cpu":
-        # The node's cores are shared by its ranks and their decoding workers; more compute threads than
-        # cores left makes OpenMP spin against the decoders (a 2-core box ran 10x slower with 2 threads
-        # next to 1 decoding worker, measured with recipes/demo.yaml).
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local - rec.dataset.workers))
+        # Threads from the decode demand and the free cores (backends/threads.py): OpenMP threads beyond
+        # the cores left spin against the decoders and other processes.
+        from clipa.backends import threads
+
+        choice = threads.for_recipe(rec, run_dir, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        torch.set_num_threads(choice.threads)
+        print(f"cpu: {choice}", file=sys.stderr, flush=True)
     console = Console(stderr=True, soft_wrap=True)
     try:
         ds = resolve.resolve(rec, run_dir, generate=False)
