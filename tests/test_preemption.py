@@ -171,8 +171,9 @@ def test_plain_log_lines_and_the_final_comparison_on_a_non_terminal(tmp_path, da
     r = _run(_recipe(tmp_path, data, "log", pre=64), tmp_path / "run")
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stderr.splitlines()
-    assert lines[0].startswith("preparing data: ")
     plain = [ln for ln in lines if " stage pre step " in ln]
+    prep = [i for i, ln in enumerate(lines) if ln.startswith("preparing data: ")]
+    assert len(prep) == 1 and prep[0] < lines.index(plain[0])
     assert [ln.split(" step ")[1].split()[0] for ln in plain] == ["2/4", "4/4"]
     for field in ("samples ", "loss ", "lr ", "samples/s", "ETA "):
         assert field in plain[0]
