@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from clipa.backends.data.webdataset_io import POS_EXT, write_shard
 
-SHAPES = ("arrow", "circle", "crescent", "cross", "diamond", "hexagon", "ring", "square", "star", "triangle")
+SHAPES = ("arrow", "bar", "circle", "crescent", "cross", "diamond", "ring", "square", "star", "triangle")
 # Dark, saturated shapes on light backgrounds: with both light-on-dark and dark-on-light pictures a tiny
 # ViT needs far more samples to see an outline (a supervised probe of the demo tower on shape labels was
 # still at 20 % after 9,600 samples with random polarity; measured with the demo encoder).
@@ -56,12 +56,12 @@ def _polygon(shape: str, cx: float, cy: float, r: float, rot: float) -> list[tup
         return ring(4, [1.0], math.pi / 4)
     if shape == "triangle":
         return ring(3, [1.0], -math.pi / 2)
-    if shape == "hexagon":
-        return ring(6, [1.0], 0.0)
     if shape == "star":
         return ring(10, [1.0, 0.42], -math.pi / 2)
     if shape == "diamond":  # a tall rhombus, so it is not a turned square
         pts = [(0, -1.0), (0.6, 0), (0, 1.0), (-0.6, 0)]
+    elif shape == "bar":
+        pts = [(-1, -0.35), (1, -0.35), (1, 0.35), (-1, 0.35)]
     elif shape == "cross":
         a = 0.33
         pts = [(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)]
