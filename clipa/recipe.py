@@ -207,6 +207,8 @@ class Predictions(_Strict):
     hardware: str
     cost_model_version: str
     stages: list[StagePrediction] = []
+    extrapolation: list[str] = Field([], description="each axis on which the accuracy law extrapolates beyond "
+                                      "its fitted data (empty: inside)")
 
 
 class Provenance(_Strict):

@@ -1,201 +1,159 @@
-"""Fitting, leave-one-out report and plot of the accuracy law (accuracy_law.py holds the law).
+"""Fitting the accuracy law's forms (accuracy_model.py) and weighting them into one law.
 
-Only ``python -m clipa.costmodels.accuracy_law --refit``, ``fit_report`` and ``plot_fit`` come
+Only ``python -m clipa.costmodels.accuracy_law --refit``, the validation and ``fit_report`` come
 here; planning reads the stored fit and never imports scipy.
+
+Each form is fitted by maximum a posteriori least squares: the squared errors on the published runs,
+the published masking and text-length drops, plus weak priors (accuracy_model.Form) that keep a
+parameter the data cannot pin at a plausible value instead of at a bound. Its covariance is the
+Laplace one, (J'J / s^2 + diag(1 / prior_sd^2))^-1, with s the form's residual standard deviation.
+Each form's AICc (41 observations for 17-18 parameters, hence the small-sample correction) is
+kept for the report and gives the default weights of a fit on its own (Akaike weights); the shipped
+law's weights come from how the forms predict runs they never saw (accuracy_validate.weigh).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import time
-from pathlib import Path
-from typing import Optional
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
 
 import numpy as np
 
 from clipa.costmodels import accuracy_data
-from clipa.costmodels.accuracy_law import (FIT_FILE, LEVEL, PARAMS, AccuracyLaw, FinetuneStage,
-                                           RunFeatures, _design, _enc_info, _model)
+from clipa.costmodels import accuracy_model as am
+from clipa.costmodels.accuracy_law import AccuracyLaw, Component, FinetuneStage, RunFeatures
+from clipa.costmodels import accuracy_support
 
-# Start and bounds of the least-squares fit (percent points; exponents; log-scales; F0 in 1e8 samples).
-X0 = np.array([90.0, 0.0, 0.0, -2.0, np.log(10), 0.5, np.log(20), 0.2, np.log(1), 1.0, 0.5, np.log(1), 1.0, 0.0, 0.1])
-LO = np.array([50, -2, -2, -20, -10, 0.01, -10, 0.01, -10, 0.05, 0.0, -10, 0.05, -5.0, 0.0])
-HI = np.array([100, 2, 2, 20, 10, 3.0, 10, 3.0, 10, 4.0, 3.0, 10, 4.0, 5.0, 0.9])
+SIGMA0 = 0.8  # points: the residual scale the priors are weighed against (about the fits' own)
 
 
-def _drop_pairs(drops: list[accuracy_data.MaskDrop]) -> tuple[dict, dict]:
-    """Design rows for each published mask drop: the same run fine-tuned with 50% vs 100% tokens.
+def _drop_pairs(drops: Sequence[accuracy_data.MaskDrop], texts: Sequence[accuracy_data.TextDrop]):
+    """Design rows (reduced, full) for each published drop; the drop is full - reduced after fine-tune.
 
-    The drop the law predicts does not depend on the pre-training as long as pre-training used
-    fewer tokens than the fine-tune (true of every CLIPA run), so a 36-token, 8-text pre-training
-    stands in for the unpublished one.
+    The masking drop the law predicts does not depend on the pre-training as long as pre-training
+    used fewer tokens than the fine-tune (true of every CLIPA run), so a 36-token, 8-text
+    pre-training stands in for the unpublished one. The text drop (CLIPA Fig. 7) is a 6.4-epoch
+    (2.56B) LAION-400M pre-training at full tokens, then the 131M fine-tune at 32 text tokens.
     """
-    half, full = [], []
+    low, full = [], []
     for dr in drops:
-        _, t224 = _enc_info(dr.encoder)
+        _, t224 = am.enc_info(dr.encoder)
         pre = dict(encoder=dr.encoder, dataset="laion-400m", image_tokens=36, text_len=8, samples=accuracy_data.V1_PRETRAIN)
-        half.append(RunFeatures(**pre, finetune=(FinetuneStage(224, t224 // 2, dr.samples, 32, 0.5),)))
+        low.append(RunFeatures(**pre, finetune=(FinetuneStage(224, t224 // 2, dr.samples, 32, 0.5),)))
         full.append(RunFeatures(**pre, finetune=(FinetuneStage(224, t224, dr.samples, 32, 0.0),)))
-    return _design(half), _design(full)
+    for dr in texts:
+        _, t224 = am.enc_info(dr.encoder)
+        ft = (FinetuneStage(224, t224, accuracy_data.V1_FT, 32, 0.0),)
+        pre = dict(encoder=dr.encoder, dataset="laion-400m", image_tokens=t224, samples=accuracy_data.V1_PRETRAIN, finetune=ft)
+        low.append(RunFeatures(**pre, text_len=dr.text_len, text_reduction=dr.reduction))
+        full.append(RunFeatures(**pre, text_len=32, text_reduction=dr.reduction))
+    return am.design(low), am.design(full), np.array([d.drop for d in (*drops, *texts)])
 
 
-class _Problem:
-    def __init__(self, runs: list[accuracy_data.Run], drops: list[accuracy_data.MaskDrop]):
-        self.runs, self.drops = runs, drops
-        self.d = _design([r.features for r in runs], [r.family for r in runs])
-        self.y = np.array([r.top1 for r in runs])
-        self.nft = np.array([len(r.features.finetune) for r in runs])
-        self.dh, self.df = _drop_pairs(drops)
-        self.nd = np.array([d.drop for d in drops])
+class Problem:
+    """The observations of one fit: runs (top-1) and published drops."""
 
-    def predict(self, theta: np.ndarray, d=None, nft=None) -> np.ndarray:
-        d = self.d if d is None else d
-        nft = self.nft if nft is None else nft
-        acc = _model(theta, d)[0]
-        return acc[np.arange(len(nft)), nft]
+    def __init__(self, runs: Sequence[accuracy_data.Run], drops=None, texts=None):
+        self.runs = list(runs)
+        self.drops = accuracy_data.mask_drops() if drops is None else list(drops)
+        self.texts = accuracy_data.text_drops() if texts is None else list(texts)
+        self.d = am.design([r.features for r in self.runs], [r.family for r in self.runs])
+        self.y = np.array([r.top1 for r in self.runs])
+        self.last = np.array([len(r.features.finetune) for r in self.runs])
+        self.dl, self.df, self.dy = _drop_pairs(self.drops, self.texts)
+        self.n_obs = len(self.y) + len(self.dy)
 
-    def residuals(self, theta: np.ndarray) -> np.ndarray:
-        r_runs = self.predict(theta) - self.y
-        if len(self.drops):
-            ones = np.ones(len(self.drops), int)
-            drop = self.predict(theta, self.df, ones) - self.predict(theta, self.dh, ones)
-            return np.concatenate([r_runs, drop - self.nd])
-        return r_runs
+    def predict(self, theta: np.ndarray, form: am.Form) -> np.ndarray:
+        """Top-1 of every run (k, m) for parameter rows theta (k, p)."""
+        acc = am.model(theta, self.d, *am.form_codes([form]))
+        return acc[:, np.arange(len(self.last)), self.last]
+
+    def residuals(self, theta: np.ndarray, form: am.Form) -> np.ndarray:
+        """(k, n_obs) predicted - observed, points."""
+        th = np.atleast_2d(theta)
+        out = [self.predict(th, form) - self.y]
+        if len(self.dy):
+            codes = am.form_codes([form])  # every drop row ends with its one fine-tune stage
+            out.append(am.model(th, self.df, *codes)[:, :, 1] - am.model(th, self.dl, *codes)[:, :, 1] - self.dy)
+        return np.concatenate(out, axis=1)
 
 
-def _solve(prob: _Problem, x0=X0):
+@dataclass
+class FormFit:
+    form: am.Form
+    theta: np.ndarray
+    cov: np.ndarray
+    sigma: float
+    sse: float
+    n_obs: int
+    n_free: int
+    aicc: float = field(init=False)
+
+    def __post_init__(self):
+        n, k = self.n_obs, self.n_free + 1  # + the residual variance
+        self.aicc = n * math.log(self.sse / n) + 2 * k + 2 * k * (k + 1) / max(1, n - k - 1)
+
+
+def fit_form(prob: Problem, form: am.Form, x0: Optional[np.ndarray] = None, with_cov: bool = True) -> FormFit:
     from scipy.optimize import least_squares
 
-    res = least_squares(prob.residuals, x0, bounds=(LO, HI), method="trf", x_scale="jac", max_nfev=4000,
-                        xtol=1e-12, ftol=1e-12, gtol=1e-12)
-    return res
+    start, lo, hi, mu, sd = form.start_bounds_prior()
+    free = np.array([am.IDX[k] for k in form.free])
+    base = start.copy()
+    x_init = np.clip((start if x0 is None else x0)[free], lo[free] + 1e-9, hi[free] - 1e-9)
 
+    def full(x):  # free values (k, f) -> parameter rows (k, p)
+        x = np.atleast_2d(x)
+        th = np.repeat(base[None], len(x), axis=0)
+        th[:, free] = x
+        return th
 
-def fit(runs: Optional[list] = None, drops: Optional[list] = None, with_cov: bool = True, x0=X0) -> AccuracyLaw:
-    """Least-squares fit to ``runs`` (default: all published runs) and the published mask drops."""
-    runs = accuracy_data.runs() if runs is None else runs
-    drops = accuracy_data.mask_drops() if drops is None else drops
-    prob = _Problem(runs, drops)
-    res = _solve(prob, x0)
-    m, p = len(res.fun), len(res.x)
-    sigma = float(np.sqrt(2 * res.cost / max(1, m - p)))
-    cov = np.zeros((p, p))
+    def resid(x):
+        x = np.atleast_2d(x)
+        prior = SIGMA0 * (x - mu[free]) / sd[free]
+        return np.concatenate([prob.residuals(full(x), form), prior], axis=1)
+
+    def jac(x):  # forward differences, every perturbed row in one vectorised call
+        h = 1e-6 * np.maximum(1.0, np.abs(x))
+        rows = np.vstack([x, x + np.diag(h)])
+        r = resid(rows)
+        return ((r[1:] - r[0]) / h[:, None]).T
+
+    res = least_squares(lambda x: resid(x)[0], x_init, jac=jac, bounds=(lo[free], hi[free]), method="trf",
+                        x_scale="jac", max_nfev=2000, xtol=1e-10, ftol=1e-10, gtol=1e-10)
+    theta = full(res.x)[0]
+    r_data = prob.residuals(theta, form)[0]
+    sse = float(r_data @ r_data)
+    sigma = math.sqrt(sse / max(1, prob.n_obs - len(free)))
+    cov = np.diag(np.where(lo == hi, sd, 0.0) ** 2)  # fixed published constants: their own uncertainty
+    if form.size == "nofloor":
+        cov[am.IDX["A"], am.IDX["A"]] = 0.0  # A = 100 by the form's definition, not a reading
     if with_cov:
-        J = res.jac
-        cov = sigma ** 2 * np.linalg.pinv(J.T @ J)
-    return AccuracyLaw(res.x, cov, sigma, {"n_obs": m, "n_params": p, "n_runs": len(runs)})
+        J = jac(res.x)[: prob.n_obs]
+        prec = J.T @ J / sigma ** 2 + np.diag(1.0 / sd[free] ** 2)
+        cov[np.ix_(free, free)] = np.linalg.inv(prec)
+    return FormFit(form, theta, cov, sigma, sse, prob.n_obs, len(free))
 
 
-def loo(runs: Optional[list] = None, only=None) -> dict[str, float]:
-    """Leave-one-out prediction of every run (or those ``only`` accepts): refit without it, predict it (percent)."""
-    runs = accuracy_data.runs() if runs is None else runs
-    drops = accuracy_data.mask_drops()
-    out = {}
-    for i, r in enumerate(runs):
-        if only is not None and not only(r):
-            continue
-        law = fit(runs[:i] + runs[i + 1:], drops, with_cov=False)
-        out[r.name] = float(_Problem([r], []).predict(law.theta)[0])  # incl. the OpenCLIP offset
-    return out
+def akaike_weights(aicc: Sequence[float]) -> np.ndarray:
+    a = np.asarray(aicc, float)
+    w = np.exp(-0.5 * (a - a.min()))
+    return w / w.sum()
 
 
-def refit(path: Path = FIT_FILE) -> dict:
-    """Fit, compute leave-one-out predictions, and write them atomically to ``path``."""
-    t0 = time.perf_counter()
-    law = fit()
-    fit_s = time.perf_counter() - t0
-    loo_pred = loo()
-    data = {
-        "fingerprint": accuracy_data.fingerprint(),
-        "params_order": list(PARAMS),
-        "theta": [float(v) for v in law.theta],
-        "cov": [[float(v) for v in row] for row in law.cov],
-        "sigma": law.sigma,
-        "level": LEVEL,
-        "n_obs": law.meta["n_obs"],
-        "n_params": law.meta["n_params"],
-        "n_runs": law.meta["n_runs"],
-        "fit_seconds": round(fit_s, 3),
-        "loo": loo_pred,
-    }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
-    return data
+def fit(runs: Optional[Sequence[accuracy_data.Run]] = None, drops=None, texts=None,
+        forms: Sequence[am.Form] = am.FORMS, with_cov: bool = True, weights: Optional[Sequence[float]] = None,
+        kappa: float = accuracy_support.KAPPA, x0: Optional[dict] = None) -> AccuracyLaw:
+    """Fit every form to ``runs`` (default: all published runs) and the published drops.
 
-
-def report(law: Optional[AccuracyLaw] = None) -> dict:
-    """Parameters, per-run (name, published, predicted, residual, loo_predicted), LOO MAE on fine-tuned runs."""
-    from clipa.costmodels.accuracy_law import default
-
-    law = law or default()
-    runs = accuracy_data.runs()
-    loo_pred = law.meta.get("loo") or loo(runs)
-    prob = _Problem(runs, [])
-    pred = prob.predict(law.theta)  # incl. the OpenCLIP offset for OpenCLIP runs
-    rows = []
-    for r, p in zip(runs, pred):
-        lp = loo_pred.get(r.name)
-        rows.append({"name": r.name, "family": r.family, "finetuned": bool(r.features.finetune),
-                     "published": r.top1, "predicted": round(float(p), 3), "residual": round(float(p - r.top1), 3),
-                     "loo_predicted": None if lp is None else round(lp, 3), "source": r.source})
-    ft = [x for x in rows if x["family"] == "clipa" and x["finetuned"] and x["loo_predicted"] is not None]
-    return {
-        "parameters": law.params,
-        "sigma": law.sigma,
-        "level": LEVEL,
-        "runs": rows,
-        "n_runs": len(rows),
-        "loo_mae_finetuned": float(np.mean([abs(x["loo_predicted"] - x["published"]) for x in ft])),
-        "loo_mae_all": float(np.mean([abs(x["loo_predicted"] - x["published"]) for x in rows if x["loo_predicted"] is not None])),
-        "mae_in_sample": float(np.mean([abs(x["residual"]) for x in rows])),
-    }
-
-
-def plot(path: Path, law: Optional[AccuracyLaw] = None, rep: Optional[dict] = None) -> Path:
-    """PNG of predicted (fit and leave-one-out) against published top-1; ``rep``: ``report(law)``
-    if the caller already built it (building it costs a leave-one-out pass when the fit is not stored)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rep = rep if rep is not None else report(law)
-    fig, ax = plt.subplots(figsize=(6, 6))
-    for fam, marker in (("clipa", "o"), ("openclip", "s")):
-        rows = [r for r in rep["runs"] if r["family"] == fam]
-        ax.scatter([r["published"] for r in rows], [r["predicted"] for r in rows], marker=marker, label=f"{fam}: fit")
-        ax.scatter([r["published"] for r in rows], [r["loo_predicted"] for r in rows], marker=marker,
-                   facecolors="none", edgecolors="k", label=f"{fam}: leave-one-out")
-    lo = min(r["published"] for r in rep["runs"]) - 2
-    ax.plot([lo, 85], [lo, 85], "k--", lw=0.8)
-    ax.set_xlabel("published zero-shot IN-1k top-1 (%)")
-    ax.set_ylabel("predicted top-1 (%)")
-    ax.set_title(f"accuracy law: LOO MAE (CLIPA fine-tuned) {rep['loo_mae_finetuned']:.2f} pts")
-    ax.legend(fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m clipa.costmodels.accuracy_law")
-    ap.add_argument("--refit", action="store_true", help=f"fit and write {FIT_FILE.name}")
-    ap.add_argument("--plot", type=Path, help="write a predicted-vs-published PNG here")
-    args = ap.parse_args(argv)
-    if args.refit:
-        data = refit()
-        print(f"wrote {FIT_FILE} ({data['n_runs']} runs, {data['n_obs']} observations, "
-              f"{data['n_params']} parameters, fit {data['fit_seconds']} s)")
-        from clipa.costmodels import accuracy_law
-
-        accuracy_law.default.cache_clear()
-    rep = report()
-    for r in rep["runs"]:
-        print(f"{r['published']:6.2f} {r['predicted']:6.2f} {r['loo_predicted']:6.2f}  {r['name']}")
-    print("parameters:", {k: round(v, 4) for k, v in rep["parameters"].items()})
-    print(f"sigma {rep['sigma']:.3f}  in-sample MAE {rep['mae_in_sample']:.3f}  "
-          f"LOO MAE fine-tuned {rep['loo_mae_finetuned']:.3f}  LOO MAE all {rep['loo_mae_all']:.3f}")
-    if args.plot:
-        print("plot:", plot(args.plot))
+    ``weights`` (one per form; default: Akaike weights from each form's AICc) and ``kappa`` make the
+    mixture; the shipped law's come from validation (accuracy_validate.weigh). ``x0``: {form:
+    parameter vector} to start from (a refit without a few runs starts from the full fit)."""
+    runs = accuracy_data.runs() if runs is None else list(runs)
+    prob = Problem(runs, drops, texts)
+    fits = [fit_form(prob, f, x0=None if x0 is None else x0.get(f), with_cov=with_cov) for f in forms]
+    w = akaike_weights([f.aicc for f in fits]) if weights is None else np.asarray(weights, float)
+    comps = [Component(f.form, f.theta, f.cov, f.sigma, float(wi), {"aicc": f.aicc, "sse": f.sse})
+             for f, wi in zip(fits, w)]
+    support = accuracy_support.Support.from_runs(runs, prob.drops, prob.texts)
+    return AccuracyLaw(comps, support, kappa=kappa, meta={"n_obs": prob.n_obs, "n_runs": len(runs)})

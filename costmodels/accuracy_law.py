@@ -1,88 +1,58 @@
-"""Accuracy law: zero-shot ImageNet-1k top-1 (percent) of a CLIPA-style run, with an interval.
+"""Accuracy law: zero-shot ImageNet-1k top-1 (percent) of a CLIPA-style run, with an honest interval.
 
-The law (CLIPA's inverse scaling law as a parametric fit to the published runs)::
+CLIPA's inverse scaling law as a parametric fit to the published runs (accuracy_model.py holds the
+forms): a full-token accuracy that grows with encoder size and samples seen, image-token and
+text-length penalties that shrink as the encoder grows, a fine-tune that recovers part of the
+pre-training penalty, a dataset effect. Fitted (accuracy_fit.py) to 36 deduplicated published runs
+(21 CLIPA, 15 OpenCLIP full-token) plus 5 published drops (4 masking, 1 text length).
 
-    core(S)    = A - B * n**-alpha - C * (S/1e9)**-beta [+ o for OpenCLIP runs]  # full-token accuracy
-    P_img(T)   = Ki * n**-gamma * ((256/T)**ci - 1)     for T <= 256       # fewer image tokens
-               = -Ki * (1 - (256/T)**ci)                for T > 256        # (336 px: a small bonus)
-    P_txt(L)   = Kt * n**-gamma * m_red * ((32/L)**ct - 1)+                # shorter captions
-    top1       = 100 - m[dataset] * (100 - (core(S_total) - Q - R - strat))
+The published runs cannot tell apart several shapes that fit them about equally well (does accuracy
+saturate in encoder size or keep growing? is the dataset effect additive, on the error, or on the
+effective samples? how steep are the token penalties?), and those shapes disagree outside the data.
+So a prediction is a mixture over the forms, weighted by how well each predicted runs it never
+saw (stacking on leave-one-out and leave-one-encoder-out, accuracy_validate.weigh):
 
-with n = vision-tower weights / 302M (L/16 = 1), T = image patch tokens seen (after resize or
-mask), L = text tokens, S_total = samples seen so far, m[laion-2b] = 1 (the dataset scales the
-error: DataComp's published gain is 3.5 points after pre-training and 2.9 after fine-tuning,
-a near-constant 0.87 x the error). After pre-training the penalty P0 = P_img(T0) + P_txt(L0)
-splits into Q = keep * P0, which no fine-tune removes, and R = P0 - Q; each fine-tune stage (F
-samples at T_k, L_k) moves R towards that stage's own penalty: R <- P_k + (R - P_k) * exp(-F/F0)
-(only ever down: a stage with fewer tokens than before does not undo pre-training). ``strat``
-is the fixed extra cost of mask strategies (IMAGE_STRATEGY_DELTA). ``n**-gamma`` is the inverse
-scaling law: the cost of fewer tokens shrinks as the encoder grows (CLIPA; CLIPA-v2 Fig. 2: 50%
-tokens cost 0.4 (H/14), 0.8 (L/16), 1.1 (B/16), 1.8 (S/16) points). Every term is monotone:
-more samples or a larger encoder at equal tokens never lowers the prediction.
+    mean = sum_k w_k mu_k
+    var  = sum_k w_k (var_k + (mu_k - mean)^2)  +  sum_settings (DELTA * effect * scale)^2
+                                                +  sum_axes (kappa * distance)^2
 
-Free parameters: 15, fitted by least squares to 40 observations (36 published runs, 21 of them
-CLIPA, 14 of those fine-tuned; 4 published masking drops; see ``training_runs``): A, m for
-LAION-400M and DataComp, an offset o for OpenCLIP's full-token recipe (its runs pin the size and
-samples terms but use a different recipe: CLS pooling, other batch/lr), B, alpha, C, beta, Ki,
-ci, gamma, Kt, ct, F0, keep. That is few observations per parameter: the leave-one-out error
-(``fit_report``), not the in-sample fit, is the honest figure. Fixed, not fitted (too few
-published points; each from the source named at the constant): the text-reduction multipliers
-m_red and the mask-strategy costs. The CLIPA runs come from 3 encoders (B/16, L/16|L/14, H/14),
-so predictions for S/16, g/14 and bigG/14 are extrapolations and their intervals say so.
+with var_k = g_k' Cov_k g_k + s_k^2 the Laplace variance of form k (its parameters, including the
+fixed published constants with their own standard deviations, plus its residual variance). The two
+last terms are the doubt no form carries (accuracy_support.py): each setting the CLIPA runs saw only
+at other encoder sizes, or never, is doubted in proportion to its effect on this run and how far it
+is carried; kappa scales the log-distance outside the CLIPA runs (fitted with the weights). The
+interval is central at ``LEVEL`` (80%) under a normal approximation, and every prediction names the
+axes on which it extrapolates (``Prediction.extrapolation``).
 
-Uncertainty: a Laplace (linearised least-squares) interval: var = g' Cov g + s^2 with Cov =
-s^2 (J'J)^-1 at the optimum, s^2 the residual variance, g the gradient of the prediction with
-respect to the parameters. The interval is central at ``LEVEL`` (80%) under a normal
-approximation; it widens away from the data (g grows when extrapolating in n, S or tokens).
+Datasets 'demo' and 'custom' cannot be predicted from LAION figures: they are uncalibrated priors
+(see ``AccuracyLaw.predict``) until a user's own runs give a per-dataset ``offset``.
 
-Datasets 'demo' and 'custom' cannot be predicted from LAION figures: they are uncalibrated
-priors (see ``AccuracyLaw.predict``) until a user's own runs give a per-dataset ``offset``.
-
-The fitted parameters, covariance and leave-one-out predictions are stored in
-``data/accuracy_fit.json`` (written by ``python -m clipa.costmodels.accuracy_law --refit``), so
-``predict`` needs numpy only: no scipy import, no fit at planning time. No torch or jax.
+The fitted forms, weights, support and validation are stored in ``data/accuracy_fit.json`` (written
+by ``python -m clipa.costmodels.accuracy_law --refit``), so ``predict`` needs numpy only: no scipy
+import, no fit at planning time. No torch or jax.
 """
 from __future__ import annotations
 
 import functools
 import json
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import NormalDist
 from typing import Optional, Sequence
 
 import numpy as np
 
-from clipa import encoders
+from clipa.costmodels import accuracy_model as am
+from clipa.costmodels.accuracy_model import DATASETS, PARAMS  # noqa: F401  (re-exported)
+from clipa.costmodels.accuracy_support import DELTA, KAPPA, Flag, Support
 
 FIT_FILE = Path(__file__).resolve().parent / "data" / "accuracy_fit.json"
+FORMAT = 2  # of FIT_FILE: 1 was the single-form law (before model-form uncertainty)
 LEVEL = 0.80  # central interval level of every Prediction
-DATASETS = ("laion-400m", "laion-2b", "datacomp-1b")  # the ones with published runs
-N_REF = 301_989_888  # L/16 vision-tower weights (encoders.py shapes): n = 1 at L/16
-T_REF = 256  # image tokens of a /14 tower at 224 px: "full tokens" for the law
-L_REF = 32  # CLIPA: 32 text tokens lose nothing against 77 (CLIPA paper; CLIPA-v2 fine-tunes at 32)
-MAX_FT = 3  # fine-tune stages the vectorised model handles (CLIPA uses at most 2)
 IN1K_CHANCE = 0.1  # percent: 1 in ImageNet-1k's 1000 classes, the floor of every prediction
-
-# Text-reduction multipliers on the text penalty, relative to syntax masking: CLIPA paper Fig. 7
-# as read by a third party (ext_clipa_inverse_scaling.csv rows 32-35: B/16 at 4 text tokens loses
-# ~3.0 (syntax), ~4-5 (truncate, random), ~4 (block) points) -> 4.5/3, 4.5/3, 4/3.
-TEXT_MULT = {"syntax": 1.0, "truncate": 1.5, "random": 1.5, "block": 4.0 / 3.0}
-# Fine-tune stages read truncated captions (CLIPA fine-tune scripts, ext_clipa_recipes.csv rows 31-37).
-FT_TEXT_MULT = TEXT_MULT["truncate"]
-# Image masking strategies cost more than resizing, and fine-tuning does not recover it: L/16 at 75%
-# token reduction, after fine-tune, resize 68.9, block 68.5, random 67.6, grid 67.3 (CLIPA paper
-# Fig. 4 via ext_clipa_inverse_scaling.csv rows 28-31, third_party_unverified). Applied as
-# DELTA * n**-gamma * reduction / STRATEGY_REF_REDUCTION points, reduction = 1 - tokens / T_REF (the
-# L/16 figures: 49 of 196 tokens = 1 - 49/256 of T_REF); linear in the reduction is an assumption.
-IMAGE_STRATEGY_DELTA = {"resize": 0.0, "block_mask": 68.9 - 68.5, "random_mask": 68.9 - 67.6, "grid_mask": 68.9 - 67.3}
-STRATEGY_REF_REDUCTION = 1.0 - 49 / 256
 # The CPU demo's held-out split has 10 classes (clipa demo data): chance = 10% is the prior lower bound.
 DEMO_CLASSES = 10
-
-PARAMS = ("A", "lnm_laion400m", "lnm_datacomp1b", "openclip_offset", "lnB", "alpha", "lnC", "beta",
-          "lnKi", "ci", "gamma", "lnKt", "ct", "lnF0", "keep")
+W_MIN = 1e-3  # forms weighing less are dropped at prediction time (and the rest renormalised)
 
 
 @dataclass(frozen=True)
@@ -113,12 +83,14 @@ class RunFeatures:
 
 @dataclass
 class Prediction:
-    """Zero-shot IN-1k top-1 in percent; [low, high] is the central ``level`` interval."""
+    """Zero-shot IN-1k top-1 in percent; [low, high] is the central ``level`` interval;
+    ``extrapolation`` names each axis on which the run lies outside the fitted data (empty: inside)."""
 
     top1: float
     low: float
     high: float
     level: float = LEVEL
+    extrapolation: list[str] = field(default_factory=list)
 
 
 def features_from_recipe(recipe) -> RunFeatures:
@@ -131,72 +103,28 @@ def features_from_recipe(recipe) -> RunFeatures:
                        float(st0.samples), st0.image_reduction.kind, st0.text_reduction, fts)
 
 
-@functools.lru_cache(maxsize=None)
-def _enc_info(name: str) -> tuple[float, int]:
-    """(log n, patch tokens at 224 px) of an encoder."""
-    v = encoders.get(name).vision
-    params = v.depth * (4 * v.width ** 2 + 2 * v.width * v.mlp_dim)  # attention + MLP weights
-    return math.log(params / N_REF), v.tokens(224)
+@dataclass
+class Component:
+    """One fitted form: parameters ``theta`` (PARAMS order), their covariance, residual std ``sigma``
+    (points) and its weight in the mixture."""
+
+    form: am.Form
+    theta: np.ndarray
+    cov: np.ndarray
+    sigma: float
+    weight: float
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict[str, float]:
+        return dict(zip(PARAMS, map(float, self.theta)))
 
 
-def _design(feats: Sequence[RunFeatures], family: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
-    """Features -> arrays (m,) and (m, MAX_FT) for the vectorised model."""
-    m = len(feats)
-    d = {k: np.zeros(m) for k in ("logn", "T0", "L0", "S0", "mt0", "strat", "oc")}
-    d["ds"] = np.zeros((m, len(DATASETS)))
-    for k in ("T", "L", "F"):
-        d[k] = np.ones((m, MAX_FT)) if k != "F" else np.zeros((m, MAX_FT))
-    for i, f in enumerate(feats):
-        logn, _ = _enc_info(f.encoder)
-        d["logn"][i], d["T0"][i], d["L0"][i], d["S0"][i] = logn, max(f.image_tokens, 1), max(f.text_len, 1), f.samples
-        d["mt0"][i] = TEXT_MULT[f.text_reduction]
-        # Reduction measured against T_REF like the token penalty, so equal tokens cost the same on L/14 and L/16.
-        red = max(0.0, 1.0 - f.image_tokens / T_REF)
-        d["strat"][i] = IMAGE_STRATEGY_DELTA[f.image_reduction] * red / STRATEGY_REF_REDUCTION
-        if f.dataset in DATASETS:
-            d["ds"][i, DATASETS.index(f.dataset)] = 1.0
-        d["oc"][i] = 1.0 if family is not None and family[i] == "openclip" else 0.0
-        if len(f.finetune) > MAX_FT:
-            raise ValueError(f"at most {MAX_FT} fine-tune stages, got {len(f.finetune)}")
-        for j, s in enumerate(f.finetune):
-            d["T"][i, j], d["L"][i, j], d["F"][i, j] = max(s.image_tokens, 1), max(s.text_len, 1), s.samples
-    return d
-
-
-def _model(theta: np.ndarray, d: dict[str, np.ndarray]) -> np.ndarray:
-    """Accuracy after each stage: theta (k, p) -> (k, m, 1 + MAX_FT)."""
-    th = np.atleast_2d(theta)[:, :, None]  # (k, p, 1)
-    A = th[:, 0]
-    # The dataset scales the error, 100 - top1 (LAION-2B = 1): DataComp's gain shrinks as accuracy grows.
-    m_ds = np.exp(th[:, 1:3, 0] @ d["ds"][:, [0, 2]].T)  # (k, m)
-    oc, B, alpha, C, beta = th[:, 3], np.exp(th[:, 4]), th[:, 5], np.exp(th[:, 6]), th[:, 7]
-    Ki, ci, gamma, Kt, ct, F0 = np.exp(th[:, 8]), th[:, 9], th[:, 10], np.exp(th[:, 11]), th[:, 12], np.exp(th[:, 13]) * 1e8
-    keep = th[:, 14]  # fraction of the pre-training penalty no fine-tune removes
-    logn = d["logn"]
-    shrink = np.exp(-gamma * logn)  # n**-gamma
-    base = A + oc * d["oc"] - B * np.exp(-alpha * logn) - d["strat"] * shrink
-
-    def p_img(T):
-        ratio = T_REF / T
-        below = Ki * shrink * (ratio ** ci - 1.0)
-        above = -Ki * (1.0 - ratio ** ci)
-        return np.where(T <= T_REF, below, above)
-
-    def p_txt(L, mult):
-        return Kt * shrink * mult * np.maximum((L_REF / L) ** ct - 1.0, 0.0)
-
-    S = d["S0"].copy()
-    P0 = p_img(d["T0"]) + p_txt(d["L0"], d["mt0"])
-    Q = keep * np.maximum(P0, 0.0)  # the part of the pre-training penalty no fine-tune removes
-    R = P0 - Q  # the part fine-tuning moves towards the fine-tune stage's own penalty
-    out = [100.0 - m_ds * (100.0 - (base - C * (S / 1e9) ** -beta - P0))]
-    for j in range(MAX_FT):
-        F = d["F"][:, j]
-        Pk = p_img(d["T"][:, j]) + p_txt(d["L"][:, j], FT_TEXT_MULT)
-        R = np.where(Pk < R, Pk + (R - Pk) * np.exp(-F / F0), R)
-        S = S + F
-        out.append(100.0 - m_ds * (100.0 - (base - C * (S / 1e9) ** -beta - Q - R)))
-    return np.stack(out, axis=-1)
+def mix(means: np.ndarray, variances: np.ndarray, w) -> tuple[np.ndarray, np.ndarray]:
+    """Moment-matched mixture over axis 0: mean = sum w mu, variance = sum w (var + (mu - mean)^2)."""
+    w = np.asarray(w, float).reshape((-1,) + (1,) * (np.ndim(means) - 1))
+    mean = (w * means).sum(0)
+    return mean, (w * (variances + (means - mean) ** 2)).sum(0)
 
 
 def _clip(a):
@@ -204,52 +132,158 @@ def _clip(a):
 
 
 class AccuracyLaw:
-    """A fitted law: ``theta`` (PARAMS order), covariance ``cov``, residual std ``sigma`` (points)."""
+    """A mixture of fitted forms, the support it was fitted on and the extrapolation scale ``kappa``."""
 
-    def __init__(self, theta: Sequence[float], cov: Sequence[Sequence[float]], sigma: float, meta: Optional[dict] = None):
-        self.theta = np.asarray(theta, float)
-        self.cov = np.asarray(cov, float)
-        self.sigma = float(sigma)
-        self.meta = meta or {}
-        self._z = NormalDist().inv_cdf(0.5 + LEVEL / 2)
-        # Parameter points for a central-difference gradient: rows 0 = theta, then +h, -h per parameter.
-        h = 1e-4 * np.maximum(1.0, np.abs(self.theta))
-        self._h = h
-        eye = np.eye(len(self.theta)) * h
-        self._grid = np.vstack([self.theta, self.theta + eye, self.theta - eye])
+    def __init__(self, components: Sequence[Component], support: Support, kappa: float = KAPPA,
+                 meta: Optional[dict] = None):
+        self.all_components = list(components)
+        keep = [c for c in components if c.weight >= W_MIN] or [max(components, key=lambda c: c.weight)]
+        total = sum(c.weight for c in keep)
+        self.components = [replace(c, weight=c.weight / total) for c in keep]
+        self.support, self.kappa, self.meta = support, float(kappa), meta or {}
+        self.z = NormalDist().inv_cdf(0.5 + LEVEL / 2)
+        self._flags: dict = {}
+        self._rowsets: dict = {}
+
+    def _rowset(self, which: str):
+        """Parameter rows for a forward-difference gradient of every form in one model call: per
+        component, theta then theta + h e_i for each parameter with a variance. ``which``: 'active'
+        (the forms the mixture uses) or 'all' (validation)."""
+        if which not in self._rowsets:
+            comps = self.components if which == "active" else self.all_components
+            rows, ds, tok, parts = [], [], [], []
+            for c in comps:
+                idx = np.flatnonzero(np.diag(c.cov) > 0)
+                h = 1e-5 * np.maximum(1.0, np.abs(c.theta[idx]))
+                start = len(rows)
+                rows.append(c.theta)
+                rows.extend(c.theta + np.eye(len(PARAMS))[i] * hi for i, hi in zip(idx, h))
+                codes = am.form_codes([c.form])
+                ds += [codes[0][0]] * (1 + len(idx))
+                tok += [codes[1][0]] * (1 + len(idx))
+                parts.append((c, start, idx, h, c.cov[np.ix_(idx, idx)]))
+            self._rowsets[which] = (np.array(rows), np.array(ds), np.array(tok), parts)
+        return self._rowsets[which]
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Weight of each form, in ``all_components`` order."""
+        return np.array([c.weight for c in self.all_components])
 
     @property
     def params(self) -> dict[str, float]:
-        return dict(zip(PARAMS, map(float, self.theta)))
+        """The heaviest form's parameters (the report lists every form's)."""
+        return max(self.components, key=lambda c: c.weight).params
+
+    def extrapolation(self, f: RunFeatures) -> list[Flag]:
+        """The axes on which ``f`` lies outside the fitted data (cached per features)."""
+        if f not in self._flags:
+            self._flags[f] = self.support.check(f)
+        return self._flags[f]
+
+    def dist2(self, f: RunFeatures) -> float:
+        """Sum of squared log-distances outside the fitted data (scaled by ``kappa``)."""
+        return sum(fl.distance ** 2 for fl in self.extrapolation(f))
+
+    def doubt(self, feats: Sequence[RunFeatures], family: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per run: (sum of squared log-distances outside the data, the variance of its settings seen
+        only at other encoders or beyond every run). The latter is (DELTA x effect x scale)^2 per
+        setting (accuracy_support), the effect being the mixture's change in final top-1 when the
+        setting is replaced by the nearest one the encoder's own runs had (``Flag.ref``)."""
+        d2 = np.array([self.dist2(f) for f in feats])
+        refs, owner, scales = [], [], []
+        for i, f in enumerate(feats):
+            by_term: dict[str, tuple] = {}
+            for fl in self.extrapolation(f):
+                if fl.term is not None and fl.scale > 0:
+                    ref, s2 = by_term.get(fl.term, (fl.ref, 0.0))  # one effect per setting, its largest scale
+                    by_term[fl.term] = (ref, max(s2, fl.scale ** 2))
+            for ref, s2 in by_term.values():
+                refs.append(replace(f, **dict(ref)))
+                owner.append(i)
+                scales.append(s2)
+        cond = np.zeros(len(feats))
+        if refs:
+            both = list(feats) + refs
+            fam = None if family is None else list(family) + [family[i] for i in owner]
+            top = self.mean(both, fam)
+            for k, (i, s2) in enumerate(zip(owner, scales)):
+                cond[i] += (DELTA * (top[i] - top[len(feats) + k])) ** 2 * s2
+        return d2, cond
+
+    def _extra_var(self, feats: Sequence[RunFeatures]) -> np.ndarray:
+        d2, cond = self.doubt(feats)
+        return self.kappa ** 2 * d2 + cond
+
+    @property
+    def sd_floor(self) -> float:
+        """No prediction's standard deviation is below this (the forms' residual spread), points."""
+        return float(np.sqrt(sum(c.weight * c.sigma ** 2 for c in self.components)))
+
+    def mean(self, feats: Sequence[RunFeatures], family: Optional[Sequence[str]] = None) -> np.ndarray:
+        """The mixture's mean top-1 after the last stage of each run, unclipped (no interval: cheap)."""
+        out = np.empty(len(feats))
+        pub = [i for i, f in enumerate(feats) if f.dataset in DATASETS]
+        if pub:
+            sub = [feats[i] for i in pub]
+            rows, ds, tok, parts = self._rowset("active")
+            starts = [start for _, start, _, _, _ in parts]
+            acc = am.model(rows[starts], am.design(sub, None if family is None else [family[i] for i in pub]),
+                           ds[starts], tok[starts])
+            last = np.array([len(f.finetune) for f in sub])
+            out[pub] = np.array([c.weight for c in self.components]) @ acc[:, np.arange(len(sub)), last]
+        custom = [i for i, f in enumerate(feats) if f.dataset == "custom"]
+        if custom:  # the prior's mean: the LAION-400M law
+            out[custom] = self.mean([replace(feats[i], dataset="laion-400m") for i in custom])
+        for i, f in enumerate(feats):
+            if f.dataset not in DATASETS and f.dataset != "custom":
+                out[i] = self._prior(f).top1
+        return out
+
+    def moments(self, feats: Sequence[RunFeatures], family: Optional[Sequence[str]] = None, which: str = "active"):
+        """Per-form mean and Laplace variance after each stage: two arrays (forms, m, 1 + n_ft).
+
+        ``family`` ('clipa'/'openclip' per run) adds the OpenCLIP recipe offset (validation only);
+        ``which``: the 'active' forms or 'all' of them."""
+        rows, ds, tok, parts = self._rowset(which)
+        acc = am.model(rows, am.design(feats, family), ds, tok)  # (rows, m, stages)
+        means, variances = [], []
+        for c, start, idx, h, cov in parts:
+            mu = acc[start]
+            g = (acc[start + 1:start + 1 + len(idx)] - mu) / h[:, None, None]  # (q, m, stages)
+            means.append(mu)
+            variances.append(np.einsum("ims,ij,jms->ms", g, cov, g) + c.sigma ** 2)
+        return np.array(means), np.array(variances)
 
     def _stages_with_var(self, feats: Sequence[RunFeatures]) -> tuple[np.ndarray, np.ndarray]:
-        d = _design(feats)
-        acc = _model(self._grid, d)  # (1 + 2p, m, stages)
-        p = len(self.theta)
-        g = (acc[1:1 + p] - acc[1 + p:]) / (2 * self._h[:, None, None])  # (p, m, stages)
-        var = np.einsum("ims,ij,jms->ms", g, self.cov, g) + self.sigma ** 2
-        return acc[0], var
+        """Mixture mean and variance after each stage, (m, 1 + n_ft), without the extrapolation term."""
+        return mix(*self.moments(feats), [c.weight for c in self.components])
 
     def predict_many(self, feats: Sequence[RunFeatures], offset: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Vectorised ``predict``: arrays (top1, low, high) for the final stage of each run, in percent."""
         pub = [i for i, f in enumerate(feats) if f.dataset in DATASETS]
-        top = np.empty(len(feats))
-        low, high = np.empty(len(feats)), np.empty(len(feats))
+        top, low, high = np.empty(len(feats)), np.empty(len(feats)), np.empty(len(feats))
         if pub:
             sub = [feats[i] for i in pub]
             acc, var = self._stages_with_var(sub)
-            d_ft = np.array([len(f.finetune) for f in sub])
-            mean = acc[np.arange(len(sub)), d_ft]
-            sd = np.sqrt(var[np.arange(len(sub)), d_ft])
-            top[pub], low[pub], high[pub] = mean, mean - self._z * sd, mean + self._z * sd
+            last = np.array([len(f.finetune) for f in sub])
+            mean = acc[np.arange(len(sub)), last]
+            sd = np.sqrt(var[np.arange(len(sub)), last] + self._extra_var(sub))
+            top[pub], low[pub], high[pub] = mean, mean - self.z * sd, mean + self.z * sd
+        custom = [i for i, f in enumerate(feats) if f.dataset == "custom"]
+        if custom:  # the LAION-400M law as a prior, from chance to the best published dataset's high
+            variants = [replace(feats[i], dataset=d) for d in DATASETS for i in custom]
+            t, _, h = self.predict_many(variants)
+            t, h = t.reshape(len(DATASETS), -1), h.reshape(len(DATASETS), -1)
+            top[custom], low[custom], high[custom] = t[DATASETS.index("laion-400m")], IN1K_CHANCE, h.max(0)
         for i, f in enumerate(feats):
-            if f.dataset not in DATASETS:
+            if f.dataset not in DATASETS and f.dataset != "custom":
                 p = self._prior(f)
                 top[i], low[i], high[i] = p.top1, p.low, p.high
         return _clip(top + offset), _clip(low + offset), _clip(high + offset)
 
     def predict(self, f: RunFeatures, offset: float = 0.0) -> Prediction:
-        """Top-1 after the last stage of ``f`` (percent) with its ``LEVEL`` interval.
+        """Top-1 after the last stage of ``f`` (percent) with its ``LEVEL`` interval and extrapolation notes.
 
         ``offset`` (points) is a per-dataset calibration from the user's own runs, added to all three.
         Dataset 'demo' (the CPU demo: tiny encoder, synthetic data) is uncalibrated: the published
@@ -259,20 +293,29 @@ class AccuracyLaw:
         dataset's high.
         """
         t, lo, hi = self.predict_many([f], offset)
-        return Prediction(float(t[0]), float(lo[0]), float(hi[0]), LEVEL)
+        return Prediction(float(t[0]), float(lo[0]), float(hi[0]), LEVEL, self.notes(f))
+
+    def notes(self, f: RunFeatures) -> list[str]:
+        """The extrapolation strings of ``f``: empty when it lies inside the fitted data."""
+        if f.dataset == "demo":
+            return ["dataset demo: no published run (chance to 100% until calibrated on your runs)"]
+        if f.dataset == "custom":
+            return ["dataset custom: no published run (the LAION laws as a prior until calibrated on your runs)"]
+        return [fl.text for fl in self.extrapolation(f) if fl.text]
 
     def predict_stages(self, f: RunFeatures, offset: float = 0.0) -> list[Prediction]:
         """Predictions after pre-training and after each fine-tune stage."""
         if f.dataset not in DATASETS:
             p = self._prior(f)
-            return [Prediction(*(float(_clip(v + offset)) for v in (p.top1, p.low, p.high)), LEVEL)
+            return [Prediction(*(float(_clip(v + offset)) for v in (p.top1, p.low, p.high)), LEVEL, self.notes(f))
                     for _ in range(1 + len(f.finetune))]
         acc, var = self._stages_with_var([f])
         out = []
         for j in range(1 + len(f.finetune)):
-            m, sd = acc[0, j], math.sqrt(var[0, j])
-            vals = [float(_clip(v + offset)) for v in (m, m - self._z * sd, m + self._z * sd)]
-            out.append(Prediction(*vals, LEVEL))
+            part = replace(f, finetune=f.finetune[:j])  # a stage extrapolates only on what it has seen
+            m, sd = acc[0, j], float(np.sqrt(var[0, j] + self._extra_var([part])[0]))
+            vals = [float(_clip(v + offset)) for v in (m, m - self.z * sd, m + self.z * sd)]
+            out.append(Prediction(*vals, LEVEL, self.notes(part)))
         return out
 
     def _prior(self, f: RunFeatures) -> Prediction:
@@ -280,11 +323,24 @@ class AccuracyLaw:
             chance = 100.0 / DEMO_CLASSES
             return Prediction(chance, chance, 100.0, LEVEL)
         if f.dataset == "custom":
-            from dataclasses import replace
-
-            preds = [self.predict(replace(f, dataset=d)) for d in DATASETS]
-            return Prediction(preds[0].top1, IN1K_CHANCE, max(p.high for p in preds), LEVEL)
+            t, lo, hi = self.predict_many([f])
+            return Prediction(float(t[0]), float(lo[0]), float(hi[0]), LEVEL)
         raise ValueError(f"unknown dataset {f.dataset!r}")
+
+    def to_json(self) -> dict:
+        return {
+            "forms": [{"name": c.form.name, "size": c.form.size, "dataset": c.form.dataset, "tokens": c.form.tokens,
+                       "weight": c.weight, "sigma": c.sigma, "theta": [float(v) for v in c.theta],
+                       "cov": [[float(v) for v in row] for row in c.cov], **c.meta} for c in self.all_components],
+            "support": self.support.to_json(),
+            "kappa": self.kappa,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "AccuracyLaw":
+        comps = [Component(am.Form(c["size"], c["dataset"], c["tokens"]), np.array(c["theta"]), np.array(c["cov"]),
+                           c["sigma"], c["weight"], {k: c[k] for k in ("aicc", "sse") if k in c}) for c in d["forms"]]
+        return cls(comps, Support.from_json(d["support"]), d["kappa"], d)
 
 
 @functools.lru_cache(maxsize=1)
@@ -294,8 +350,9 @@ def default() -> AccuracyLaw:
 
     if FIT_FILE.is_file():
         stored = json.loads(FIT_FILE.read_text())
-        if stored.get("fingerprint") == accuracy_data.fingerprint() and stored.get("params_order") == list(PARAMS):
-            return AccuracyLaw(stored["theta"], stored["cov"], stored["sigma"], stored)
+        if (stored.get("format") == FORMAT and stored.get("fingerprint") == accuracy_data.fingerprint()
+                and stored.get("params_order") == list(PARAMS)):
+            return AccuracyLaw.from_json(stored)
     from clipa.costmodels import accuracy_fit
 
     return accuracy_fit.fit()
@@ -309,19 +366,19 @@ def training_runs() -> list[tuple[str, RunFeatures, float]]:
 
 
 def fit_report(law: Optional[AccuracyLaw] = None) -> dict:
-    from clipa.costmodels import accuracy_fit
+    from clipa.costmodels import accuracy_validate
 
-    return accuracy_fit.report(law)
+    return accuracy_validate.report(law)
 
 
 def plot_fit(path: Path, law: Optional[AccuracyLaw] = None, rep: Optional[dict] = None) -> Path:
     """PNG of the fit; ``rep``: ``fit_report(law)`` if the caller already has it."""
-    from clipa.costmodels import accuracy_fit
+    from clipa.costmodels import accuracy_validate
 
-    return accuracy_fit.plot(Path(path), law, rep)
+    return accuracy_validate.plot(Path(path), law, rep)
 
 
 if __name__ == "__main__":
-    from clipa.costmodels import accuracy_fit
+    from clipa.costmodels import accuracy_validate
 
-    accuracy_fit.main()
+    accuracy_validate.main()

@@ -11,7 +11,7 @@ from typing import Optional
 from clipa import recipe as recipe_mod
 from clipa.costmodels import accuracy_law, flops, hardware, throughput
 
-VERSION = "clipa-costmodels-0.1"
+VERSION = "clipa-costmodels-0.2"  # 0.2: the accuracy law as a mixture of forms, with extrapolation notes
 
 
 def stage_costs(enc, stage: recipe_mod.Stage, hw: hardware.Hardware, *, grad_checkpointing: bool,
@@ -74,4 +74,5 @@ def predict_recipe(rec: recipe_mod.Recipe, hw_name: Optional[str] = None, prices
         hardware=hw.name,
         cost_model_version=version,
         stages=stages,
+        extrapolation=final.extrapolation,
     )

@@ -2,7 +2,10 @@
 
 A point is costed stage by stage with the same throughput and memory models that
 ``costmodels.predict.predict_recipe`` uses (a test checks they agree on the written recipe),
-and takes the most pretraining samples its budget allows.
+and takes the most pretraining samples its budget allows (``costed``); ``evaluate`` adds the
+accuracy law's prediction. The plan's objective is the lower end of the prediction's 80%
+interval by default ('low': a plan on an encoder, token count or schedule no run has tried pays
+for its doubt) or the predicted top-1 ('mean').
 """
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ from clipa.costmodels import accuracy_law, hardware, memory, throughput
 from clipa.costmodels.accuracy_law import FinetuneStage, RunFeatures
 from clipa.errors import UserError
 from clipa.planner import search_space as ss
+
+
+OBJECTIVES = ("low", "mean")
 
 
 @dataclass
@@ -46,10 +52,16 @@ class Context:
     hw: hardware.Hardware
     dataset: str
     budget: Budget
-    risk: bool = False  # maximise the interval's lower bound instead of the mean
+    objective: str = "low"  # 'low': the lower end of the 80% interval; 'mean': the predicted top-1
     calibration: Optional[object] = None  # costmodels.calibration.Calibration
     encoders: tuple[str, ...] = ss.ENCODERS
     law: accuracy_law.AccuracyLaw = field(default_factory=accuracy_law.default)
+    max_samples: Optional[float] = None  # pre-training samples the data allows (its size x passes), if capped
+    _costs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"--objective: {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
 
     @property
     def utilisation(self) -> Optional[float]:
@@ -66,6 +78,19 @@ class Context:
         return self.calibration.overhead_s_per_sample(self.hw.name), self.calibration.fixed_s_per_stage(self.hw.name)
 
 
+@dataclass(frozen=True)
+class Costed:
+    """What a point costs under the budget: the pre-training samples it takes and the totals."""
+
+    samples: float
+    cost_usd: float  # nan: the hardware has no price
+    device_hours: float
+    wall_hours: float
+    grad_checkpointing: bool
+    ft_batch: int
+    binding: str  # what stops more samples: 'budget', 'device-hours', 'deadline', 'dataset size', 'samples grid'
+
+
 @dataclass
 class Plan:
     point: ss.Point
@@ -78,9 +103,16 @@ class Plan:
     wall_hours: float
     grad_checkpointing: bool
     ft_batch: int
+    extrapolation: list[str] = field(default_factory=list)  # axes outside the law's fitted data
+    binding: str = ""
 
-    def objective(self, risk: bool) -> float:
-        return self.low if risk else self.top1
+    def objective(self, objective: str) -> float:
+        return self.low if objective == "low" else self.top1
+
+    @property
+    def inside(self) -> bool:
+        """True when the law's prediction lies inside its fitted data on every axis."""
+        return not self.extrapolation
 
 
 @lru_cache(maxsize=None)
@@ -102,13 +134,18 @@ def _fits(enc_name: str, batch: int, tokens: int, text_len: int, hw: hardware.Ha
 
 def _memory_plan(p: ss.Point, ctx: Context) -> Optional[tuple[bool, int]]:
     """(gradient checkpointing, fine-tune batch) that fit the device memory, or None."""
-    enc = encoders.get(p.encoder)
-    pre_tokens = p.side ** 2
+    return _memory(p.encoder, p.side, p.text_len, p.global_batch, p.finetune, ctx.hw)
+
+
+@lru_cache(maxsize=None)
+def _memory(enc_name: str, side: int, text_len: int, batch: int, finetune: str,
+            hw: hardware.Hardware) -> Optional[tuple[bool, int]]:
+    enc = encoders.get(enc_name)
     for ckpt in (False, True):
-        if not _fits(p.encoder, p.global_batch, pre_tokens, p.text_len, ctx.hw, ckpt):
+        if not _fits(enc_name, batch, side ** 2, text_len, hw, ckpt):
             continue
         ft_ok = [b for b in ss.FT_BATCHES
-                 if all(_fits(p.encoder, b, _ft_tokens(enc, s), s[5], ctx.hw, ckpt) for s in ss.FINETUNES[p.finetune])]
+                 if all(_fits(enc_name, b, _ft_tokens(enc, s), s[5], hw, ckpt) for s in ss.FINETUNES[finetune])]
         if ft_ok:  # no fine-tune: every batch "fits", so the largest
             return ckpt, max(ft_ok)
     return None
@@ -120,20 +157,32 @@ def _ft_tokens(enc: encoders.Encoder, ft) -> int:
 
 
 def features(p: ss.Point, samples: float, dataset: str) -> RunFeatures:
-    enc = encoders.get(p.encoder)
-    fts = tuple(FinetuneStage(image_size=s[0], image_tokens=_ft_tokens(enc, s), samples=s[1], text_len=s[5],
-                              mask_ratio=s[2]) for s in ss.FINETUNES[p.finetune])
     return RunFeatures(encoder=p.encoder, dataset=dataset, image_tokens=p.side ** 2, text_len=p.text_len,
                        samples=samples, image_reduction=p.image_reduction, text_reduction=p.text_reduction,
-                       finetune=fts)
+                       finetune=_ft_features(p.encoder, p.finetune))
 
 
-def evaluate(p: ss.Point, ctx: Context, samples: Optional[float] = None) -> Optional[Plan]:
-    """Cost and accuracy of ``p``; with ``samples=None``, the most pretraining samples the budget allows."""
+@lru_cache(maxsize=None)
+def _ft_features(enc_name: str, finetune: str) -> tuple[FinetuneStage, ...]:
+    enc = encoders.get(enc_name)
+    return tuple(FinetuneStage(image_size=s[0], image_tokens=_ft_tokens(enc, s), samples=s[1], text_len=s[5],
+                               mask_ratio=s[2]) for s in ss.FINETUNES[finetune])
+
+
+def costed(p: ss.Point, ctx: Context, samples: Optional[float] = None) -> Optional[Costed]:
+    """Cost of ``p``; with ``samples=None``, the most pretraining samples the budget allows. None if
+    it does not fit the memory or the budget. Cached per context: the text reduction changes no cost."""
     mem = _memory_plan(p, ctx)
     if mem is None:
         return None
-    ckpt, ft_batch = mem
+    # The global batch and text reduction change no cost once the memory plan is fixed.
+    key = (p.encoder, p.side, p.image_reduction, p.text_len, p.finetune, mem, samples)
+    if key not in ctx._costs:
+        ctx._costs[key] = _cost(p, ctx, samples, *mem)
+    return ctx._costs[key]
+
+
+def _cost(p: ss.Point, ctx: Context, samples: Optional[float], ckpt: bool, ft_batch: int) -> Optional[Costed]:
     enc = encoders.get(p.encoder)
     per_sample_s, per_stage_s = ctx.overheads()
     # Unpriced hardware (only device-hour budgets reach here) costs nan dollars: unknown, never $0.
@@ -159,13 +208,45 @@ def evaluate(p: ss.Point, ctx: Context, samples: Optional[float] = None) -> Opti
         wall = ft_wall + w_pre * n + fixed_h
         return wall * price, ft_dev + d_pre * n + fixed_h * n_dev, wall
 
-    grid = [samples] if samples is not None else sorted(ss.SAMPLES_GRID, reverse=True)
+    cap = ctx.max_samples
+    grid = [samples] if samples is not None else sorted((n for n in ss.SAMPLES_GRID if cap is None or n <= cap),
+                                                        reverse=True)
     n = next((n for n in grid if ctx.budget.allows(*totals(n))), None)
     if n is None:
         return None
-    pred = ctx.law.predict(features(p, n, ctx.dataset), offset=ctx.offset)
+    bigger = [m for m in ss.SAMPLES_GRID if m > n]
+    if samples is not None:
+        binding = ""
+    elif not bigger:
+        binding = "samples grid"
+    elif cap is not None and bigger[0] > cap:
+        binding = "dataset size"
+    else:
+        binding = _binding(ctx.budget, *totals(bigger[0]))
     cost, dev, wall = totals(n)
-    return Plan(p, n, pred.top1, pred.low, pred.high, cost, dev, wall, ckpt, ft_batch)
+    return Costed(n, cost, dev, wall, ckpt, ft_batch, binding)
+
+
+def _binding(budget: Budget, cost: float, device_hours: float, wall_hours: float) -> str:
+    """The limit that the next larger sample count would break (the one that binds)."""
+    for name, limit, value in (("budget", budget.usd, cost), ("device-hours", budget.device_hours, device_hours),
+                               ("deadline", budget.wall_hours, wall_hours)):
+        if limit is not None and not value <= limit * (1 + 1e-9):
+            return name
+    return "budget"
+
+
+def plan_from(p: ss.Point, c: Costed, pred) -> Plan:
+    return Plan(p, c.samples, pred.top1, pred.low, pred.high, c.cost_usd, c.device_hours, c.wall_hours,
+                c.grad_checkpointing, c.ft_batch, list(pred.extrapolation), c.binding)
+
+
+def evaluate(p: ss.Point, ctx: Context, samples: Optional[float] = None) -> Optional[Plan]:
+    """Cost and accuracy of ``p``; with ``samples=None``, the most pretraining samples the budget allows."""
+    c = costed(p, ctx, samples)
+    if c is None:
+        return None
+    return plan_from(p, c, ctx.law.predict(features(p, c.samples, ctx.dataset), offset=ctx.offset))
 
 
 def cheapest(ctx: Context) -> Plan:

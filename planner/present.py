@@ -1,6 +1,8 @@
 """Rich tables for plans and predictions, and the JSON object scripts rely on."""
 from __future__ import annotations
 
+from typing import Optional
+
 from rich.console import Console
 from rich.table import Table
 
@@ -47,14 +49,78 @@ def stage_table(rec: recipe_mod.Recipe, title: str) -> Table:
 def plans_table(plans: list[Plan], title: str) -> Table:
     t = Table(title=title, title_justify="left")
     for col in ("encoder", "pretrain px", "tokens", "img red.", "text", "samples", "fine-tune", "top-1 [interval]",
-                "device-h", "$"):
+                "outside data", "device-h", "$"):
         t.add_column(col, justify="right" if col not in ("encoder", "img red.", "fine-tune", "text") else "left")
     for p in plans:
         pt = p.point
         t.add_row(pt.encoder, str(pt.image_size()), str(pt.side ** 2), pt.image_reduction,
                   f"{pt.text_len} {pt.text_reduction}", _samples(p.samples), pt.finetune,
-                  f"{p.top1:.1f} [{p.low:.1f}, {p.high:.1f}]", f"{p.device_hours:,.0f}", _usd(p.cost_usd))
+                  f"{p.top1:.1f} [{p.low:.1f}, {p.high:.1f}]", _axes(p.extrapolation), f"{p.device_hours:,.0f}",
+                  _usd(p.cost_usd))
     return t
+
+
+def _axes(extrapolation: list[str]) -> str:
+    return "inside" if not extrapolation else f"{len(extrapolation)} ax{'is' if len(extrapolation) == 1 else 'es'}"
+
+
+OBJECTIVE_WORDS = {"low": "lower end of the 80% interval", "mean": "predicted top-1"}
+
+
+def extrapolation_lines(extrapolation: list[str], what: str = "the prediction") -> list[str]:
+    """The extrapolation notes of a prediction as lines to print under its table."""
+    if not extrapolation:
+        return [f"{what} lies inside the accuracy law's fitted data on every axis"]
+    return [f"{what} extrapolates beyond the fitted data ({len(extrapolation)}):"] + [f"  - {e}" for e in extrapolation]
+
+
+def binding_line(p: Plan, budget_text: str) -> str:
+    """Which constraint stops the plan from training longer."""
+    words = {"budget": f"the budget ({budget_text})", "device-hours": f"the device-hour budget ({budget_text})",
+             "deadline": "the deadline", "dataset size": "the dataset's size (samples available)",
+             "samples grid": "the search space's longest pre-training (the plan does not use all the budget)"}
+    return f"binding constraint: {words.get(p.binding, p.binding)}: more pre-training samples would not fit"
+
+
+def comparison_table(best: Plan, inside: Optional[Plan], nearest, objective: str) -> Table:
+    """The best plan beside the best plan inside the fitted data and the nearest published run."""
+    t = Table(title=f"Beside the best plan (objective: {OBJECTIVE_WORDS[objective]})", title_justify="left")
+    for col in ("", "encoder", "px", "text", "samples", "fine-tune", "top-1 [80%]", "published", "outside data",
+                "device-h", "$"):
+        t.add_column(col, justify="left" if col in ("", "encoder", "text", "fine-tune") else "right")
+
+    def row(label: str, p: Plan):
+        pt = p.point
+        t.add_row(label, pt.encoder, str(pt.image_size()), f"{pt.text_len} {pt.text_reduction}", _samples(p.samples),
+                  pt.finetune, f"{p.top1:.1f} [{p.low:.1f}, {p.high:.1f}]", "", _axes(p.extrapolation),
+                  f"{p.device_hours:,.0f}", _usd(p.cost_usd))
+
+    row("best plan", best)
+    if inside is None:
+        t.add_row("best inside the data", "none fits", *[""] * 9)
+    elif inside.point != best.point or inside.samples != best.samples:
+        row("best inside the data", inside)
+    if nearest is not None:
+        rec = nearest.recipe
+        st = rec.stages[0]
+        ft = "+".join(f"{s.samples / 1e6:.0f}M@{s.image_size}" for s in rec.stages[1:]) or "none"
+        pub = "" if nearest.published_top1 is None else f"{nearest.published_top1:.1f}"
+        t.add_row("nearest published", rec.encoder.name, str(st.image_size), f"{st.text_len} {st.text_reduction}",
+                  _samples(st.samples), ft, f"{nearest.predicted_top1:.1f} (law)", pub, "", f"{nearest.gpu_hours:,.0f}",
+                  _usd(nearest.cost_usd))
+        t.caption = (f"nearest published run: {nearest.name} (published top-1 {pub or 'n/a'}"
+                     + (f", published cost ${nearest.published_cost_usd:,.0f}" if nearest.published_cost_usd else "")
+                     + "); its device-h and $ as costed here on the plan's hardware")
+    return t
+
+
+def published_json(nearest) -> Optional[dict]:
+    if nearest is None:
+        return None
+    return {"name": nearest.name, "recipe": nearest.file, "dataset": nearest.dataset,
+            "published_top1": nearest.published_top1, "published_cost_usd": nearest.published_cost_usd,
+            "predicted_top1": nearest.predicted_top1,
+            "gpu_hours": nearest.gpu_hours, "wall_hours": nearest.wall_hours, "cost_usd": nearest.cost_usd}
 
 
 def prediction_json(rec: recipe_mod.Recipe, recipe_path: str | None) -> dict:
@@ -74,6 +140,7 @@ def prediction_json(rec: recipe_mod.Recipe, recipe_path: str | None) -> dict:
              "predicted_top1": s.predicted_top1}
             for s in pred.stages
         ],
+        "extrapolation": list(pred.extrapolation),
     }
 
 
@@ -82,7 +149,8 @@ def plan_json(p: Plan) -> dict:
             "image_reduction": p.point.image_reduction, "text_len": p.point.text_len,
             "text_reduction": p.point.text_reduction, "samples": p.samples, "finetune": p.point.finetune,
             "predicted_top1": p.top1, "predicted_top1_interval": [p.low, p.high], "gpu_hours": p.device_hours,
-            "wall_hours": p.wall_hours, "cost_usd": None if p.cost_usd != p.cost_usd else p.cost_usd}
+            "wall_hours": p.wall_hours, "cost_usd": None if p.cost_usd != p.cost_usd else p.cost_usd,
+            "extrapolation": list(p.extrapolation)}
 
 
 def thin(plans: list[Plan], n: int) -> list[Plan]:
@@ -97,3 +165,25 @@ def print_tables(console: Console, *tables) -> None:
     for t in tables:
         console.print(t)
         console.print()
+
+
+def plan_context_json(result) -> dict:
+    """What --json adds about the plan's standing: objective, binding constraint, the best plan
+    inside the fitted data and the nearest published run (planner.run.PlanResult)."""
+    search = result.search
+    return {"objective": result.objective, "binding": search.best.binding,
+            "best_inside": None if search.best_inside is None else plan_json(search.best_inside),
+            "nearest_published": published_json(result.nearest)}
+
+
+def print_plan_context(console: Console, result, budget_usd=None, gpu_hours=None) -> None:
+    """Under the best plan's table: its extrapolation notes, the constraint that binds, and the table
+    beside it (best plan inside the fitted data, nearest published run)."""
+    search = result.search
+    for line in extrapolation_lines(result.recipe.predictions.extrapolation, "the best plan's prediction"):
+        console.print(line, soft_wrap=True, highlight=False)
+    parts = [f"${budget_usd:,.0f}" if budget_usd is not None else "", f"{gpu_hours:,.0f} device-h" if gpu_hours else ""]
+    console.print(binding_line(search.best, " and ".join(p for p in parts if p)), soft_wrap=True, highlight=False)
+    console.print()
+    print_tables(console, comparison_table(search.best, search.best_inside, result.nearest, result.objective))
+

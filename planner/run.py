@@ -18,6 +18,8 @@ from clipa.planner.evaluate import Budget, Context, cheapest
 class PlanResult:
     recipe: recipe_mod.Recipe
     search: optimize.Result
+    objective: str = "low"
+    nearest: Optional[published.PublishedRun] = None  # the published run closest in cost, for comparison
 
 
 def recipe_name(p: optimize.Plan) -> str:
@@ -31,22 +33,27 @@ def _usd(x: float) -> str:
 
 
 def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_name: str, dataset: str,
-              deadline_days: Optional[float] = None, seed: int = 0, risk: bool = False, trials: int = 200,
+              deadline_days: Optional[float] = None, objective: str = "low", risk: Optional[bool] = None,
               prices: Optional[Path] = None, calibration=None, name: Optional[str] = None,
-              quiet: bool = False, pricing: str = "on-demand") -> PlanResult:
+              quiet: bool = False, pricing: str = "on-demand", seed: int = 0, trials: int = 0) -> PlanResult:
+    """The best recipe under the budget. ``objective``: 'low' (the lower end of the predicted 80%
+    interval, default) or 'mean' (the predicted top-1); ``risk=True`` is the old spelling of 'low',
+    ``risk=False`` of 'mean'. ``seed`` and ``trials`` are accepted for old callers: the search is an
+    exact enumeration, the same for every seed."""
+    if risk is not None:
+        objective = "low" if risk else "mean"
     hw = hardware.get(hw_name, prices, pricing)
     if budget_usd is not None:
         hw.require_price()
         if hw.usd_per_hour <= 0:
             raise UserError(f"--budget: {hw.name} costs $0/hour, so a dollar budget means nothing; give --gpu-hours")
     ctx = Context(
-        hw=hw, dataset=dataset, risk=risk,
+        hw=hw, dataset=dataset, objective=objective,
         budget=Budget(usd=budget_usd, device_hours=gpu_hours,
                       wall_hours=deadline_days * 24 if deadline_days is not None else None),
         calibration=calibration,
     )
-    enqueue = [p for p in (ss.point_from_recipe(r) for r in published.load_all().values()) if p is not None]
-    result = _search(ctx, seed, trials, enqueue, quiet)
+    result = _search(ctx, quiet)
     if result is None:
         low = cheapest(ctx)
         raise UserError(
@@ -60,16 +67,18 @@ def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_nam
     if pricing == "spot":
         rec = spot.apply(rec, hw)
     rec = rec.model_copy(update={"predictions": predict_recipe(rec, hw_name, prices, calibration)})
-    return PlanResult(rec, result)
+    nearest = published.nearest(hw_name, dataset, rec.predictions.gpu_hours, prices=prices, pricing=pricing,
+                                calibration=calibration)
+    return PlanResult(rec, result, objective, nearest)
 
 
-def _search(ctx: Context, seed: int, trials: int, enqueue, quiet: bool):
+def _search(ctx: Context, quiet: bool):
     if quiet:
-        return optimize.plan(ctx, seed=seed, n_trials=trials, enqueue=enqueue)
+        return optimize.plan(ctx)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    total = len(ss.points(tuple(ctx.encoders)))
     with Progress(TextColumn("searching recipes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=True) as bar:
-        task = bar.add_task("search", total=trials)
-        return optimize.plan(ctx, seed=seed, n_trials=trials, enqueue=enqueue,
-                             progress=lambda: bar.advance(task))
+        task = bar.add_task("search", total=total)
+        return optimize.plan(ctx, progress=lambda n: bar.advance(task, n))

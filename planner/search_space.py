@@ -9,6 +9,7 @@ published CLIPA configs (sources inline).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -91,11 +92,20 @@ def _full_size(patch: int) -> int:
 
 
 def all_points(encoders_: tuple[str, ...] = ENCODERS) -> Iterator[Point]:
-    for combo in itertools.product(encoders_, SIDES, IMAGE_REDUCTIONS, TEXT_LENS, TEXT_REDUCTIONS,
-                                   GLOBAL_BATCHES, FINETUNES):
-        p = Point(*combo)
-        if p.valid():
-            yield p
+    yield from points(tuple(encoders_))
+
+
+@functools.lru_cache(maxsize=8)
+def points(encoders_: tuple[str, ...] = ENCODERS) -> tuple[Point, ...]:
+    """Every valid point of the space, in a fixed order (built once per process)."""
+    full = {e: _full_size(encoders.get(e).vision.patch) // encoders.get(e).vision.patch for e in encoders_}
+    out = []
+    for enc, side, ired, tl, tr, b, ft in itertools.product(encoders_, SIDES, IMAGE_REDUCTIONS, TEXT_LENS,
+                                                            TEXT_REDUCTIONS, GLOBAL_BATCHES, FINETUNES):
+        # Point.valid, inlined: no side beyond full resolution, no mask that keeps every token.
+        if side <= full[enc] and not (ired != "resize" and side == full[enc]):
+            out.append(Point(enc, side, ired, tl, tr, b, ft))
+    return tuple(out)
 
 
 def build_recipe(p: Point, samples: float, *, dataset: str, hardware: str, name: str,

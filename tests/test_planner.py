@@ -1,4 +1,4 @@
-"""The planner: search quality against exhaustive enumeration, budgets, determinism, CLI contract."""
+"""The planner: the exhaustive optimum exactly, the objective, budgets, determinism, CLI contract."""
 import json
 import subprocess
 import sys
@@ -10,41 +10,86 @@ from clipa.costmodels import hardware, memory
 from clipa.costmodels.predict import predict_recipe
 from clipa.planner import optimize, published
 from clipa.planner import search_space as ss
-from clipa.planner.evaluate import Budget, Context, evaluate
+from clipa.planner.evaluate import Budget, Context, costed, features
 from clipa.planner.run import make_plan
 
 
-def _ctx(usd=None, hours=None, hw="a100x8", dataset="datacomp-1b", deadline_h=None):
-    return Context(hw=hardware.get(hw), dataset=dataset, budget=Budget(usd=usd, device_hours=hours, wall_hours=deadline_h))
+def _ctx(usd=None, hours=None, hw="a100x8", dataset="datacomp-1b", deadline_h=None, objective="low"):
+    return Context(hw=hardware.get(hw), dataset=dataset, objective=objective,
+                   budget=Budget(usd=usd, device_hours=hours, wall_hours=deadline_h))
 
 
 def _exhaustive(ctx):
-    plans = [p for p in (evaluate(pt, ctx) for pt in ss.all_points(ctx.encoders)) if p is not None]
-    return max(plans, key=lambda p: p.top1)
+    """Every point of the space costed one by one and scored by the law (one batched call, no bound):
+    [(objective, cost, point, prediction, costed)]."""
+    pts = [(p, c) for p, c in ((p, costed(p, ctx)) for p in ss.all_points(ctx.encoders)) if c is not None]
+    feats = [features(p, c.samples, ctx.dataset) for p, c in pts]
+    top, low, high = ctx.law.predict_many(feats, offset=ctx.offset)
+    obj = low if ctx.objective == "low" else top
+    return [(float(o), c.device_hours, p, f, c) for o, (p, c), f in zip(obj, pts, feats)]
 
 
-@pytest.mark.parametrize("usd,dataset", [(10_000, "datacomp-1b"), (1_500, "laion-400m")])
-def test_search_within_0p2_of_exhaustive(usd, dataset):
-    ctx = _ctx(usd=usd, dataset=dataset)
-    res = optimize.plan(ctx, seed=0, n_trials=200)
-    best_all = _exhaustive(ctx)
-    assert res.best.cost_usd <= usd
-    assert res.best.top1 >= best_all.top1 - 0.2, (res.best, best_all)
+CASES = [
+    dict(usd=10_000, dataset="datacomp-1b"),
+    dict(usd=1_500, dataset="laion-400m"),
+    dict(usd=10_000, dataset="datacomp-1b", objective="mean"),
+    dict(usd=40_000, hw="h100x8", dataset="laion-2b"),
+    dict(hours=3_000, hw="a100-40gbx8", dataset="laion-2b", deadline_h=20 * 24),
+    dict(hours=20_000, hw="tpu-v4-64", dataset="datacomp-1b"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_search_equals_the_exhaustive_optimum(case):
+    """The plan is the exact optimum of the discretised space, and so are the runners-up it shows:
+    the best plan inside the fitted data and the best plan of each other encoder/token count."""
+    ctx = _ctx(**case)
+    res = optimize.plan(ctx)
+    every = _exhaustive(ctx)
+    best = max(o for o, *_ in every)
+    assert res.best.objective(ctx.objective) == pytest.approx(best, abs=1e-9)
+    assert ctx.budget.allows(res.best.cost_usd, res.best.device_hours, res.best.wall_hours)
+    inside = [o for o, _, _, f, _ in every if not ctx.law.notes(f)]
+    if inside:
+        assert res.best_inside is not None and not res.best_inside.extrapolation
+        assert res.best_inside.objective(ctx.objective) == pytest.approx(max(inside), abs=1e-9)
+    else:
+        assert res.best_inside is None
+    groups = {}
+    for o, _, p, _, _ in every:
+        g = (p.encoder, p.side)
+        groups[g] = max(groups.get(g, -1e9), o)
+    others = sorted((v for g, v in groups.items() if g != (res.best.point.encoder, res.best.point.side)), reverse=True)
+    got = [a.objective(ctx.objective) for a in res.alternatives]
+    assert got == pytest.approx(others[:len(got)], abs=1e-9) and len(got) == min(5, len(others))
+
+
+def test_the_default_objective_pays_for_extrapolation():
+    """With --objective low a plan far outside the data needs a higher mean to win; the mean objective
+    reproduces the old behaviour (the highest predicted top-1)."""
+    low, mean = optimize.plan(_ctx(usd=10_000)), optimize.plan(_ctx(usd=10_000, objective="mean"))
+    assert mean.best.top1 >= low.best.top1 - 1e-9
+    assert low.best.low >= mean.best.low - 1e-9
+    assert (low.best.high - low.best.low) <= (mean.best.high - mean.best.low) + 1e-9
 
 
 def test_never_below_the_published_recipe_that_fits():
+    # The objective is the lower end of the 80% interval: the plan's is never below the published
+    # recipe's at that recipe's cost. A published recipe trains slightly longer than the grid's
+    # nearest point (12,811,632,640 vs 12.8e9 samples, 524M vs 512M fine-tune), hence 0.02 points.
     for name, rec in published.load_all().items():
         base = predict_recipe(rec, "a100x8")
         result = make_plan(budget_usd=base.cost_usd * 1.0001, gpu_hours=None, hw_name="a100x8",
-                           dataset=rec.dataset.name, quiet=True, trials=120)
+                           dataset=rec.dataset.name, quiet=True)
         got = result.recipe.predictions
         assert got.cost_usd <= base.cost_usd * 1.0001, name
-        assert got.predicted_top1 >= base.predicted_top1 - 1e-6, (name, got.predicted_top1, base.predicted_top1)
+        assert got.predicted_top1_interval[0] >= base.predicted_top1_interval[0] - 0.02, (name, got, base)
+        assert result.nearest is not None and result.nearest.published_top1 is not None
 
 
-def test_deterministic_for_a_seed():
-    a = make_plan(budget_usd=5000, gpu_hours=None, hw_name="a100x8", dataset="laion-2b", seed=3, quiet=True)
-    b = make_plan(budget_usd=5000, gpu_hours=None, hw_name="a100x8", dataset="laion-2b", seed=3, quiet=True)
+def test_deterministic():
+    a = make_plan(budget_usd=5000, gpu_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True)
+    b = make_plan(budget_usd=5000, gpu_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True, seed=3)
     assert recipe_mod.to_yaml(a.recipe) == recipe_mod.to_yaml(b.recipe)
 
 
@@ -61,10 +106,23 @@ def test_budgets_deadline_and_memory_are_respected():
                            grad_checkpointing=rec.train.grad_checkpointing), st.name
 
 
-def test_more_budget_never_predicts_less():
-    accs = [make_plan(budget_usd=b, gpu_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True)
-            .recipe.predictions.predicted_top1 for b in (1000, 4000, 16000)]
-    assert accs == sorted(accs)
+@pytest.mark.parametrize("kw,binding", [
+    (dict(budget_usd=10_000), "budget"),
+    (dict(budget_usd=10_000, deadline_days=3), "deadline"),
+    (dict(gpu_hours=3_000), "device-hours"),
+    (dict(budget_usd=10_000_000), "samples grid"),
+])
+def test_the_binding_constraint_is_named(kw, binding):
+    res = make_plan(**{"budget_usd": None, "gpu_hours": None, **kw}, hw_name="a100x8", dataset="datacomp-1b",
+                    quiet=True)
+    assert res.search.best.binding == binding
+
+
+def test_more_budget_never_lowers_the_objective():
+    for objective in ("low", "mean"):
+        preds = [make_plan(budget_usd=b, gpu_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True,
+                           objective=objective).search.best.objective(objective) for b in (1000, 4000, 16000)]
+        assert preds == sorted(preds), objective
 
 
 def _cli(*args):
@@ -86,6 +144,14 @@ def test_cli_json_contract_and_predict_roundtrip(tmp_path):
             assert key in st
     rec = recipe_mod.load(obj["recipe"])
     assert rec.predictions.predicted_top1 == obj["predicted_top1"]
+    # Issue 9: the plan and the best plan inside the fitted data carry their extrapolation notes.
+    assert obj["objective"] == "low" and obj["binding"] == "budget"
+    assert isinstance(obj["extrapolation"], list) and obj["extrapolation"] == rec.predictions.extrapolation
+    assert obj["best_inside"]["extrapolation"] == []
+    assert obj["best_inside"]["cost_usd"] <= 10000
+    assert all("extrapolation" in a for a in obj["alternatives"] + obj["pareto"])
+    pub = obj["nearest_published"]
+    assert pub["name"].startswith("CLIPA-v2 H/14 DataComp") and pub["published_top1"] > 80
     again = json.loads(_cli("--predict", str(out), "--json").stdout)
     assert again["predicted_top1"] == pytest.approx(obj["predicted_top1"])
     assert again["cost_usd"] == pytest.approx(obj["cost_usd"])
@@ -104,6 +170,29 @@ def test_cli_user_errors_are_one_line(args, needle):
     assert needle in r.stderr
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_cli_tables_show_extrapolation_the_inside_plan_the_published_run_and_the_binding(tmp_path):
+    r = _cli("--budget", "10000", "--hw", "a100x8", "--out", str(tmp_path / "p.yaml"))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "Beside the best plan (objective: lower end of the 80% interval)" in out
+    assert "best inside the" in out and "nearest published run: CLIPA-v2 H/14 DataComp" in out
+    assert "binding constraint: the budget ($10,000)" in out
+    assert ("extrapolates beyond the fitted data" in out) or ("inside the accuracy law's fitted data" in out)
+    r = _cli("--budget", "10000", "--hw", "a100x8", "--objective", "mean", "--risk", "--out", str(tmp_path / "q.yaml"))
+    assert r.returncode == 2 and "--risk" in r.stderr
+
+
+def test_plan_is_fast():
+    """clipa-plan --budget 10000 --hw a100x8 (the README says about 1 s on 2 cores; generous here for a
+    loaded CI machine)."""
+    import time
+
+    t = time.perf_counter()
+    r = _cli("--budget", "10000", "--hw", "a100x8", "--json", "--out", "/dev/null")
+    assert r.returncode == 0, r.stderr
+    assert time.perf_counter() - t < 10
 
 
 def test_planner_imports_neither_torch_nor_jax():

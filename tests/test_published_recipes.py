@@ -1,4 +1,5 @@
-"""The published CLIPA recipes load, match the published runs, and the law predicts them within 1 point."""
+"""The published CLIPA recipes load, match the published runs, and the law predicts them within 1 point,
+inside its fitted data (no extrapolation note)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,6 +36,7 @@ def test_recipe_loads_and_the_law_predicts_it_within_one_point(fname):
     pred = al.default().predict(al.features_from_recipe(rec))
     assert abs(pred.top1 - published) <= 1.0, (fname, pred, published)
     assert pred.low < published < pred.high or abs(pred.top1 - published) < 0.5
+    assert pred.extrapolation == [], (fname, pred.extrapolation)  # a published run is inside the fitted data
 
 
 @pytest.mark.parametrize("fname", sorted(RUN_OF))

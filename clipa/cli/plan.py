@@ -34,7 +34,7 @@ DEFAULT_OUT = Path("recipes/generated.yaml")
 BUDGET, DATA, SEARCH, OUTPUT, MODES = ("Budget and hardware", "Your data (written into the recipe)", "Search",
                                        "Output", "Other modes")
 # What each mode accepts besides the shared flags; anything else given on the command line is an error.
-_PLAN_ONLY = ("budget", "gpu_hours", "pricing", "deadline", "dataset", "seed", "risk", "trials", "out", "name",
+_PLAN_ONLY = ("budget", "gpu_hours", "pricing", "deadline", "dataset", "seed", "objective", "risk", "trials", "out", "name",
               "train_data", "train_samples", "val", "classnames", "templates")
 _PREDICT_OK = {"predict", "hw", "prices", "calibration", "as_json"}
 _FIT_REPORT_OK = {"fit_report", "plot", "as_json"}
@@ -62,10 +62,15 @@ def plan(
     classnames: Optional[str] = typer.Option(None, help="file with one class name per line", rich_help_panel=DATA),
     templates: Optional[str] = typer.Option(None, help="file with one prompt template per line ('{}' = class)",
                                             rich_help_panel=DATA),
-    seed: int = typer.Option(0, min=0, help="search seed (the plan is deterministic for a seed)", rich_help_panel=SEARCH),
-    risk: bool = typer.Option(False, "--risk", help="maximise the lower end of the predicted interval",
+    seed: int = typer.Option(0, min=0, help="accepted for old scripts: the search is exact, the same for every seed",
+                             rich_help_panel=SEARCH),
+    objective: str = typer.Option("low", help="low: maximise the lower end of the predicted 80% interval (a plan "
+                                  "outside the fitted data pays for its doubt); mean: the predicted top-1",
+                                  rich_help_panel=SEARCH),
+    risk: bool = typer.Option(False, "--risk", hidden=True, help="old spelling of --objective low (the default)",
                               rich_help_panel=SEARCH),
-    trials: int = typer.Option(200, min=1, help="Optuna trials", rich_help_panel=SEARCH),
+    trials: int = typer.Option(200, min=1, help="accepted for old scripts: the search enumerates the whole space",
+                               rich_help_panel=SEARCH),
     out: Optional[Path] = typer.Option(None, help=f"where to write the recipe (default: {DEFAULT_OUT})", rich_help_panel=OUTPUT),
     name: Optional[str] = typer.Option(None, help="recipe name (default: derived from the plan)", rich_help_panel=OUTPUT),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables", rich_help_panel=OUTPUT),
@@ -110,7 +115,8 @@ def plan(
 
     # Several --hw names (a,b,c): the best plan on each, side by side; the recipe is the pick's.
     cmp = compare.plan_all(compare.hardware_list(hw), pricing=pricing, budget_usd=budget, gpu_hours=gpu_hours,
-                           dataset=dataset, deadline_days=deadline, seed=seed, risk=risk, trials=trials, prices=prices,
+                           dataset=dataset, deadline_days=deadline, seed=seed, objective=_objective(objective, risk),
+                           trials=trials, prices=prices,
                            calibration=cal, name=name, quiet=as_json)
     result = cmp.result
     rec = _with_data(result.recipe, train_data, train_samples, val, classnames, templates)
@@ -124,13 +130,15 @@ def plan(
         obj["alternatives"] = [present.plan_json(p) for p in result.search.alternatives]
         obj["pareto"] = [present.plan_json(p) for p in result.search.pareto]
         obj["notes"] = cmp.best.notes
+        obj.update(present.plan_context_json(result))
         if len(cmp.options) > 1:
             obj["hardware_comparison"] = compare.json_rows(cmp)
         print(json.dumps(obj, indent=2))
         return
+    present.print_tables(console, present.stage_table(rec, f"Best plan: {rec.name}"))
+    present.print_plan_context(console, result, budget, gpu_hours)
     present.print_tables(
         console,
-        present.stage_table(rec, f"Best plan: {rec.name}"),
         present.plans_table(result.search.alternatives, "Top alternatives"),
         present.plans_table(present.thin(result.search.pareto, 12), "Accuracy/cost Pareto front (sampled)"),
     )
@@ -143,6 +151,14 @@ def plan(
         console.print(f"recipe written to [bold]{path}[/bold]; before clipa-run: {todo}", soft_wrap=True)
     else:
         console.print(f"recipe written to [bold]{path}[/bold]; launch it with: clipa-run {path}", soft_wrap=True)
+
+
+def _objective(objective: str, risk: bool) -> str:
+    if objective not in ("low", "mean"):
+        raise UserError(f"--objective: {objective!r}; choose low or mean")
+    if risk and objective == "mean":
+        raise UserError("--risk is the old spelling of --objective low; it cannot go with --objective mean")
+    return objective
 
 
 def _only(given: set, allowed: set, mode: str) -> None:
@@ -189,6 +205,8 @@ def _emit(console: Console, rec, path: str, as_json: bool, title: str) -> None:
         print(json.dumps(present.prediction_json(rec, path), indent=2))
     else:
         present.print_tables(console, present.stage_table(rec, title))
+        for line in present.extrapolation_lines(rec.predictions.extrapolation):
+            console.print(line, soft_wrap=True, highlight=False)
 
 
 main = entry(app)
