@@ -7,11 +7,13 @@
    warm-up 640 samples then cosine to 0, fp32) and by OpenCLIP's trainer with the same encoder (clipa's
    ``demo`` shape written as an OpenCLIP model config by ``clipa.export.config``; clipa's tower carries a
    class token, as OpenCLIP's always does), optimiser, schedule, batch, crop range and shards, one after
-   the other. Printed: end-to-end samples/s (samples / wall time of the whole command, start-up
+   the other; OpenCLIP twice: at torch's default threads (one per core, what its users get) and at the
+   compute-thread count clipa chose (backends/threads.py). Printed: end-to-end samples/s (samples / wall time of the whole command, start-up
    included) of each and clipa / OpenCLIP, plus the steady rate from each trainer's own log lines.
 2. CLIPA at equal wall time: per seed, ``recipes/demo.yaml`` (32-px stage with syntax-reduced captions, then
    a 64-px fine-tune) is run by clipa; OpenCLIP trains at 64 px for as many samples as its measured
-   end-to-end rate fits in that same wall time. Both final models are loaded into OpenCLIP's model class
+   end-to-end rate fits in that same wall time, at the compute-thread count clipa chose (so that the
+   comparison is of the recipes, not of thread choices). Both final models are loaded into OpenCLIP's model class
    (clipa's through ``clipa.export``) and scored by ONE evaluator, clipa's zero-shot protocol
    (``backends/data/zeroshot.top1_percent``) on the same held-out split. Mean and spread over the seeds.
 
@@ -47,8 +49,11 @@ def load_avg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def env() -> dict:
-    return dict(os.environ, HF_HUB_OFFLINE="1")
+def env(threads=None) -> dict:
+    e = dict(os.environ, HF_HUB_OFFLINE="1")
+    if threads is not None:       # OpenCLIP's trainer never sets torch's threads: torch reads this at start
+        e["OMP_NUM_THREADS"] = str(threads)
+    return e
 
 
 def data(work: Path, n_train: int, n_val: int) -> dict:
@@ -100,11 +105,11 @@ def run_clipa(rec: dict, run_dir: Path) -> dict:
         raise RuntimeError(f"clipa-run failed ({p.returncode}):\n{p.stderr[-3000:]}")
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     rates = [r["samples_per_s"] for r in rows if r.get("samples_per_s")]
-    threads = re.findall(r"cpu: (\d+) compute thread", p.stderr)
+    threads = re.findall(r"cpu: (\d+) compute thread", p.stdout + p.stderr)
     samples = sum(st["samples"] for st in rec["stages"])
     return {"wall_s": wall, "samples": samples, "e2e": samples / wall,
             "steady": statistics.median(rates[1:] or rates) if rates else float("nan"),
-            "threads": threads[0] if threads else "?"}
+            "threads": int(threads[0]) if threads else None}
 
 
 def openclip_config(work: Path) -> Path:
@@ -116,7 +121,9 @@ def openclip_config(work: Path) -> Path:
     return path
 
 
-def run_openclip(cfg: Path, paths: dict, samples: int, seed: int, logs: Path, name: str) -> dict:
+def run_openclip(cfg: Path, paths: dict, samples: int, seed: int, logs: Path, name: str,
+                 threads=None) -> dict:
+    """OpenCLIP's trainer; ``threads``: torch's compute threads (None: torch's default, one per core)."""
     shutil.rmtree(logs / name, ignore_errors=True)
     logs.mkdir(parents=True, exist_ok=True)
     args = [PY, "-m", "benchmarks.openclip_launch", str(cfg),
@@ -128,7 +135,7 @@ def run_openclip(cfg: Path, paths: dict, samples: int, seed: int, logs: Path, na
             "--aug-cfg", "scale=(0.8,1.0)", "--logs", str(logs), "--name", name, "--save-frequency", "1",
             "--zeroshot-frequency", "0", "--log-every-n-steps", "10", "--report-to", ""]
     t0 = time.perf_counter()
-    p = subprocess.run(args, env=env(), capture_output=True, text=True, cwd=ROOT)
+    p = subprocess.run(args, env=env(threads), capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
     if p.returncode:
         raise RuntimeError(f"open_clip_train failed ({p.returncode}):\n{p.stderr[-3000:]}")
@@ -136,7 +143,8 @@ def run_openclip(cfg: Path, paths: dict, samples: int, seed: int, logs: Path, na
     rates = [float(x) for x in re.findall(r"Batch \(t\): [\d.]+, ([\d.]+)/s,", log)]
     return {"wall_s": wall, "samples": samples, "e2e": samples / wall,
             "steady": statistics.median(rates[1:] or rates) if rates else float("nan"),
-            "checkpoint": logs / name / "checkpoints" / "epoch_1.pt", "threads": "torch default"}
+            "checkpoint": logs / name / "checkpoints" / "epoch_1.pt",
+            "threads": threads if threads is not None else f"{os.cpu_count()} (torch default)"}
 
 
 def top1(model, paths: dict, image_size: int, text_len: int) -> float:
@@ -204,13 +212,17 @@ def main(argv=None) -> int:
         c = run_clipa(one_stage(paths, samples, 0, val=False), work / "runs" / "speed-clipa")
         print(f"load average: {load_avg()}", flush=True)
         o = run_openclip(cfg, paths, samples, 0, work / "oc", "speed")
+        print(f"load average: {load_avg()}", flush=True)
+        # The same trainer at clipa's thread count: separates the thread choice from the rest of the trainer.
+        om = run_openclip(cfg, paths, samples, 0, work / "oc", "speed-matched", threads=c["threads"] or 1)
         print(f"\nspeed, 64 px, batch {BATCH}, {samples} samples each, fp32, one at a time")
-        print(f"{'trainer':<10} {'wall s':>8} {'e2e samples/s':>14} {'steady samples/s':>17}  threads")
-        for label, r in (("clipa", c), ("OpenCLIP", o)):
-            print(f"{label:<10} {r['wall_s']:>8.1f} {r['e2e']:>14.1f} {r['steady']:>17.1f}  {r['threads']}")
-        print(f"ratio clipa / OpenCLIP: end to end {c['e2e'] / o['e2e']:.2f}x, steady {c['steady'] / o['steady']:.2f}x",
-              flush=True)
-        oc_rate = o["e2e"]
+        print(f"{'trainer':<22} {'wall s':>8} {'e2e samples/s':>14} {'steady samples/s':>17}  compute threads")
+        for label, r in (("clipa", c), ("OpenCLIP", o), ("OpenCLIP, clipa's threads", om)):
+            print(f"{label:<22} {r['wall_s']:>8.1f} {r['e2e']:>14.1f} {r['steady']:>17.1f}  {r['threads']}")
+        print(f"ratio clipa / OpenCLIP: end to end {c['e2e'] / o['e2e']:.2f}x, steady {c['steady'] / o['steady']:.2f}x")
+        print(f"ratio clipa / OpenCLIP at clipa's threads: end to end {c['e2e'] / om['e2e']:.2f}x, "
+              f"steady {c['steady'] / om['steady']:.2f}x", flush=True)
+        oc_rate = om["e2e"]
     else:
         oc_rate = None
 
@@ -219,11 +231,12 @@ def main(argv=None) -> int:
         for seed in seeds:
             rec = demo_recipe(paths, seed, scale)
             c = run_clipa(rec, work / "runs" / f"demo-{seed}")
+            threads = c["threads"] or 1
             if oc_rate is None:     # a first OpenCLIP run to measure its rate
-                probe = run_openclip(cfg, paths, 8 * BATCH, seed, work / "oc", "probe")
+                probe = run_openclip(cfg, paths, 8 * BATCH, seed, work / "oc", "probe", threads=threads)
                 oc_rate = probe["e2e"]
             n = max(4 * BATCH, int(c["wall_s"] * oc_rate) // BATCH * BATCH)
-            o = run_openclip(cfg, paths, n, seed, work / "oc", f"wall-{seed}")
+            o = run_openclip(cfg, paths, n, seed, work / "oc", f"wall-{seed}", threads=threads)
             oc_rate = o["e2e"]       # the next seed is sized from the latest measurement
             last = rec["stages"][-1]
             t_c = top1(openclip_model_of_clipa(work / "runs" / f"demo-{seed}"), paths, last["image_size"],
@@ -231,7 +244,8 @@ def main(argv=None) -> int:
             t_o = top1(openclip_model(cfg, o["checkpoint"]), paths, 64, 32)
             rows.append((seed, c, o, t_c, t_o))
             print(f"seed {seed}: clipa demo {c['samples']} samples in {c['wall_s']:.0f} s -> top-1 {t_c:.1f}%; "
-                  f"OpenCLIP 64 px {o['samples']} samples in {o['wall_s']:.0f} s -> top-1 {t_o:.1f}%  "
+                  f"OpenCLIP 64 px {o['samples']} samples in {o['wall_s']:.0f} s -> top-1 {t_o:.1f}%; "
+                  f"{threads} compute thread(s) each  "
                   f"(load {load_avg()})", flush=True)
         tc, to = [r[3] for r in rows], [r[4] for r in rows]
 

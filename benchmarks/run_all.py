@@ -11,6 +11,7 @@ BENCHMARKS = [
     ["benchmarks.train_step_torch"],
     ["benchmarks.train_step_jax"],
     ["benchmarks.gpu_torch"],
+    ["benchmarks.peer_openclip"],   # both trainers end to end, then 3 seeds at equal wall time (~1 h on 2 cores)
 ]
 
 
