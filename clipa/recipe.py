@@ -304,19 +304,19 @@ def dump(recipe: Recipe, path: str | Path, header: str = "") -> Path:
     return path
 
 
-def _round(x, digits: int = 4):
+def round_figures(x, digits: int = 4):
     """Predictions to 4 significant digits: a model's output, not a measurement worth 17 digits."""
     if isinstance(x, float):
         return float(f"{x:.{digits}g}")
     if isinstance(x, dict):
-        return {k: _round(v, digits) for k, v in x.items()}
+        return {k: round_figures(v, digits) for k, v in x.items()}
     if isinstance(x, list):
-        return [_round(v, digits) for v in x]
+        return [round_figures(v, digits) for v in x]
     return x
 
 
 def to_yaml(recipe: Recipe) -> str:
     data = recipe.model_dump(mode="json", exclude_none=True)
     if "predictions" in data:
-        data["predictions"] = _round(data["predictions"])
+        data["predictions"] = round_figures(data["predictions"])
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True)

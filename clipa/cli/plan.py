@@ -126,7 +126,7 @@ def plan(
         budget_usd=budget, gpu_hours=gpu_hours, hardware=hw or "a100x8")})
     path = recipe_mod.dump(rec, out or DEFAULT_OUT, header=_todo(rec))
     if as_json:
-        obj = present.prediction_json(rec, str(path))
+        obj = recipe_mod.round_figures(present.prediction_json(rec, str(path)))  # as the recipe file has them
         obj["alternatives"] = [present.plan_json(p) for p in result.search.alternatives]
         obj["pareto"] = [present.plan_json(p) for p in result.search.pareto]
         obj["notes"] = cmp.best.notes
@@ -202,7 +202,7 @@ def _emit(console: Console, rec, path: str, as_json: bool, title: str) -> None:
     from clipa.planner import present
 
     if as_json:
-        print(json.dumps(present.prediction_json(rec, path), indent=2))
+        print(json.dumps(recipe_mod.round_figures(present.prediction_json(rec, path)), indent=2))
     else:
         present.print_tables(console, present.stage_table(rec, title))
         for line in present.extrapolation_lines(rec.predictions.extrapolation):
