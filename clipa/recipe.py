@@ -178,6 +178,9 @@ class TrainSpec(_Strict):
                                             "(spot plans set their own: clipa.planner.spot)")
     eval_every_samples: Optional[int] = Field(None, gt=0)
     log_every_steps: int = Field(10, gt=0)
+    compute_threads: Optional[int] = Field(None, gt=0, description="CPU training: torch compute threads per "
+                                           "process (default: from the decode load and free cores, "
+                                           "backends/threads.py)")
     report_to: list[Literal["tensorboard"]] = Field(
         [], description="trackers fed every metrics line besides metrics.jsonl (RUN_DIR/tensorboard/)")
 
