@@ -58,3 +58,17 @@ def test_for_recipe_measures_the_runs_own_shards(tmp_path):
     assert measured is not None and 0 < measured < threads.modelled_decode_s(st.image_size)
     c = threads.for_recipe(rec, tmp_path)
     assert 1 <= c.threads <= 2 and c.decode_cores > 0
+
+
+def test_recipe_override(tmp_path):
+    import yaml
+
+    from clipa import recipe
+
+    d = yaml.safe_load((Path(__file__).parents[1] / "recipes" / "demo.yaml").read_text())
+    d["train"]["compute_threads"] = 3
+    c = threads.for_recipe(recipe.Recipe.model_validate(d), tmp_path)
+    assert c.threads == 3 and "train.compute_threads" in c.reason
+    d["train"]["compute_threads"] = 0
+    with pytest.raises(Exception, match="compute_threads"):
+        recipe.Recipe.model_validate(d)
