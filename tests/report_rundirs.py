@@ -9,12 +9,12 @@ from clipa import rundir
 
 
 def demo_recipe(name="r", *, text_reduction="truncate", predictions=True, hardware="cpu", dataset="demo",
-                usd_per_hour=2.0):
+                usd_per_hour=2.0, pricing="on-demand"):
     d = {
         "name": name,
         "encoder": {"name": "demo"},
         "dataset": {"name": dataset},
-        "hardware": {"name": hardware, "usd_per_hour": usd_per_hour},
+        "hardware": {"name": hardware, "usd_per_hour": usd_per_hour, "pricing": pricing},
         "stages": [
             {"name": "pretrain", "samples": 4000, "global_batch": 40, "image_size": 32, "text_len": 8,
              "text_reduction": text_reduction, "optimizer": {"lr": 1e-3}},

@@ -9,6 +9,7 @@ from report_rundirs import demo_recipe, write_run
 from clipa.cli._common import run_app
 from clipa.cli.report import app
 from clipa import rundir
+from clipa.costmodels import hardware
 from clipa.errors import UserError
 from clipa.report import tables
 from clipa.report.load import load_run
@@ -38,8 +39,10 @@ def test_rows_compare_stored_predictions_with_achieved(tmp_path):
 
 
 def test_a_run_without_a_price_reports_its_cost_as_unknown(tmp_path, capsys):
-    rec = demo_recipe(hardware="h100x8", usd_per_hour=None, predictions=False)
-    d = write_run(tmp_path / "h100", rec, usd_per_hour=None)
+    # the premise: no cited spot price for a100x8 (the only A100 spot quotes price whole VMs)
+    assert hardware.get("a100x8", pricing="spot").usd_per_hour is None
+    rec = demo_recipe(hardware="a100x8", usd_per_hour=None, predictions=False, pricing="spot")
+    d = write_run(tmp_path / "a100-spot", rec, usd_per_hour=None)
     rows = tables.run_rows(load_run(d))
     assert _row(rows, "total", "cost $").achieved is None and _row(rows, "finetune", "cost $").achieved is None
     assert _row(rows, "total", "top-1 %").achieved == 25.0
