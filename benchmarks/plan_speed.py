@@ -1,7 +1,7 @@
 """Planner speed: `clipa-plan --budget 10000 --hw a100x8` wall time (target < 2 s on a 2-core machine).
 
 Baselines measured in the same run: the interpreter's own start-up (`python -c pass`), and an
-exhaustive enumeration of the same discretised space (what the Optuna search + polish replaces).
+exhaustive point-by-point enumeration of the same discretised space (what the pruned exact search replaces).
 
     python -m benchmarks.plan_speed [--reps 5]
 """

@@ -35,11 +35,10 @@ def _usd(x: float) -> str:
 def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_name: str, dataset: str,
               deadline_days: Optional[float] = None, objective: str = "low", risk: Optional[bool] = None,
               prices: Optional[Path] = None, calibration=None, name: Optional[str] = None,
-              quiet: bool = False, pricing: str = "on-demand", seed: int = 0, trials: int = 0) -> PlanResult:
+              quiet: bool = False, pricing: str = "on-demand") -> PlanResult:
     """The best recipe under the budget. ``objective``: 'low' (the lower end of the predicted 80%
     interval, default) or 'mean' (the predicted top-1); ``risk=True`` is the old spelling of 'low',
-    ``risk=False`` of 'mean'. ``seed`` and ``trials`` are accepted for old callers: the search is an
-    exact enumeration, the same for every seed."""
+    ``risk=False`` of 'mean'. The search is an exact enumeration: no seed, no trial count."""
     if risk is not None:
         objective = "low" if risk else "mean"
     hw = hardware.get(hw_name, prices, pricing)

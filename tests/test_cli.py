@@ -32,7 +32,8 @@ def _one_line_error(r: subprocess.CompletedProcess, code: int, needle: str) -> N
 @pytest.mark.parametrize("name,args,needle", [
     ("clipa-plan", ["--bugdet", "5"], "No such option: --bugdet"),
     ("clipa-plan", ["--budget", "ten"], "'--budget'"),
-    ("clipa-plan", ["--budget", "5", "--trials", "0"], "'--trials'"),
+    ("clipa-plan", ["--budget", "5", "--train-samples", "0"], "'--train-samples'"),
+    ("clipa-plan", ["--budget", "5", "--trials", "200"], "No such option: --trials"),
     ("clipa-plan", ["--budget", "nan"], "--budget: must be a finite number"),
     ("clipa-plan", ["--budget", "inf"], "--budget: must be a finite number"),
     ("clipa-plan", ["--budget", "-3"], "--budget: must be positive"),
@@ -97,7 +98,7 @@ def shards(tmp_path_factory):
 def test_plan_with_data_flags_launches_as_written(tmp_path, shards):
     """clipa-plan with the user's data writes a recipe that clipa-run --dry-run accepts, writing nothing."""
     out = tmp_path / "plan.yaml"
-    r = _cli("clipa-plan", "--budget", "10000", "--hw", "a100x8", "--trials", "20", "--out", out,
+    r = _cli("clipa-plan", "--budget", "10000", "--hw", "a100x8", "--out", out,
              "--train-data", shards["train"], "--val", shards["val"], "--classnames", shards["classnames"],
              "--templates", shards["templates"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -113,7 +114,7 @@ def test_plan_with_data_flags_launches_as_written(tmp_path, shards):
 
 def test_plan_without_data_says_what_to_fill_and_run_names_the_field(tmp_path):
     out = tmp_path / "plan.yaml"
-    r = _cli("clipa-plan", "--budget", "10000", "--trials", "20", "--out", out, cwd=tmp_path)
+    r = _cli("clipa-plan", "--budget", "10000", "--out", out, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.read_text().startswith("# set dataset.train")
     assert "set dataset.train" in " ".join(r.stdout.split())

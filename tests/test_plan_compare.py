@@ -20,7 +20,7 @@ UNCALIBRATED = "throughput uncalibrated on {}: utilisation carried over from the
 
 def _plan(tmp_path, *args):
     out = tmp_path / "plan.yaml"
-    r = subprocess.run([sys.executable, "-m", "clipa.cli.plan", "--out", str(out), "--trials", "40", *args],
+    r = subprocess.run([sys.executable, "-m", "clipa.cli.plan", "--out", str(out), *args],
                        capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
     return r, out
 
@@ -98,7 +98,7 @@ def test_comparison_keeps_a_target_it_cannot_plan(tmp_path):
     assert v5e["picked"] and rec.hardware.name == "tpu-v5e-64" and rec.hardware.pricing == "spot"
     with pytest.raises(UserError, match="no hardware could be planned: a100x8: .*a100-40gbx8: "):
         compare.plan_all(["a100x8", "a100-40gbx8"], pricing="spot", budget_usd=5000, gpu_hours=None,
-                         dataset="laion-2b", trials=5, quiet=True)
+                         dataset="laion-2b", quiet=True)
 
 
 def test_unpriced_plan_writes_a_recipe_clipa_loads(tmp_path):

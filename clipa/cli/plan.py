@@ -34,7 +34,7 @@ DEFAULT_OUT = Path("recipes/generated.yaml")
 BUDGET, DATA, SEARCH, OUTPUT, MODES = ("Budget and hardware", "Your data (written into the recipe)", "Search",
                                        "Output", "Other modes")
 # What each mode accepts besides the shared flags; anything else given on the command line is an error.
-_PLAN_ONLY = ("budget", "gpu_hours", "pricing", "deadline", "dataset", "seed", "objective", "risk", "trials", "out", "name",
+_PLAN_ONLY = ("budget", "gpu_hours", "pricing", "deadline", "dataset", "objective", "risk", "out", "name",
               "train_data", "train_samples", "val", "classnames", "templates")
 _PREDICT_OK = {"predict", "hw", "prices", "calibration", "as_json"}
 _FIT_REPORT_OK = {"fit_report", "plot", "as_json"}
@@ -62,15 +62,11 @@ def plan(
     classnames: Optional[str] = typer.Option(None, help="file with one class name per line", rich_help_panel=DATA),
     templates: Optional[str] = typer.Option(None, help="file with one prompt template per line ('{}' = class)",
                                             rich_help_panel=DATA),
-    seed: int = typer.Option(0, min=0, help="accepted for old scripts: the search is exact, the same for every seed",
-                             rich_help_panel=SEARCH),
     objective: str = typer.Option("low", help="low: maximise the lower end of the predicted 80% interval (a plan "
                                   "outside the fitted data pays for its doubt); mean: the predicted top-1",
                                   rich_help_panel=SEARCH),
     risk: bool = typer.Option(False, "--risk", hidden=True, help="old spelling of --objective low (the default)",
                               rich_help_panel=SEARCH),
-    trials: int = typer.Option(200, min=1, help="accepted for old scripts: the search enumerates the whole space",
-                               rich_help_panel=SEARCH),
     out: Optional[Path] = typer.Option(None, help=f"where to write the recipe (default: {DEFAULT_OUT})", rich_help_panel=OUTPUT),
     name: Optional[str] = typer.Option(None, help="recipe name (default: derived from the plan)", rich_help_panel=OUTPUT),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables", rich_help_panel=OUTPUT),
@@ -115,8 +111,7 @@ def plan(
 
     # Several --hw names (a,b,c): the best plan on each, side by side; the recipe is the pick's.
     cmp = compare.plan_all(compare.hardware_list(hw), pricing=pricing, budget_usd=budget, gpu_hours=gpu_hours,
-                           dataset=dataset, deadline_days=deadline, seed=seed, objective=_objective(objective, risk),
-                           trials=trials, prices=prices,
+                           dataset=dataset, deadline_days=deadline, objective=_objective(objective, risk), prices=prices,
                            calibration=cal, name=name, quiet=as_json)
     result = cmp.result
     rec = _with_data(result.recipe, train_data, train_samples, val, classnames, templates)
