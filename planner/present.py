@@ -162,9 +162,39 @@ def thin(plans: list[Plan], n: int) -> list[Plan]:
 
 
 def print_tables(console: Console, *tables) -> None:
+    """Each table as is when it fits the console, else turned on its side (one column per row, as
+    many rows side by side as fit), so a narrow terminal or a 100-column log never cuts digits."""
     for t in tables:
-        console.print(t)
+        if _width(console, t) <= console.width:
+            console.print(t)
+        else:
+            if t.title:
+                console.print(t.title)
+            rows = list(zip(*(list(c.cells) for c in t.columns)))
+            per = len(rows)
+            while per > 1 and _width(console, _transposed(t, rows[:per])) > console.width:
+                per -= 1
+            for i in range(0, len(rows), per):
+                console.print(_transposed(t, rows[i:i + per]))
+            if t.caption:
+                console.print(t.caption)
         console.print()
+
+
+def _width(console: Console, t: Table) -> int:
+    return console.measure(t, options=console.options.update_width(10_000)).maximum
+
+
+def _transposed(t: Table, rows: list) -> Table:
+    """``rows`` of ``t`` with rows and columns swapped; their first cells become the headers."""
+    cols = t.columns
+    out = Table()
+    out.add_column(str(cols[0].header), justify="left", no_wrap=True)
+    for r in rows:
+        out.add_column(str(r[0]), justify="right")
+    for i, c in enumerate(cols[1:], start=1):
+        out.add_row(str(c.header), *(str(r[i]) for r in rows))
+    return out
 
 
 def plan_context_json(result) -> dict:

@@ -157,3 +157,13 @@ def test_failed_torchrun_workers_exit_non_zero(tmp_path, shards):
     p.write_text(yaml.safe_dump(rec))
     r = _cli("clipa-run", p, "--nproc", "2", "--device", "cuda", "--run-dir", tmp_path / "run")
     assert r.returncode != 0, r.stderr[-2000:]
+
+
+def test_piped_plan_tables_fit_100_columns_without_cutting_digits(tmp_path):
+    r = _cli("clipa-plan", "--budget", "10000", "--out", tmp_path / "g.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    table_lines = [ln for ln in r.stdout.splitlines() if any(c in ln for c in "│┃┏└")]
+    assert len(table_lines) > 20
+    assert max(len(ln) for ln in table_lines) <= 100
+    assert "…" not in r.stdout  # rich's ellipsis: a cut cell
+    assert "12.8B" in r.stdout and "9,908" in r.stdout  # the best plan's samples and dollars, whole

@@ -78,8 +78,8 @@ def plan(
     version: bool = version_option(),
 ) -> None:
     given = {k for k in ctx.params if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
-    # Piped output gets a wide table instead of rich's 80-column default.
-    console = Console() if sys.stdout.isatty() else Console(width=150)
+    # Piped output (logs, CI) is 100 columns wide: tables wider than that are printed on their side.
+    console = Console() if sys.stdout.isatty() else Console(width=100)
     if fit_report:
         _only(given, _FIT_REPORT_OK, "to --fit-report")
         from clipa.planner.fit_report import show
