@@ -1,6 +1,7 @@
-"""Images/s per core of the training pipeline: draft-mode JPEG decoding vs full decode + resize.
+"""Images/s per core of the training pipeline: draft-mode JPEG decoding vs full decode + resize, and vs
+OpenCLIP's own webdataset pipeline.
 
-    python benchmarks/data_pipeline.py [--images 192 --sizes 64 112 224 --reps 5 --px 384 1024]
+    python benchmarks/data_pipeline.py [--images 192 --sizes 64 84 112 224 --reps 5 --px 384 1024]
 
 Test images: JPEG shards (quality 90) of photo-like images whose longer side is uniform in ``--px``
 (default 384..1024: LAION images are often larger than the 512 px of CLIPA's own preprocessing) and
@@ -19,6 +20,11 @@ no workers) and differ ONLY in how a JPEG becomes the crop:
            open_clip's training transform uses, except that torchvision copies the crop before resizing
            (``crop().resize()``; a little slower, and a few border pixels differ): our baseline is the
            slightly faster of the two.
+The peer: OpenCLIP's training loader as its trainer builds it (``open_clip_train.data.get_wds_dataset``,
+resampled shards, workers=0 so that it runs in this process) with its own training transform
+(``open_clip.image_transform(size, is_train=True)``: RandomResizedCrop BICUBIC, ToTensor, Normalize)
+at the same crop scale 0.4..1, and its tokenizer at the same text length, on the same shard; run with
+``benchmarks/openclip_launch.py``'s webdataset end-of-shard fix. Ratio = clipa (reduced) / OpenCLIP.
 Figures are images per CPU-second of this process (time.process_time = images/s per core, robust to a
 busy shared box); best of ``--reps``. A second line per size times the image path alone
 (``decode_train``: decode + crop + resize, no tar/text/batching).
@@ -29,6 +35,7 @@ import argparse
 import dataclasses
 import io
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +50,8 @@ from clipa.backends.data import decode, tokenizer  # noqa: E402
 from clipa.backends.data.pipeline import DataStats, _job_config, batches_for  # noqa: E402
 from clipa.backends.data.webdataset_io import write_shard  # noqa: E402
 from clipa.recipe import OptimizerSpec, Stage  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # openclip_launch.py beside it, as a file or with -m
 
 WORDS = "a photo of the red car parked near an old house with green trees and blue sky in summer".split()
 
@@ -63,10 +72,34 @@ def photo_like(rng: np.random.Generator, lo: int = 384, hi: int = 1024) -> bytes
     return buf.getvalue()
 
 
+def openclip_rate(shard: Path, size: int, images: int, text_len: int = 32) -> float:
+    """Images per CPU-second of OpenCLIP's training webdataset loader and transform at ``size`` px."""
+    import argparse as ap_
+
+    import openclip_launch  # noqa: F401  (binds the end-of-shard fix into open_clip_train.data)
+    import open_clip
+    import torch
+    from open_clip.transform import AugmentationCfg
+    from open_clip_train.data import get_wds_dataset
+
+    torch.set_num_threads(1)
+    pre = open_clip.image_transform(size, is_train=True, aug_cfg=AugmentationCfg(scale=(0.4, 1.0)))
+    tok = open_clip.SimpleTokenizer(context_length=text_len)
+    args = ap_.Namespace(train_data=str(shard), train_num_samples=10 * images, dataset_resampled=True,
+                         train_data_upsampling_factors=None, seed=0, batch_size=32, workers=0, world_size=1)
+    it = iter(get_wds_dataset(args, pre, True, tokenizer=tok).dataloader)
+    next(it)  # warm: shard open, shuffle buffer's first fill
+    t = time.process_time()
+    n = 0
+    while n < images:
+        n += len(next(it)[0])
+    return n / (time.process_time() - t)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=192)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 112, 224])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 84, 112, 224])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--px", type=int, nargs=2, default=[384, 1024], metavar=("LO", "HI"),
                     help="range of the test images' longer side")
@@ -87,7 +120,8 @@ def main() -> None:
               "transform); same tar read, RNG, tokeniser, batching, normalisation. One process, images per "
               "CPU-second (= per core), best of", a.reps)
         enc = encoders.get("B/16")
-        print(f"{'px':>5} {'what':>22} {'reduced img/s':>14} {'baseline img/s':>15} {'ratio':>6}")
+        print(f"{'px':>5} {'what':>22} {'reduced img/s':>14} {'baseline img/s':>15} {'ratio':>6}"
+              f" {'OpenCLIP img/s':>15} {'clipa/OpenCLIP':>15}")
         for size in a.sizes:
             st = Stage(name="b", samples=a.images, global_batch=32, image_size=size, text_len=32,
                        optimizer=OptimizerSpec(lr=1e-3))
@@ -103,8 +137,9 @@ def main() -> None:
                         n += len(next(it)["image"])
                     best[draft] = max(best[draft], n / (time.process_time() - t))
                     it.close()
+            oc = max(openclip_rate(shard, size, a.images) for _ in range(a.reps))
             print(f"{size:>5} {'pipeline (batches)':>22} {best[True]:>14.0f} {best[False]:>15.0f} "
-                  f"{best[True] / best[False]:>5.2f}x", flush=True)
+                  f"{best[True] / best[False]:>5.2f}x {oc:>15.0f} {best[True] / oc:>14.2f}x", flush=True)
             dec = {True: 0.0, False: 0.0}  # the image path alone: decode + random resized crop
             for _ in range(a.reps):
                 for draft in (True, False):
