@@ -42,7 +42,8 @@ def _recipe(tmp: Path, data: dict, name: str, *, pre=256, workers=0, **train) ->
             {**stage, "name": "ft", "samples": 64, "image_size": 40, "pos_embed": "learned",
              "image_reduction": {"kind": "random_mask", "mask_ratio": 0.5}, "optimizer": {"lr": 1e-4}},
         ],
-        "train": {"seed": 0, "precision": "fp32", "log_every_steps": 2, **train},
+        # one compute thread: the default choice follows the machine's load, and these runs compare weights
+        "train": {"seed": 0, "precision": "fp32", "log_every_steps": 2, "compute_threads": 1, **train},
     }
     p = tmp / f"{name}.yaml"
     p.write_text(yaml.safe_dump(rec))

@@ -72,3 +72,19 @@ def test_recipe_override(tmp_path):
     d["train"]["compute_threads"] = 0
     with pytest.raises(Exception, match="compute_threads"):
         recipe.Recipe.model_validate(d)
+
+
+def test_the_choice_is_made_once_per_run_directory(tmp_path):
+    """A resumed process uses the thread count the run started with, whatever the load is now."""
+    import yaml
+
+    from clipa import recipe
+
+    rec = recipe.Recipe.model_validate(yaml.safe_load((Path(__file__).parents[1] / "recipes" / "demo.yaml").read_text()))
+    first = threads.for_run(rec, tmp_path)
+    stored = tmp_path / threads.THREADS_FILE
+    assert stored.exists() and first.threads >= 1
+    other = 3 - first.threads if first.threads in (1, 2) else 1   # a count the machine would not pick now
+    stored.write_text(stored.read_text().replace(f'"threads": {first.threads}', f'"threads": {other}'))
+    again = threads.for_run(rec, tmp_path)
+    assert again.threads == other and "as this run started" in again.reason

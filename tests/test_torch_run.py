@@ -37,7 +37,8 @@ def _recipe(tmp: Path, data: dict, *, name="t", lr2=1e-3, **train) -> Path:
             {**stage, "name": "ft", "samples": 64, "image_size": 40, "pos_embed": "learned",
              "image_reduction": {"kind": "random_mask", "mask_ratio": 0.5}, "optimizer": {"lr": lr2}},
         ],
-        "train": {"seed": 0, "precision": "fp32", "log_every_steps": 2, **train},
+        # one compute thread: the default choice follows the machine's load, and these runs compare weights
+        "train": {"seed": 0, "precision": "fp32", "log_every_steps": 2, "compute_threads": 1, **train},
     }
     p = tmp / f"{name}-{lr2}.yaml"
     p.write_text(yaml.safe_dump(rec))

@@ -34,10 +34,10 @@ def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int]
     world = tdist.init(device)
     if world.device.type == "cpu":
         # Threads from the decode demand and the free cores (backends/threads.py): OpenMP threads beyond
-        # the cores left spin against the decoders and other processes.
+        # the cores left spin against the decoders and other processes. Chosen once per run (resumes match).
         from clipa.backends import threads
 
-        choice = threads.for_recipe(rec, run_dir, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        choice = threads.for_run(rec, run_dir, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         torch.set_num_threads(choice.threads)
         print(f"cpu: {choice}", file=sys.stderr, flush=True)
     console = Console(stderr=True, soft_wrap=True)
