@@ -166,3 +166,15 @@ def test_piped_plan_tables_fit_100_columns_without_cutting_digits(tmp_path):
     assert len(table_lines) > 20
     assert max(len(ln) for ln in table_lines) <= 100
     assert "…" not in r.stdout  # rich's ellipsis: a cut cell
+
+
+def test_plan_warns_when_it_passes_over_the_users_data_more_often_than_any_published_run(tmp_path):
+    r = _cli("clipa-plan", "--budget", "10000", "--train-samples", "1000000", "--json", "--out", tmp_path / "g.yaml")
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    obj = json.loads(r.stdout)
+    warning = next(n for n in obj["notes"] if "passes over the 1,000,000 samples" in n)
+    assert "no run with more than 6 passes" in warning
+    r = _cli("clipa-plan", "--budget", "10000", "--train-samples", "100000000000", "--json", "--out", tmp_path / "h.yaml")
+    assert not any("passes over" in n for n in json.loads(r.stdout)["notes"])

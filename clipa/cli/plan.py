@@ -124,7 +124,7 @@ def plan(
         obj = recipe_mod.round_figures(present.prediction_json(rec, str(path)))  # as the recipe file has them
         obj["alternatives"] = [present.plan_json(p) for p in result.search.alternatives]
         obj["pareto"] = [present.plan_json(p) for p in result.search.pareto]
-        obj["notes"] = cmp.best.notes
+        obj["notes"] = cmp.best.notes + _data_warnings(rec)
         obj.update(present.plan_context_json(result))
         if len(cmp.options) > 1:
             obj["hardware_comparison"] = compare.json_rows(cmp)
@@ -141,6 +141,8 @@ def plan(
         present.print_tables(console, compare.table(cmp, f"Best plan per hardware ({pricing} prices)"))
     for note in cmp.best.notes:
         console.print(note, soft_wrap=True, highlight=False)
+    for warning in _data_warnings(rec):
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     todo = _todo(rec)
     if todo:
         console.print(f"recipe written to [bold]{path}[/bold]; before clipa-run: {todo}", soft_wrap=True)
@@ -172,6 +174,24 @@ def _with_data(rec, train, train_samples, val, classnames, templates):
     update = {k: v for k, v in (("train", train), ("train_samples", train_samples), ("val", val),
                                 ("classnames", classnames), ("templates", templates)) if v is not None}
     return rec.model_copy(update={"dataset": rec.dataset.model_copy(update=update)}) if update else rec
+
+
+# CLIPA's LAION-400M runs saw 2.4e9 samples, "6 epochs" (costmodels/data/published_clipa_results.csv,
+# from open_clip's docs/clipa.md): the most passes over one dataset behind the accuracy law.
+PUBLISHED_EPOCHS = 6
+
+
+def _data_warnings(rec) -> list[str]:
+    """What the user's own data (--train-samples) says about the plan."""
+    n = rec.dataset.train_samples
+    if not n:
+        return []
+    passes = sum(st.samples for st in rec.stages) / n
+    if passes <= PUBLISHED_EPOCHS:
+        return []
+    return [f"the plan passes over the {n:,} samples of dataset.train {passes:,.1f} times; the accuracy law "
+            f"has no run with more than {PUBLISHED_EPOCHS} passes (CLIPA on LAION-400M), so expect less than "
+            "predicted from repeated data"]
 
 
 def _todo(rec) -> str:
