@@ -217,12 +217,6 @@ def test_cpu_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert hardware.get("cpu").peak_flops == hw.peak_flops
 
 
-def test_measured_cpu_flops_is_a_real_measurement():
-    # Two short measurements of the same machine agree within an order of magnitude (shared CI cores).
-    a, b = hardware.measure_cpu_flops(n=256, seconds=0.2), hardware.measure_cpu_flops(n=256, seconds=0.2)
-    assert 0.1 < a / b < 10
-
-
 def test_decode_rates_fall_with_size():
     rates, source = hardware.decode_rates()
     sizes = sorted(rates)
