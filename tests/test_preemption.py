@@ -3,7 +3,6 @@ backend: SIGTERM/Ctrl-C checkpoint and exit 143/130, resuming gives the uninterr
 an unreadable newest checkpoint falls back to the one before, decoding workers die with their parent,
 metrics.jsonl holds each line once, and each bad sample counts once per run."""
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -14,48 +13,20 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
+
+from tiny_run import ENV, cmd as _cmd, make_data, recipe, run as _run
 
 from clipa import rundir
 from clipa.backends import runstate as rs
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from clipa.backends.data import demo_data
-
-    out = tmp_path_factory.mktemp("data")
-    return {k: str(v) for k, v in demo_data.generate(out, 192, 30, 32, 0).items()}
+    return make_data(tmp_path_factory)
 
 
 def _recipe(tmp: Path, data: dict, name: str, *, pre=256, workers=0, **train) -> Path:
-    stage = dict(global_batch=16, image_size=32, text_len=12, schedule={"warmup_samples": 32})
-    rec = {
-        "name": name, "encoder": {"name": "test"}, "hardware": {"name": "cpu"},
-        "dataset": {"name": "custom", "train": data["train"], "val": data["val"], "classnames": data["classnames"],
-                    "templates": data["templates"], "workers": workers},
-        "stages": [
-            {**stage, "name": "pre", "samples": pre, "optimizer": {"lr": 1e-3}},
-            {**stage, "name": "ft", "samples": 64, "image_size": 40, "pos_embed": "learned",
-             "image_reduction": {"kind": "random_mask", "mask_ratio": 0.5}, "optimizer": {"lr": 1e-4}},
-        ],
-        # one compute thread: the default choice follows the machine's load, and these runs compare weights
-        "train": {"seed": 0, "precision": "fp32", "log_every_steps": 2, "compute_threads": 1, **train},
-    }
-    p = tmp / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(rec))
-    return p
-
-
-def _cmd(recipe: Path, run_dir: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "clipa.cli.run", str(recipe), "--run-dir", str(run_dir), "--device", "cpu", *extra]
-
-
-def _run(recipe, run_dir, *extra):
-    return subprocess.run(_cmd(recipe, run_dir, *extra), capture_output=True, text=True, env=ENV, timeout=600)
+    return recipe(tmp, data, name, pre=pre, lr2=1e-4, workers=workers, **train)
 
 
 def _start(recipe, run_dir):

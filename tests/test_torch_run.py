@@ -1,10 +1,8 @@
 """clipa-run on the torch backend, end to end in subprocesses: resume after kill -9, corrupt data,
 divergence, user mistakes, and a 2-process torchrun launch. Real shards written by the test."""
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,44 +11,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tiny_run import ENV, cmd as _cmd, make_data, recipe as _recipe, run as _run
+
 from clipa import rundir
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from clipa.backends.data import demo_data
-
-    out = tmp_path_factory.mktemp("data")
-    return {k: str(v) for k, v in demo_data.generate(out, 192, 30, 32, 0).items()}
-
-
-def _recipe(tmp: Path, data: dict, *, name="t", lr2=1e-3, **train) -> Path:
-    stage = dict(global_batch=16, image_size=32, text_len=12, schedule={"warmup_samples": 32})
-    rec = {
-        "name": name, "encoder": {"name": "test"}, "hardware": {"name": "cpu"},
-        "dataset": {"name": "custom", "train": data["train"], "val": data["val"], "classnames": data["classnames"],
-                    "templates": data["templates"], "workers": 0},
-        "stages": [
-            {**stage, "name": "pre", "samples": 128, "optimizer": {"lr": 1e-3}},
-            {**stage, "name": "ft", "samples": 64, "image_size": 40, "pos_embed": "learned",
-             "image_reduction": {"kind": "random_mask", "mask_ratio": 0.5}, "optimizer": {"lr": lr2}},
-        ],
-        # one compute thread: the default choice follows the machine's load, and these runs compare weights
-        "train": {"seed": 0, "precision": "fp32", "log_every_steps": 2, "compute_threads": 1, **train},
-    }
-    p = tmp / f"{name}-{lr2}.yaml"
-    p.write_text(yaml.safe_dump(rec))
-    return p
-
-
-def _cmd(recipe: Path, run_dir: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "clipa.cli.run", str(recipe), "--run-dir", str(run_dir), "--device", "cpu", *extra]
-
-
-def _run(recipe, run_dir, *extra, timeout=600):
-    return subprocess.run(_cmd(recipe, run_dir, *extra), capture_output=True, text=True, env=ENV, timeout=timeout)
+    return make_data(tmp_path_factory)
 
 
 def test_kill9_then_resume_equals_uninterrupted(tmp_path, data):
