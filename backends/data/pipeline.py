@@ -250,21 +250,45 @@ def batches_for(shards: list[Path], cfg: batch_job.JobConfig, batch_size: int, r
             for items in jobs():
                 yield _finish(batch_job.run(cfg, items), stats)
             return
-        # spawn, not fork: the caller may hold torch/JAX threads, which fork would copy half-way.
-        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=worker_init,
-                                    initargs=(os.getpid(),)) as pool:
-            pending: collections.deque = collections.deque()
-            source = jobs()
-            try:
-                while True:
-                    while len(pending) < 2 * workers:
-                        pending.append(pool.submit(batch_job.run, cfg, next(source)))
-                    yield _finish(pending.popleft().result(), stats)
-            finally:
-                for f in pending:
-                    f.cancel()
+        pool = start_workers(workers)
+        pending: collections.deque = collections.deque()
+        source = jobs()
+        try:
+            while True:
+                while len(pending) < 2 * workers:
+                    pending.append(pool.submit(batch_job.run, cfg, next(source)))
+                yield _finish(pending.popleft().result(), stats)
+        except cf.process.BrokenProcessPool:
+            _POOLS.pop(workers, None)  # a worker died (e.g. killed for memory): the next call starts afresh
+            raise
+        finally:
+            for f in pending:
+                f.cancel()
     finally:
         reader.close()
+
+
+_POOLS: dict[int, cf.ProcessPoolExecutor] = {}
+
+
+def start_workers(workers: int) -> Optional[cf.ProcessPoolExecutor]:
+    """This process's ``workers`` decoding processes, started on the first call and kept for every later
+    stage: a spawned worker costs an interpreter start and the decoder's imports (~1 s on the dev VM), so
+    a backend calls this before building its model to overlap the two. Spawn, not fork: the caller may
+    hold torch/JAX threads, which fork would copy half-way. None for ``workers`` 0 (decode in-process)."""
+    if workers <= 0:
+        return None
+    pool = _POOLS.get(workers)
+    if pool is None:
+        pool = _POOLS[workers] = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                                         initializer=worker_init, initargs=(os.getpid(),))
+        for _ in range(workers):
+            pool.submit(_ready)
+    return pool
+
+
+def _ready() -> None:
+    """A no-op job: unpickling it in a worker imports this module, so the decoder is loaded before work."""
 
 
 def worker_init(parent: int) -> None:

@@ -46,7 +46,7 @@ def train(recipe: Recipe, run_dir: Path, opts: LaunchOptions, recipe_path: Path)
     if opts.device:
         jax.config.update("jax_platforms", _PLATFORMS[opts.device])
     from clipa.backends import loop
-    from clipa.backends.data import resolve
+    from clipa.backends.data import pipeline, resolve
     from clipa.backends.jax import sharding as shd
     from clipa.backends.jax.trainer import JaxTrainer
     from clipa.backends.runstate import prepare_run_dir, resume_command
@@ -56,6 +56,7 @@ def train(recipe: Recipe, run_dir: Path, opts: LaunchOptions, recipe_path: Path)
     if not prepare_run_dir(recipe, run_dir, "jax", console):
         return 0
     ds = resolve.resolve(recipe, run_dir, generate=True)
+    pipeline.start_workers(recipe.dataset.workers)  # their start-up overlaps the model's construction
     loop.run(recipe, run_dir, ds, JaxTrainer(recipe, run_dir), max_samples=opts.max_samples, console=console,
              resume=resume_command(recipe_path, run_dir, "jax"))
     return 0

@@ -26,7 +26,7 @@ def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int]
     import torch
 
     from clipa.backends import loop
-    from clipa.backends.data import resolve
+    from clipa.backends.data import pipeline, resolve
     from clipa.backends.torch import dist as tdist
     from clipa.backends.torch.trainer import TorchTrainer
 
@@ -43,6 +43,7 @@ def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int]
     console = Console(stderr=True, soft_wrap=True)
     try:
         ds = resolve.resolve(rec, run_dir, generate=False)
+        pipeline.start_workers(rec.dataset.workers)  # their start-up overlaps the model's construction
         loop.run(rec, run_dir, ds, TorchTrainer(rec, run_dir, world), max_samples=max_samples, console=console,
                  resume=resume)
     finally:
