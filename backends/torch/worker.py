@@ -23,6 +23,9 @@ def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int]
          resume: Optional[str] = None) -> int:
     """Train; returns 0 when finished or stopped at max_samples, raises UserError on user mistakes
     (Interrupted on SIGINT/SIGTERM, its message ending with ``resume``)."""
+    from clipa.backends import threads
+
+    threads.passive_openmp_wait()  # before torch loads OpenMP
     import torch
 
     from clipa.backends import loop
@@ -35,8 +38,6 @@ def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int]
     if world.device.type == "cpu":
         # Threads from the decode demand and the free cores (backends/threads.py): OpenMP threads beyond
         # the cores left spin against the decoders and other processes. Chosen once per run (resumes match).
-        from clipa.backends import threads
-
         choice = threads.for_run(rec, run_dir, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         torch.set_num_threads(choice.threads)
         print(f"cpu: {choice}", file=sys.stderr, flush=True)
