@@ -20,7 +20,6 @@ Per dataset, ``offset`` is added (percentage points) to the accuracy law's zero-
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -28,6 +27,7 @@ from typing import Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from clipa import fs
 from clipa.errors import UserError
 
 FORMAT_VERSION = 1
@@ -103,9 +103,7 @@ def save(cal: Calibration, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = cal.model_dump(mode="json")
     text = json.dumps(data, indent=2) if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    fs.write_atomic(path, text)
     return path
 
 
