@@ -98,9 +98,8 @@ class Calibration(_Strict):
 
 
 def save(cal: Calibration, path: str | Path) -> Path:
-    """Write atomically (temp file + rename); ``.json`` -> JSON, anything else -> YAML."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically (``fs.write_atomic``; a path or a URL); ``.json`` -> JSON, anything else -> YAML."""
+    path = fs.path(path)
     data = cal.model_dump(mode="json")
     text = json.dumps(data, indent=2) if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
     fs.write_atomic(path, text)
@@ -109,7 +108,7 @@ def save(cal: Calibration, path: str | Path) -> Path:
 
 def load(path: str | Path) -> Calibration:
     """Read and validate a calibration file; a bad file is a one-line ``UserError`` naming it."""
-    path = Path(path)
+    path = fs.path(path)
     if not path.is_file():
         raise UserError(f"{path}: calibration file not found")
     try:

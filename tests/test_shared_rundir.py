@@ -22,6 +22,7 @@ from tiny_run import ENV, cmd as tiny_cmd, make_data, recipe as tiny_recipe
 from clipa import fs, recipe as recipe_mod, rundir
 from clipa.backends import runstate as rs
 from clipa.cli._common import run_app
+from clipa.cli.report import app as report_app
 from clipa.cli.run import app
 
 
@@ -105,6 +106,9 @@ def test_torch_run_on_a_memory_url_resumes_after_every_worker_is_killed(tmp_path
     assert list((r / "tensorboard").glob("events.out.tfevents.*"))
     assert _run(recipe, run) == 0  # finished: nothing to do, nothing changed
     _same_run(ref, run)
+    # the report reads the URL run directory and writes its figures locally
+    assert run_app(report_app, [run, "--no-front", "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.html").exists()
 
 
 def _train_steps(run_dir: str) -> list:
