@@ -5,7 +5,9 @@
     RUN_DIR/checkpoints/     backend-specific, resumable
     RUN_DIR/achieved.json    written last, only when the run finished (see ``Achieved``)
 
-Both backends write the same files, so the report needs no backend code.
+Both backends write the same files, so the report needs no backend code. RUN_DIR is a local path or
+a URL (gs://BUCKET/RUN, one directory every host of a pod sees); every file in it is read and written
+through ``clipa/fs.py``, and only the main process writes.
 """
 from __future__ import annotations
 

@@ -196,3 +196,13 @@ def test_tpu_pod_refuses_a_local_run_dir_on_a_multi_host_slice(tmp_path):
     assert not p.stdout and not (tmp_path / "run").exists()
     # one host (tpu-v4-8: 4 chips, 4 per host): a local run directory is the host's own, and fine
     assert _clipa_run(_tpu_recipe(tmp_path, "tpu-v4-8"), *flags, tmp_path / "run").returncode == 0
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--slurm", "--run-dir", "gs://b/run"], "--slurm needs a path on the cluster's shared filesystem"),
+    (["--backend", "jax", "--run-dir", "memory://b/run"], "orbax) need a local path or a gs:// URL"),
+])
+def test_a_url_the_launch_cannot_use_is_refused_in_one_line(tmp_path, flags, needle):
+    p = _clipa_run(_tpu_recipe(tmp_path, "cpu"), *flags, "--dry-run")
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], p.stderr

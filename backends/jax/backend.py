@@ -27,6 +27,7 @@ class JaxBackend:
     def launch(self, recipe_path: Path, recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
         launch.validate(opts)
         run_dir = fs.path(run_dir)
+        fs.orbax_dir(run_dir)  # a URL orbax cannot write is refused before anything is written
         if opts.tpu:
             launch.check_shared_run_dir(recipe.hardware.name, run_dir)
             cmd = launch.tpu_command(recipe_path, run_dir, opts)
