@@ -4,7 +4,9 @@ Framework-free (no torch or jax import). It owns what a run does and when: resum
 checkpoint, skipping a stage that checkpoint closed, the data stream, the log window, evaluation,
 checkpoints and the --max-samples stop, the stage-end record and weights, the final weights and
 achieved.json. A backend supplies a ``Trainer``: the model and optimizer, one step, save/restore and
-zero-shot evaluation, and nothing about cadence. Every process runs this; the main one writes files.
+zero-shot evaluation, and nothing about cadence. Every process runs this; the main one writes the
+shared files (metrics, weights files, achieved.json) to the run directory, a local path or a URL
+(clipa/fs.py): on a pod it is one directory all hosts see (gs://).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any, Optional, Protocol
 import numpy as np
 from rich.console import Console
 
-from clipa import rundir
+from clipa import fs, rundir
 from clipa.backends import logline, runstate as rs
 from clipa.backends.schedule import lr_at
 from clipa.backends.stopping import StopSignals
@@ -93,7 +95,7 @@ class _Run:
                  max_samples: Optional[int], signals: StopSignals, resume: str):
         from clipa.backends.data import pipeline, zeroshot
 
-        self.recipe, self.run_dir, self.dataset, self.tr = recipe, Path(run_dir), dataset, trainer
+        self.recipe, self.run_dir, self.dataset, self.tr = recipe, fs.path(run_dir), dataset, trainer
         self.console = console
         self.max_samples, self.signals, self.resume = max_samples, signals, resume
         self.metrics_path = self.run_dir / rundir.METRICS
@@ -156,7 +158,7 @@ class _Run:
         found = self.bad_found()
         skipped, reasons = rs.count_skipped(found)
         if self.tr.is_main:
-            rs.sync_file(self.metrics_path)  # the lines the checkpoint counts are on disk before it is
+            fs.sync(self.metrics_path)  # the lines the checkpoint counts are on disk before it is
         meta = rs.checkpoint_meta(self.pos, skipped=skipped, reasons=reasons, time_s=self.elapsed(),
                                   stage_s=time.monotonic() - stage_t0, metrics_path=self.metrics_path)
         meta[rs.SKIPPED_KEYS] = {**self.bad_before, **found}
@@ -285,7 +287,7 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, trainer: Trainer, *
 
     SIGINT/SIGTERM: a checkpoint at the next step boundary, then ``Interrupted`` (its message ends with
     ``resume``, the command that continues the run; default: clipa-run on the run directory's recipe)."""
-    resume = resume or rs.resume_command(Path(run_dir) / rundir.RECIPE, run_dir, trainer.backend)
+    resume = resume or rs.resume_command(fs.path(run_dir) / rundir.RECIPE, run_dir, trainer.backend)
     with StopSignals() as signals:
         r = _Run(recipe, run_dir, dataset, trainer, console or Console(stderr=True, soft_wrap=True), max_samples,
                  signals, resume)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,8 +17,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from clipa import fs, rundir
 from clipa import recipe as recipe_mod
-from clipa import rundir
 from clipa.backends import tracking
 from clipa.costmodels import flops, hardware
 from clipa.errors import UserError
@@ -136,31 +135,26 @@ def checkpoint_meta(prog: RunProgress, *, skipped: int, reasons: dict, time_s: f
             "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0}
 
 
-def append_metrics(path: Path, line: dict) -> None:
+def append_metrics(path, line: dict) -> None:
     """One validated ``MetricsLine`` appended to metrics.jsonl, then handed to the recipe's trackers
     (``train.report_to``; backends/tracking.py): every line of both backends passes here."""
     line = rundir.MetricsLine(**line).model_dump(mode="json", exclude_none=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(line) + "\n")
-    tracking.report(Path(path).parent, line)
+    fs.append_text(path, json.dumps(line) + "\n")
+    tracking.report(fs.path(path).parent, line)
 
 
-def truncate_metrics(path: Path, n_bytes: int) -> None:
+def truncate_metrics(path, n_bytes: int) -> None:
     """Keep the lines the resumed checkpoint counted (the first ``n_bytes``; 0 for a fresh run), never
     more than the file holds (truncate would pad it with NULs) and never a torn or NUL-filled tail (what
     a crash can leave of lines written after the last fsync): the dropped lines will be written again."""
+    path = fs.path(path)
     if not path.exists():
         return
-    with open(path, "r+b") as fh:
-        kept = fh.read(n_bytes).split(b"\0", 1)[0]
-        fh.truncate(kept.rfind(b"\n") + 1)
-
-
-def sync_file(path: Path) -> None:
-    """``path``'s written bytes on disk (before a checkpoint that counts them is)."""
-    if path.exists():
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())
+    data = path.read_bytes()
+    kept = data[:n_bytes].split(b"\0", 1)[0]
+    kept = kept[:kept.rfind(b"\n") + 1]
+    if kept != data:
+        fs.write_atomic(path, kept)
 
 
 def count_skipped(found: dict) -> tuple[int, dict]:
@@ -207,11 +201,12 @@ class _NoBar:
 _CHECKPOINT_GLOBS = {"torch": "ckpt-*", "jax": "[0-9]*"}
 
 
-def prepare_run_dir(recipe: Recipe, run_dir: Path, backend: str, console: Console) -> bool:
+def prepare_run_dir(recipe: Recipe, run_dir, backend: str, console: Console, *, is_main: bool = True) -> bool:
     """Whether there is anything to train: False (said on ``console``) when the run finished; recipe.yaml
-    written for a new run. UserError when the directory holds a different recipe or the other backend's
-    checkpoints (never mix two runs' or two backends' checkpoints)."""
-    run_dir = Path(run_dir)
+    written for a new run (by the main process only: the others of a pod read the same shared directory).
+    UserError when the directory holds a different recipe or the other backend's checkpoints (never mix
+    two runs' or two backends' checkpoints)."""
+    run_dir = fs.path(run_dir)
     tracking.check(recipe)
     for other, pattern in _CHECKPOINT_GLOBS.items():
         found = sorted((run_dir / rundir.CHECKPOINTS).glob(pattern)) if other != backend else []
@@ -231,17 +226,13 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path, backend: str, console: Consol
             return False
         return True
     run_dir.mkdir(parents=True, exist_ok=True)
-    recipe_mod.dump(recipe, existing)
+    if is_main:
+        recipe_mod.dump(recipe, existing)
     return True
 
 
-def save_weights(weights: dict, path: Path, metadata: dict[str, str]) -> None:
-    """numpy arrays (the PyTorch layout) -> a safetensors file, atomically (temp, fsync, rename)."""
-    from safetensors.numpy import save_file
+def save_weights(weights: dict, path, metadata: dict[str, str]) -> None:
+    """numpy arrays (the PyTorch layout) -> a safetensors file, atomically (``fs.write_atomic``)."""
+    from safetensors.numpy import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    fs.write_atomic(path, save({k: np.ascontiguousarray(v) for k, v in weights.items()}, metadata=metadata))

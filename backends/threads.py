@@ -151,20 +151,15 @@ def for_run(rec, run_dir, local_ranks: int = 1) -> Choice:
     count the run started with, since the thread count changes float reduction order and a resume must
     end with the same weights as an uninterrupted run. The first process to write the file wins."""
     import json
-    from pathlib import Path
+
+    from clipa import fs
 
     if getattr(rec.train, "compute_threads", None) is not None:
         return for_recipe(rec, run_dir, local_ranks)
-    path = Path(run_dir) / THREADS_FILE
+    path = fs.path(run_dir) / THREADS_FILE
     if not path.exists():
         c = for_recipe(rec, run_dir, local_ranks)
-        tmp = path.with_name(f"{THREADS_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"threads": c.threads, "reserved": c.reserved, "reason": c.reason}))
-        try:
-            os.link(tmp, path)       # atomic, and fails if another process got there first
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+        fs.write_atomic(path, json.dumps({"threads": c.threads, "reserved": c.reserved, "reason": c.reason}),
+                        exclusive=True)
     d = json.loads(path.read_text())
     return Choice(int(d["threads"]), int(d["reserved"]), math.nan, f"as this run started: {d['reason']}")

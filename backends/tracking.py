@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from clipa import recipe as recipe_mod
-from clipa import rundir
+from clipa import fs, rundir
 from clipa.errors import UserError
 from clipa.recipe import Recipe
 
@@ -48,7 +48,7 @@ class TensorBoard:
     def __init__(self, run_dir: Path, recipe: Recipe):
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-        self._writer = EventFileWriter(str(Path(run_dir) / TENSORBOARD_DIR))
+        self._writer = EventFileWriter(str(fs.path(run_dir) / TENSORBOARD_DIR))  # TensorBoard's gfile: URLs via fsspec
         # Samples seen before each stage: the x axis runs on through the stages.
         self._offset, total = {}, 0
         for st in recipe.stages:
@@ -76,12 +76,12 @@ class TensorBoard:
         self._writer.close()
 
 
-_open: dict[Path, Optional[TensorBoard]] = {}  # run dir -> its tracker in this process (None: none asked for)
+_open: dict[object, Optional[TensorBoard]] = {}  # run dir -> its tracker in this process (None: none asked for)
 
 
 def report(run_dir: Path, line: dict) -> None:
     """Hand one metrics line (metrics.jsonl's fields) to the trackers RUN_DIR/recipe.yaml asks for."""
-    key = Path(run_dir).resolve()
+    key = fs.path(run_dir).resolve()
     if key not in _open:
         recipe_file = key / rundir.RECIPE
         recipe = recipe_mod.load(recipe_file) if recipe_file.exists() else None
@@ -92,6 +92,6 @@ def report(run_dir: Path, line: dict) -> None:
 
 def close(run_dir: Path) -> None:
     """Close RUN_DIR's tracker in this process (a later line opens a new event file)."""
-    tracker = _open.pop(Path(run_dir).resolve(), None)
+    tracker = _open.pop(fs.path(run_dir).resolve(), None)
     if tracker is not None:
         tracker.close()

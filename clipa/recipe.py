@@ -16,7 +16,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from clipa import encoders
+from clipa import encoders, fs
 from clipa.errors import UserError
 
 ImageReduction = Literal["resize", "random_mask", "grid_mask", "block_mask"]
@@ -281,7 +281,7 @@ def from_dict(data: dict, source: str = "recipe") -> Recipe:
 
 
 def load(path: str | Path) -> Recipe:
-    path = Path(path)
+    path = fs.path(path)  # a run directory's recipe.yaml may be at a URL (clipa/fs.py)
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
     try:
@@ -296,15 +296,11 @@ def load(path: str | Path) -> Recipe:
 
 
 def dump(recipe: Recipe, path: str | Path, header: str = "") -> Path:
-    """Write atomically (temp file + rename) so a crash never leaves half a recipe. ``header`` becomes
+    """Write atomically (``fs.write_atomic``) so a crash never leaves half a recipe. ``header`` becomes
     a comment at the top (e.g. what to fill in before launching)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     comment = "".join(f"# {line}\n" for line in header.splitlines())
-    tmp.write_text(comment + to_yaml(recipe), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    fs.write_atomic(path, comment + to_yaml(recipe))
+    return fs.path(path)
 
 
 def round_figures(x, digits: int = 4):

@@ -5,17 +5,19 @@
     RUN_DIR/checkpoints/     backend-specific, resumable
     RUN_DIR/achieved.json    written last, only when the run finished (see ``Achieved``)
 
-Both backends write the same files, so the report needs no backend code.
+Both backends write the same files, so the report needs no backend code. RUN_DIR is a local path or
+a URL (gs://BUCKET/RUN, one directory every host of a pod sees); every file in it is read and written
+through ``clipa/fs.py``, and only the main process writes.
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from clipa import fs
 from clipa.errors import UserError
 
 RECIPE = "recipe.yaml"
@@ -75,19 +77,14 @@ class Achieved(BaseModel):
         return f"top-1 {top1}, {self.wall_seconds:.0f} s, {cost}"
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+def write_achieved(run_dir, achieved: Achieved) -> None:
+    """RUN_DIR/achieved.json (a local path or a URL, see clipa/fs.py), written atomically."""
+    fs.write_atomic(fs.path(run_dir) / ACHIEVED, json.dumps(achieved.model_dump(mode="json"), indent=2))
 
 
-def write_achieved(run_dir: Path, achieved: Achieved) -> None:
-    write_json_atomic(Path(run_dir) / ACHIEVED, achieved.model_dump(mode="json"))
-
-
-def read_achieved(run_dir: Path) -> Optional[Achieved]:
+def read_achieved(run_dir) -> Optional[Achieved]:
     """The achieved figures, or None for an unfinished run; UserError if the file is corrupt."""
-    p = Path(run_dir) / ACHIEVED
+    p = fs.path(run_dir) / ACHIEVED
     if not p.exists():
         return None
     try:
@@ -96,9 +93,9 @@ def read_achieved(run_dir: Path) -> Optional[Achieved]:
         raise UserError(f"{p}: not a valid achieved.json ({e.errors()[0]['loc']}: {e.errors()[0]['msg']})") from None
 
 
-def read_metrics(run_dir: Path) -> list[MetricsLine]:
+def read_metrics(run_dir) -> list[MetricsLine]:
     """All complete metric lines; a torn last line (killed run) is ignored, not an error."""
-    p = Path(run_dir) / METRICS
+    p = fs.path(run_dir) / METRICS
     out = []
     if not p.exists():
         return out

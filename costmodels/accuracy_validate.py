@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from clipa import fs
 from clipa.costmodels import accuracy_data
 from clipa.costmodels import accuracy_law as al
 from clipa.costmodels import accuracy_model as am
@@ -200,9 +201,7 @@ def refit(path: Path = al.FIT_FILE) -> dict:
             "level": al.LEVEL, **law.to_json(), "weights_from": WEIGHTS_FROM,
             "n_obs": law.meta["n_obs"], "n_runs": law.meta["n_runs"],
             "fit_seconds": round(fit_s, 3), "validation": [asdict(h) for h in held]}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
+    fs.write_atomic(path, json.dumps(data, indent=1) + "\n")
     al.default.cache_clear()
     return data
 

@@ -20,7 +20,6 @@ Per dataset, ``offset`` is added (percentage points) to the accuracy law's zero-
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -28,6 +27,7 @@ from typing import Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from clipa import fs
 from clipa.errors import UserError
 
 FORMAT_VERSION = 1
@@ -98,20 +98,17 @@ class Calibration(_Strict):
 
 
 def save(cal: Calibration, path: str | Path) -> Path:
-    """Write atomically (temp file + rename); ``.json`` -> JSON, anything else -> YAML."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically (``fs.write_atomic``; a path or a URL); ``.json`` -> JSON, anything else -> YAML."""
+    path = fs.path(path)
     data = cal.model_dump(mode="json")
     text = json.dumps(data, indent=2) if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    fs.write_atomic(path, text)
     return path
 
 
 def load(path: str | Path) -> Calibration:
     """Read and validate a calibration file; a bad file is a one-line ``UserError`` naming it."""
-    path = Path(path)
+    path = fs.path(path)
     if not path.is_file():
         raise UserError(f"{path}: calibration file not found")
     try:

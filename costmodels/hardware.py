@@ -31,6 +31,7 @@ from typing import Optional
 
 import yaml
 
+from clipa import fs
 from clipa.errors import UserError
 
 DATA = Path(__file__).parent / "data" / "hardware.yaml"
@@ -131,14 +132,29 @@ def _tpu(family: str, n: int, name: str, pricing: str = "on-demand") -> Hardware
     dev = d["devices"][fam["device"]]
     cores = None
     if fam["chips_per_host"] is not None:
-        hosts = max(1, -(-chips // fam["chips_per_host"]))
-        cores = hosts * int(fam["cpu_cores_per_host"])
+        cores = _hosts(fam, chips) * int(fam["cpu_cores_per_host"])
         cores = int(fam.get("cpu_cores_small_slices", {}).get(chips, cores))
     prices = fam.get("prices_by_n", {}).get(n, fam["prices"])
     return Hardware(name=name, device=fam["device"], n_devices=chips, peak_flops=_float(dev["peak_flops"]),
                     memory_bytes=_float(dev["memory_bytes"]), cpu_cores=cores,
                     source=f"{dev['source']}; cores: {fam['cpu_source']}", date=str(dev["date"]), pricing=pricing,
                     **_price(prices.get(pricing), chips))
+
+
+def _hosts(fam: dict, chips: int) -> int:
+    return max(1, -(-chips // fam["chips_per_host"]))
+
+
+def tpu_hosts(name: str) -> Optional[int]:
+    """Hosts (TPU VM workers) of the slice ``name`` (tpu-v4-64: 32 chips / 4 per host = 8); None when
+    ``name`` is no TPU slice or its family's chips per host are in no source at hand (v5p)."""
+    m = _TPU_RE.match(name)
+    if not m:
+        return None
+    fam = _data()["tpu_families"][m.group(1)]
+    if fam["chips_per_host"] is None:
+        return None
+    return _hosts(fam, get(name).n_devices)
 
 
 # --- the local CPU, measured -------------------------------------------------------------------
@@ -196,10 +212,7 @@ def cpu_peak_flops() -> tuple[float, str]:
         pass
     peak = measure_cpu_flops()
     src = f"measured by clipa.costmodels.hardware.measure_cpu_flops (numpy float32 1024^3 matmul) on {date.today()}, {key}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "peak_flops": peak, "source": src}))
-    os.replace(tmp, path)                                       # atomic: a reader never sees half a file
+    fs.write_atomic(path, json.dumps({"key": key, "peak_flops": peak, "source": src}))  # never half a file
     return peak, src
 
 

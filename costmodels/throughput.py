@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import functools
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Optional
 
 import yaml
 
-from clipa import encoders
+from clipa import encoders, fs
 from clipa.costmodels import accuracy_data, flops, hardware
 from clipa.encoders import Encoder
 
@@ -289,9 +288,7 @@ def write_fit(path: Path = FIT_FILE) -> dict:
             "# to the CLIPA-v2 and CLIPA-v1 A100 GPU-hours (throughput.fit_runs); tests/test_costmodels_throughput.py\n"
             "# checks that a refit reproduces these values.\n"
             + yaml.safe_dump({"params": params}, sort_keys=True))
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    fs.write_atomic(path, text)
     fitted_params.cache_clear()
     return params
 

@@ -29,7 +29,7 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path, data):
     proc = subprocess.Popen(_cmd(recipe, run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if list((run_dir / "checkpoints").glob("ckpt-0000-*")):
+        if list((run_dir / "checkpoints").glob("ckpt-0000-*/state.pt")):  # complete: state.pt is written last
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"

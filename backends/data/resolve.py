@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from clipa import fs
 from clipa.errors import UserError
 from clipa.recipe import DatasetSpec, Recipe
 
@@ -22,8 +23,9 @@ DEMO_VAL = 2000
 DEMO_DATA_SEED = 0
 
 
-def demo_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "data"
+def demo_dir(run_dir) -> Path:
+    """RUN_DIR/data; a host-local folder for a URL run directory (the shards are read as local tars)."""
+    return fs.local_dir(run_dir, "data")
 
 
 def resolve(recipe: Recipe, run_dir: Path, generate: bool = True) -> DatasetSpec:
@@ -62,7 +64,7 @@ def _demo(recipe: Recipe, run_dir: Path, generate: bool) -> DatasetSpec:
             raise UserError(f"{out}: demo data missing (clipa-run generates it before starting workers)")
         paths = demo_data.generate(out, n_train, DEMO_VAL, size, DEMO_DATA_SEED)
         # written last: a generation killed half-way is redone, never used
-        done.write_text(json.dumps({k: str(v) for k, v in paths.items()}))
+        fs.write_atomic(done, json.dumps({k: str(v) for k, v in paths.items()}))
     paths = json.loads(done.read_text())
     return recipe.dataset.model_copy(update={
         "train": paths["train"], "train_samples": int(paths.get("train_samples", n_train)), "val": paths["val"],

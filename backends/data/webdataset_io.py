@@ -215,12 +215,13 @@ class ShardReader:
 
 
 def write_shard(path: Path, samples: list[dict[str, bytes]]) -> Path:
-    """Write ``samples`` (each ``{"__key__": str, ext: bytes}``) as a tar, atomically (temp + rename)."""
+    """Write ``samples`` (each ``{"__key__": str, ext: bytes}``) as a tar, atomically (``fs.write_atomic``)."""
     import io
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
+
+    from clipa import fs
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
         for s in samples:
             key = s["__key__"]
             for ext, data in s.items():
@@ -230,8 +231,8 @@ def write_shard(path: Path, samples: list[dict[str, bytes]]) -> Path:
                 info.size = len(data)
                 info.mtime = 0  # same bytes for the same samples: shards are reproducible
                 tf.addfile(info, io.BytesIO(data))
-    tmp.replace(path)
-    return path
+    fs.write_atomic(path, buf.getvalue())
+    return Path(path)
 
 
 def read_shard_samples(path: Path) -> tuple[list[dict[str, bytes]], dict[str, int]]:

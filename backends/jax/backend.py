@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 from rich.console import Console
 
+from clipa import fs
 from clipa.backends.base import LaunchOptions
 from clipa.backends.jax import launch
 from clipa.recipe import Recipe
@@ -24,9 +26,13 @@ class JaxBackend:
 
     def launch(self, recipe_path: Path, recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
         launch.validate(opts)
-        run_dir = Path(run_dir)
+        run_dir = fs.path(run_dir)
+        fs.orbax_dir(run_dir)  # a URL orbax cannot write is refused before anything is written
         if opts.tpu:
+            launch.check_shared_run_dir(recipe.hardware.name, run_dir)
             cmd = launch.tpu_command(recipe_path, run_dir, opts)
+            print(f"every worker of {opts.tpu} runs this command and shares the run directory {run_dir}",
+                  file=sys.stderr)
             if opts.dry_run:
                 print(shlex.join(cmd))
                 return 0
@@ -53,7 +59,7 @@ def train(recipe: Recipe, run_dir: Path, opts: LaunchOptions, recipe_path: Path)
 
     console = Console(stderr=True, soft_wrap=True)
     shd.maybe_initialize_distributed(shd.cluster_from_env_and_opts(opts.nnodes, opts.node_rank, opts.rdzv_endpoint))
-    if not prepare_run_dir(recipe, run_dir, "jax", console):
+    if not prepare_run_dir(recipe, run_dir, "jax", console, is_main=jax.process_index() == 0):
         return 0
     ds = resolve.resolve(recipe, run_dir, generate=True)
     pipeline.start_workers(recipe.dataset.workers)  # their start-up overlaps the model's construction

@@ -5,25 +5,26 @@
     RUN_DIR/checkpoints/final.safetensors  weights at the end of the run, in the PyTorch layout
 
 N counts optimizer steps over the whole run. Orbax writes each step under a temporary name and
-renames it when complete, so a killed process leaves whole checkpoints only; every host writes
-its own shards (multi-host needs ``RUN_DIR`` on a filesystem all hosts see).
+renames it when complete (on gs:// it commits with a marker file instead), so a killed process leaves
+whole checkpoints only. Saves are collective: every host calls ``save`` and writes its own shards, and
+orbax's primary host writes the metadata; a multi-host RUN_DIR must be one all hosts see (gs://, see
+clipa/fs.py's ``orbax_dir``).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import jax
 import orbax.checkpoint as ocp
 
-from clipa import rundir
+from clipa import fs, rundir
 from clipa.backends.runstate import CorruptCheckpoint
 
 KEEP_LAST = 2  # resumable checkpoints kept (as the PyTorch backend)
 
 
-def manager(run_dir: Path) -> ocp.CheckpointManager:
-    d = (Path(run_dir) / rundir.CHECKPOINTS).absolute()
+def manager(run_dir) -> ocp.CheckpointManager:
+    d = fs.orbax_dir(fs.path(run_dir) / rundir.CHECKPOINTS)
     # Synchronous saves: the run loop is simple and a save never overlaps the next step's donation.
     opts = ocp.CheckpointManagerOptions(max_to_keep=KEEP_LAST, create=True, enable_async_checkpointing=False)
     return ocp.CheckpointManager(d, options=opts)

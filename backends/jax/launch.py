@@ -6,9 +6,11 @@
         --command 'env CLIPA_JAX_DISTRIBUTED=1 clipa-run RECIPE --backend jax --run-dir RUN_DIR'
 
 so every worker runs the same recipe and joins the others through ``jax.distributed.initialize``
-(which finds the pod's peers itself on Cloud TPU). The recipe and run-directory paths are used as
-given on every worker: put the checkout and the run directory at the same path on all of them
-(a shared filesystem for the run directory; orbax writes each host's shards there).
+(which finds the pod's peers itself on Cloud TPU). The recipe path is used as given on every worker
+(the same checkout on each). The run directory must be one directory every worker sees, big_vision's
+gs:// workdir convention: orbax writes each host's shards there and process 0 the metrics and
+achieved.json, and a restarted pod resumes from it. A local path on a multi-host slice (more chips
+than one host holds, ``costmodels/data/hardware.yaml``) is refused.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+from clipa import fs
 from clipa.backends.base import LaunchOptions
 from clipa.backends.jax.sharding import ENV_DISTRIBUTED
 from clipa.errors import UserError
@@ -41,6 +44,21 @@ def validate(opts: LaunchOptions) -> None:
         raise UserError(f"--node-rank {opts.node_rank} must be in [0, {opts.nnodes})")
     if opts.device not in (None, "cpu", "cuda", "gpu", "tpu"):
         raise UserError(f"--device {opts.device!r}: the JAX backend knows cpu, cuda, tpu")
+
+
+def check_shared_run_dir(hardware_name: str, run_dir) -> None:
+    """UserError when the recipe's TPU slice spans several hosts (or may: v5p's host size is in no source)
+    and ``run_dir`` is a local path, which each worker would fill on its own disk."""
+    from clipa.costmodels import hardware
+
+    if fs.is_url(run_dir) or not hardware_name.startswith("tpu-"):
+        return
+    hosts = hardware.tpu_hosts(hardware_name)
+    if hosts == 1:
+        return
+    why = f"{hardware_name} has {hosts} hosts" if hosts else f"the host count of {hardware_name} is in no source at hand"
+    raise UserError(f"--run-dir {run_dir}: {why}; the run directory must be shared by every worker "
+                    f"(--run-dir gs://BUCKET/RUN), a local path would split checkpoints and metrics across hosts")
 
 
 def worker_command(recipe_path: Path, run_dir: Path, opts: LaunchOptions) -> list[str]:

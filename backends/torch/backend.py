@@ -5,6 +5,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from clipa import fs
 from clipa.backends.base import LaunchOptions
 from clipa.backends.runstate import prepare_run_dir, resume_command
 from clipa.recipe import Recipe
@@ -18,12 +19,13 @@ class TorchBackend:
         from clipa.backends.torch import launch, worker
 
         console = Console(stderr=True, soft_wrap=True)
-        run_dir = Path(run_dir)
+        run_dir = fs.path(run_dir)
         cmd = launch.command(run_dir, opts)
         if opts.dry_run:
             print(" ".join(cmd))
             return 0
-        if not prepare_run_dir(recipe, run_dir, "torch", console):
+        # Node 0 writes recipe.yaml; the other nodes' workers start after torchrun's rendezvous, so after it.
+        if not prepare_run_dir(recipe, run_dir, "torch", console, is_main=opts.node_rank == 0):
             return 0
         resolve.resolve(recipe, run_dir, generate=True)  # missing paths fail here, before any worker starts
         resume = resume_command(recipe_path, run_dir, self.name)

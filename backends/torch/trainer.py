@@ -7,7 +7,6 @@ reads the latest checkpoint on start and rank 0 writes checkpoints.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from clipa import fs
 from clipa.backends import schedule
 from clipa.backends.data import tokenizer
 from clipa.backends.loop import weights_meta
@@ -59,12 +59,12 @@ class TorchTrainer:
 
     backend = "torch"
 
-    def __init__(self, recipe: Recipe, run_dir: Path, world: tdist.World):
+    def __init__(self, recipe: Recipe, run_dir, world: tdist.World):
         for i, st in enumerate(recipe.stages):
             if st.global_batch % world.world_size:
                 raise UserError(f"stages[{i}].global_batch: {st.global_batch} is not divisible by "
                                 f"{world.world_size} processes")
-        self.recipe, self.run_dir, self.w = recipe, Path(run_dir), world
+        self.recipe, self.run_dir, self.w = recipe, fs.path(run_dir), world
         self.n_devices = self.world = world.world_size
         self.rank, self.is_main = world.rank, world.is_main
         self.device_name = torch.cuda.get_device_name(world.device) if world.device.type == "cuda" else "cpu"

@@ -9,17 +9,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Optional
 
 from rich.console import Console
 
 from clipa import recipe as recipe_mod
-from clipa import rundir
+from clipa import fs, rundir
 from clipa.errors import UserError
 
 
-def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int] = None,
+def main(run_dir, device: Optional[str] = None, max_samples: Optional[int] = None,
          resume: Optional[str] = None) -> int:
     """Train; returns 0 when finished or stopped at max_samples, raises UserError on user mistakes
     (Interrupted on SIGINT/SIGTERM, its message ending with ``resume``)."""
@@ -33,7 +32,7 @@ def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int]
     from clipa.backends.torch import dist as tdist
     from clipa.backends.torch.trainer import TorchTrainer
 
-    rec = recipe_mod.load(Path(run_dir) / rundir.RECIPE)
+    rec = recipe_mod.load(fs.path(run_dir) / rundir.RECIPE)
     world = tdist.init(device)
     if world.device.type == "cpu":
         # Threads from the decode demand and the free cores (backends/threads.py): OpenMP threads beyond
@@ -54,7 +53,7 @@ def main(run_dir: Path, device: Optional[str] = None, max_samples: Optional[int]
 
 def cli(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="clipa.backends.torch.worker")
-    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--run-dir", required=True)  # a local path or a URL (clipa/fs.py)
     p.add_argument("--device", default=None)
     p.add_argument("--max-samples", type=int, default=None)
     a = p.parse_args(argv)

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from clipa import rundir
+from clipa import fs, rundir
 from clipa.cli._common import entry, version_option
 
 app = typer.Typer(name="clipa-report", add_completion=False, help=__doc__, rich_markup_mode="markdown")
@@ -58,8 +58,10 @@ def _calibrate(runs, out: Path) -> None:
 
 @app.command(help=__doc__)
 def report(
-    run_dirs: Optional[List[Path]] = typer.Argument(None, help="run directories (default: the latest under --root)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="folder for the PNGs and report.html (default: RUN_DIR/report)"),
+    run_dirs: Optional[List[str]] = typer.Argument(None, help="run directories, paths or URLs (gs://BUCKET/RUN) "
+                                                   "(default: the latest under --root)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for the PNGs and report.html (default: RUN_DIR/report; "
+                                       "a local folder for a URL run directory)"),
     calibrate: bool = typer.Option(False, "--calibrate", help="fit a calibration file to these runs"),
     calibration_out: Optional[Path] = typer.Option(None, "--calibration-out",
                                                    help="calibration file (default: calibration.yaml next to the first run); updated if it exists"),
@@ -71,7 +73,7 @@ def report(
     from clipa.report import tables
     from clipa.report.load import load_run, resolve_dirs
 
-    dirs = resolve_dirs(run_dirs or [], root)
+    dirs = [fs.path(d) for d in resolve_dirs(run_dirs or [], root)]
     runs = [load_run(d) for d in dirs]
     if len(runs) > 1:
         console.print(tables.compare_table(runs))
@@ -82,7 +84,7 @@ def report(
     if plots:
         from clipa.report import figures, html
 
-        out_dir = out or dirs[0] / "report"
+        out_dir = out or fs.local_dir(dirs[0], "report")
         images, notes = figures.build(runs, out_dir, front=front)
         page = html.write(runs, images, out_dir / "report.html", notes)
         console.print(f"report: {page} ({sum(len(v) for v in images.values())} figures)")

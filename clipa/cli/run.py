@@ -6,7 +6,7 @@ Examples:
     clipa-run recipes/generated.yaml --dry-run      # check recipe and data, print the command, write nothing
     clipa-run R.yaml --nproc 8                      # torchrun: DDP (FSDP where the encoder does not fit)
     clipa-run R.yaml --nproc 8 --nnodes 4 --node-rank 0 --rdzv-endpoint host0:29500
-    clipa-run R.yaml --backend jax --tpu my-v4-64 --zone us-central2-b --dry-run
+    clipa-run R.yaml --backend jax --tpu my-v4-64 --zone us-central2-b --run-dir gs://my-bucket/run --dry-run
     clipa-run R.yaml --slurm --nodes 4 --gpus-per-node 8 --partition gpu --time 2-00:00:00 --dry-run
 
 The same command again resumes an unfinished run. Ctrl-C (exit 130) and SIGTERM (exit 143) save a
@@ -21,7 +21,7 @@ from typing import Optional
 import typer
 
 from clipa import recipe as recipe_mod
-from clipa import rundir
+from clipa import fs, rundir
 from clipa.cli._common import entry, not_with, version_option
 from clipa.errors import UserError
 
@@ -37,8 +37,9 @@ def run(
     ctx: typer.Context,
     recipe: Path = typer.Argument(..., help="recipe YAML (from clipa-plan, or written by hand)"),
     backend: str = typer.Option("torch", help="torch | jax", rich_help_panel=WHERE),
-    run_dir: Optional[Path] = typer.Option(None, help="run directory (default: runs/NAME, the recipe's name); an unfinished "
-                                           "one is resumed", rich_help_panel=WHERE),
+    run_dir: Optional[str] = typer.Option(None, help="run directory (default: runs/NAME, the recipe's name): a path, or "
+                                          "a URL every host sees (gs://BUCKET/RUN, needs gcsfs); an unfinished one is "
+                                          "resumed", rich_help_panel=WHERE),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)", rich_help_panel=WHERE),
     nproc: int = typer.Option(1, min=1, help="processes (devices) per node; >1 launches torchrun", rich_help_panel=TORCH),
     nnodes: int = typer.Option(1, min=1, help="nodes", rich_help_panel=TORCH),
@@ -74,9 +75,12 @@ def run(
     for name in ("nproc", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_id"):
         not_with("--" + name.replace("_", "-"), name in given and slurm, "with --slurm (use --nodes/--gpus-per-node)")
     not_with("--slurm", slurm and backend != "torch", f"to --backend {backend}")
-    run_dir = run_dir or rundir.default_run_dir(rec.name)
+    if slurm and fs.is_url(run_dir):
+        raise UserError(f"--run-dir {run_dir}: --slurm needs a path on the cluster's shared filesystem (sbatch "
+                        "writes its log there), not a URL")
+    run_dir = fs.path(run_dir) if run_dir else rundir.default_run_dir(rec.name)
     _check_before_claiming(rec, run_dir)
-    rec = _frozen_predictions(rec, run_dir)
+    rec = _frozen_predictions(rec, run_dir, read_existing=not dry_run)
     opts = backends.LaunchOptions(
         nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id,
         tpu=tpu, zone=zone, project=project, dry_run=dry_run, device=device, max_samples=max_samples,
@@ -105,14 +109,15 @@ def _check_before_claiming(rec, run_dir: Path) -> None:
     resolve.check_readable(ds.train)
 
 
-def _frozen_predictions(rec, run_dir: Path):
+def _frozen_predictions(rec, run_dir, read_existing: bool = True):
     """A recipe without predictions gets them now, at launch, and they are stored with the run: the report
     then compares against what was predicted before training, not against a later cost model. A resumed
-    run keeps the predictions it started with."""
+    run keeps the predictions it started with (``read_existing``: a dry run reads no run directory, which
+    may be a gs:// one only the workers can reach)."""
     if rec.predictions is not None:
         return rec
     existing = run_dir / rundir.RECIPE
-    if existing.exists():
+    if read_existing and existing.exists():
         try:
             old = recipe_mod.load(existing)
         except UserError:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from pathlib import Path
 from typing import Sequence
 
+from clipa import fs
 from clipa.report import tables
 from clipa.report.load import Run
 
@@ -83,8 +83,5 @@ def write(runs: Sequence[Run], images: dict[str, list[Path]], out: Path, notes: 
             parts.append(f"<h2>{_esc(title)}</h2>")
             parts += [_img(p, f"{title}: {Path(p).stem}") for p in paths]
     parts.append("</body></html>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, out)
+    fs.write_atomic(out, "\n".join(parts))
     return out

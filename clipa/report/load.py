@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from clipa import recipe as recipe_mod
-from clipa import rundir
+from clipa import fs, rundir
 from clipa.errors import UserError
 
 
@@ -69,8 +69,8 @@ def _predictions(rec: recipe_mod.Recipe) -> tuple[Optional[recipe_mod.Prediction
 
 
 def load_run(path: str | Path) -> Run:
-    """Load one run directory; a path that is not one is a one-line ``UserError``."""
-    path = Path(path)
+    """Load one run directory (a path or a URL, clipa/fs.py); a path that is not one is a one-line ``UserError``."""
+    path = fs.path(path)
     if not path.is_dir():
         raise UserError(f"{path}: not a run directory (no such directory)")
     if not (path / rundir.RECIPE).is_file():
