@@ -16,7 +16,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from clipa.errors import UserError
+from clipa.errors import UserError, validation_message
 
 RECIPE = "recipe.yaml"
 METRICS = "metrics.jsonl"
@@ -93,7 +93,7 @@ def read_achieved(run_dir: Path) -> Optional[Achieved]:
     try:
         return Achieved.model_validate_json(p.read_text())
     except ValidationError as e:
-        raise UserError(f"{p}: not a valid achieved.json ({e.errors()[0]['loc']}: {e.errors()[0]['msg']})") from None
+        raise UserError(validation_message(e, f"{p}: not a valid achieved.json")) from None
 
 
 def read_metrics(run_dir: Path) -> list[MetricsLine]:

@@ -28,7 +28,7 @@ from typing import Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from clipa.errors import UserError
+from clipa.errors import UserError, load_yaml, validation_message
 
 FORMAT_VERSION = 1
 
@@ -112,12 +112,7 @@ def save(cal: Calibration, path: str | Path) -> Path:
 def load(path: str | Path) -> Calibration:
     """Read and validate a calibration file; a bad file is a one-line ``UserError`` naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: calibration file not found")
-    try:
-        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not a valid calibration file ({str(e).splitlines()[0]})") from None
+    data = load_yaml(path, "calibration file")
     if not isinstance(data, dict):
         raise UserError(f"{path}: a calibration file must be a mapping, got {type(data).__name__}")
     if data.get("version", FORMAT_VERSION) != FORMAT_VERSION:
@@ -125,6 +120,4 @@ def load(path: str | Path) -> Calibration:
     try:
         return Calibration.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"{path}: {loc}: {first['msg']}") from None
+        raise UserError(validation_message(e, str(path))) from None

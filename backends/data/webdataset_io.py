@@ -74,35 +74,34 @@ def split_name(name: str) -> tuple[str, str]:
     return (f"{d}/{stem}" if d else stem), ext.lower()
 
 
-def index_shard(path: Path) -> ShardIndex:
-    """Read the tar headers of ``path``. A truncated or corrupt tar keeps the complete samples before
-    the damage and reports ``corrupt_shard``; samples without an image or caption are left out."""
-    groups: dict[str, dict[str, tuple[int, int]]] = {}
-    order: list[str] = []
+def _walk(path: Path, read: bool) -> tuple[dict[str, dict], dict[str, int]]:
+    """The members of the tar at ``path`` grouped by sample key, in file order: ``{key: {ext: (offset,
+    size)}}``, or ``{ext: bytes}`` with ``read``. A truncated or corrupt tar keeps the complete samples
+    before the damage and reports ``corrupt_shard``."""
+    groups: dict[str, dict] = {}
     errors: dict[str, int] = {}
-    size = path.stat().st_size
     try:
+        size = path.stat().st_size
         with tarfile.open(path, "r:") as tf:
-            while True:
-                m = tf.next()
-                if m is None:
-                    break
+            for m in iter(tf.next, None):
                 if not m.isfile():
                     continue
                 if m.offset_data + m.size > size:
                     raise tarfile.ReadError("member past end of file")
                 key, ext = split_name(m.name)
-                if key not in groups:
-                    groups[key] = {}
-                    order.append(key)
-                groups[key][ext] = (m.offset_data, m.size)
+                groups.setdefault(key, {})[ext] = tf.extractfile(m).read() if read else (m.offset_data, m.size)
     except (tarfile.TarError, OSError, EOFError, ValueError):
         errors["corrupt_shard"] = 1
-        if order:  # the last group may be cut short: drop it
-            groups.pop(order.pop(), None)
+        if groups:  # the last group may be cut short: drop it
+            groups.pop(next(reversed(groups)))
+    return groups, errors
+
+
+def index_shard(path: Path) -> ShardIndex:
+    """Read the tar headers of ``path`` (``_walk``); samples without an image or caption are left out."""
+    groups, errors = _walk(path, read=False)
     entries = []
-    for key in order:
-        g = groups[key]
+    for key, g in groups.items():
         img = next((e for e in IMAGE_EXTS if e in g), None)
         if img is None:
             errors["missing_image"] = errors.get("missing_image", 0) + 1
@@ -181,18 +180,5 @@ def write_shard(path: Path, samples: list[dict[str, bytes]]) -> Path:
 
 def read_shard_samples(path: Path) -> tuple[list[dict[str, bytes]], dict[str, int]]:
     """All samples of a shard with every member (``__key__`` + ext -> bytes); used by syntax_prep."""
-    idx_groups: dict[str, dict[str, bytes]] = {}
-    errors: dict[str, int] = {}
-    try:
-        with tarfile.open(path, "r:") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                key, ext = split_name(m.name)
-                idx_groups.setdefault(key, {"__key__": key})[ext] = tf.extractfile(m).read()
-    except (tarfile.TarError, OSError, EOFError, ValueError):
-        errors["corrupt_shard"] = 1
-        if idx_groups:
-            idx_groups.pop(next(reversed(idx_groups)))
-    return list(idx_groups.values()), errors
-
+    groups, errors = _walk(path, read=True)
+    return [{"__key__": key, **g} for key, g in groups.items()], errors
