@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class UserError(Exception):
@@ -55,3 +57,13 @@ def validation_message(err: ValidationError, source: str) -> str:
     where = f"{loc}: " if loc else ""
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{source}: {where}{msg}{more}"
+
+
+def validate(model: type[M], data: Any, source: str, what: str) -> M:
+    """``data`` (a file's mapping) as ``model``; anything else is a one-line UserError from ``source``."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a {what} must be a mapping, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise UserError(validation_message(e, source)) from None

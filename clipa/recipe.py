@@ -11,14 +11,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from clipa import encoders, reductions
 from clipa.datasets import DATASETS
-from clipa.errors import UserError, load_yaml, validation_message
+from clipa.errors import UserError, load_yaml, validate
 
 
 class _Strict(BaseModel):
@@ -36,15 +36,15 @@ def _registered(check, v: str) -> str:
     return v
 
 
+def _name_in(check):
+    """A string field that must name an entry of a registry (``check`` looks it up)."""
+    return Annotated[str, AfterValidator(lambda v: _registered(check, v))]
+
+
 class EncoderSpec(_Strict):
-    name: str = Field(description="registry name, e.g. 'L/16' (clipa.encoders)")
+    name: _name_in(encoders.get) = Field(description="registry name, e.g. 'L/16' (clipa.encoders)")
     class_token: bool = Field(False, description="prepend a learned class token to the image tower, as OpenCLIP's "
                                                  "ViT does (clipa-export needs it; torch backend only)")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered(encoders.get, v)
 
     @property
     def spec(self) -> encoders.Encoder:
@@ -55,18 +55,13 @@ class EncoderSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    name: str = Field(description=DATASETS.help())
+    name: _name_in(DATASETS.get) = Field(description=DATASETS.help())
     train: Optional[str] = Field(None, description="webdataset shards: path, brace pattern or list file")
     train_samples: Optional[int] = Field(None, gt=0, description="samples in one pass of `train`")
     val: Optional[str] = Field(None, description="ImageNet-style val folder (val/CLASS/*.jpg)")
     classnames: Optional[str] = Field(None, description="file with one class name per line")
     templates: Optional[str] = Field(None, description="file with one prompt template per line, '{}' for the class")
     workers: int = Field(2, ge=0, description="data-loading worker processes per device")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered(DATASETS.get, v)
 
 
 class HardwareSpec(_Strict):
@@ -84,13 +79,8 @@ class HardwareSpec(_Strict):
 
 
 class ImageReductionSpec(_Strict):
-    kind: str = Field("resize", description=reductions.IMAGE.help())
+    kind: _name_in(reductions.IMAGE.get) = Field("resize", description=reductions.IMAGE.help())
     mask_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of patch tokens removed (mask kinds)")
-
-    @field_validator("kind")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered(reductions.IMAGE.get, v)
 
     @model_validator(mode="after")
     def _ratio_only_for_masks(self):
@@ -144,16 +134,11 @@ class Stage(_Strict):
     image_size: int = Field(gt=0, description="input resolution in px")
     image_reduction: ImageReductionSpec = ImageReductionSpec()
     text_len: int = Field(ge=2, description="text tokens per caption, incl. start/end tokens (so at least 2)")
-    text_reduction: str = Field("truncate", description=reductions.TEXT.help())
+    text_reduction: _name_in(reductions.TEXT.get) = Field("truncate", description=reductions.TEXT.help())
     optimizer: OptimizerSpec
     schedule: ScheduleSpec = ScheduleSpec()
     augment: AugmentSpec = AugmentSpec()
     pos_embed: Literal["sincos", "learned"] = "sincos"
-
-    @field_validator("text_reduction")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered(reductions.TEXT.get, v)
 
     def image_tokens(self, encoder: encoders.Encoder) -> int:
         """Patch tokens the image tower sees after reduction."""
@@ -268,12 +253,7 @@ class Recipe(_Strict):
 
 
 def from_dict(data: dict, source: str = "recipe") -> Recipe:
-    if not isinstance(data, dict):
-        raise UserError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as e:
-        raise UserError(validation_message(e, source)) from None
+    return validate(Recipe, data, source, "recipe")
 
 
 def load(path: str | Path) -> Recipe:

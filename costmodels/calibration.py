@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from clipa.errors import UserError, load_yaml, validation_message
+from clipa.errors import UserError, load_yaml, validate
 
 FORMAT_VERSION = 1
 
@@ -113,11 +113,6 @@ def load(path: str | Path) -> Calibration:
     """Read and validate a calibration file; a bad file is a one-line ``UserError`` naming it."""
     path = Path(path)
     data = load_yaml(path, "calibration file")
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a calibration file must be a mapping, got {type(data).__name__}")
-    if data.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+    if isinstance(data, dict) and data.get("version", FORMAT_VERSION) != FORMAT_VERSION:
         raise UserError(f"{path}: calibration format version {data.get('version')!r}; this clipa reads {FORMAT_VERSION}")
-    try:
-        return Calibration.model_validate(data)
-    except ValidationError as e:
-        raise UserError(validation_message(e, str(path))) from None
+    return validate(Calibration, data, str(path), "calibration file")

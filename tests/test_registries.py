@@ -89,7 +89,7 @@ def test_torch_trains_every_reduction(batches, image, text):
 
 @pytest.fixture(scope="module")
 def jax_setup():
-    """The JAX model, optimizer, mesh and a step compiled once per batch layout (with or without keep)."""
+    """The JAX model, optimizer, mesh, initial weights and a step compiled once per batch layout."""
     jax = pytest.importorskip("jax")
     from clipa.backends.jax import model as M, sharding as shd, trainer as T
 
@@ -99,28 +99,23 @@ def jax_setup():
     mesh = shd.make_mesh()
     steps = {}
 
-    def fresh(keys):
-        state = T.place_state(T.init_state(params, tx), mesh)
+    def step_for(keys):
         if keys not in steps:
-            steps[keys] = T.make_step(model, tx, mesh, state, list(keys))
-        return state, steps[keys]
+            steps[keys] = T.make_step(model, tx, mesh, T.place_state(T.init_state(params, tx), mesh), list(keys))
+        return steps[keys]
 
-    return model, mesh, fresh
+    return model, tx, params, mesh, step_for
 
 
 @pytest.mark.parametrize("image,text", CASES)
 def test_jax_trains_every_reduction(batches, jax_setup, image, text):
     import jax
 
-    from clipa.backends.jax import sharding as shd
+    from jax_steps import two_steps
 
-    model, mesh, fresh = jax_setup
+    model, tx, params, mesh, step_for = jax_setup
     batch = batches[image, text][1]
-    state, step = fresh(tuple(batch))
-    losses = []
-    for _ in range(2):
-        state, out = step(state, shd.global_batch(batch, mesh))
-        losses.append(float(out["loss"]))
+    state, losses = two_steps(model, tx, params, batch, mesh, step_for(tuple(batch)))
     img, txt, _ = model.apply({"params": jax.device_get(state["params"])}, batch["image"], batch["text"],
                               batch.get("keep"))
     assert img.shape == txt.shape == (B, ENC.embed_dim)
