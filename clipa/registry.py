@@ -7,7 +7,7 @@ registered, is an error naming the value and the known names.
 """
 from __future__ import annotations
 
-from typing import Generic, Iterator, TypeVar
+from typing import Generic, Iterator, Optional, TypeVar
 
 from clipa.errors import UserError
 
@@ -15,10 +15,12 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Entries (objects with a ``name``) in registration order; ``what`` names them in errors."""
+    """Entries (objects with a ``name``) in registration order; ``what`` names them in errors;
+    ``aliases`` map other names to registered ones (CLIPA-v2's "G/14" is OpenCLIP's "bigG/14")."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, aliases: Optional[dict[str, str]] = None):
         self.what = what
+        self.aliases = aliases or {}
         self._entries: dict[str, T] = {}
 
     def register(self, entry: T) -> T:
@@ -29,10 +31,11 @@ class Registry(Generic[T]):
         return entry
 
     def get(self, name: str) -> T:
-        """The entry called ``name``, or a UserError listing the known names."""
-        if name not in self._entries:
-            raise UserError(f"unknown {self.what} {name!r}; known: {', '.join(self._entries)}")
-        return self._entries[name]
+        """The entry called ``name`` (or an alias of it), or a UserError listing the known names."""
+        key = self.aliases.get(name, name)
+        if key not in self._entries:
+            raise UserError(f"unknown {self.what} {name!r}; known: {', '.join([*self._entries, *self.aliases])}")
+        return self._entries[key]
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)

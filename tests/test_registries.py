@@ -2,6 +2,7 @@
 backends (timm's contract test over every registered model)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -34,6 +35,17 @@ def test_recipe_search_space_and_help_read_the_registries():
         recipe.ImageReductionSpec(kind="crop")
     masks = {p.image_reduction for p in ss.points(("L/16",))}
     assert masks == set(reductions.IMAGE.names())
+
+
+def test_every_finetune_schedule_and_plannable_dataset_make_a_recipe_that_maps_back():
+    base = next(p for p in ss.points(("L/14",)) if p.image_reduction == "resize" and p.side == 8)
+    for ft in ss.FINETUNES:
+        for ds in datasets.plannable():
+            p = dataclasses.replace(base, finetune=ft.name)
+            rec = ss.build_recipe(p, 1.28e9, dataset=ds, hardware="a100x8", name="x")
+            assert [(s.image_size, s.samples, s.image_reduction.mask_ratio, s.text_len) for s in rec.stages[1:]] \
+                == [(s.image_size, s.samples, s.mask_ratio, s.text_len) for s in ft.stages]
+            assert rec.dataset.name == ds and ss.point_from_recipe(rec) == p
 
 
 def _stage(image: str, text: str) -> recipe.Stage:
