@@ -3,7 +3,9 @@
 An entry holds all clipa knows about a reduction: its code (numpy, run by the data pipeline both
 backends share) and its published cost (the accuracy law's constant, with its source). Adding a
 reduction is one ``register`` call here: the recipe's allowed values, the planner's search space,
-the help text, the pipeline's mask indices and the law's strategy cost all read these entries.
+the help text, the pipeline's mask indices and the law's strategy cost all read these entries. A new
+entry adds a constant to the accuracy law, which then refits in memory at first use until
+``python -m clipa.costmodels.accuracy_validate --refit`` stores the fit again (accuracy_fit.json).
 """
 from __future__ import annotations
 
