@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from clipa.errors import UserError
+from clipa.registry import Registry
 
 # CLIP BPE tokenizer shipped with open_clip (bpe_simple_vocab_16e6.txt.gz): 49408 tokens.
 CLIP_VOCAB = 49408
@@ -73,14 +73,8 @@ def _enc(name, vw, vd, vh, vmlp, patch, tw, td, th, embed, source, vocab=CLIP_VO
 
 
 _OC = "open_clip model_configs/{}.json"
-ENCODERS: dict[str, Encoder] = {}
-
-
-def register(enc: Encoder) -> Encoder:
-    if enc.name in ENCODERS:
-        raise ValueError(f"encoder {enc.name!r} registered twice")
-    ENCODERS[enc.name] = enc
-    return enc
+ENCODERS = Registry[Encoder]("encoder", aliases={"G/14": "bigG/14"})
+register = ENCODERS.register
 
 
 for _e in (
@@ -99,13 +93,5 @@ for _e in (
 ):
     register(_e)
 
-ALIASES = {"G/14": "bigG/14"}
-
-
-def get(name: str) -> Encoder:
-    """Look an encoder up by its short name ("L/16"), or raise a UserError listing the known ones."""
-    key = ALIASES.get(name, name)
-    if key not in ENCODERS:
-        known = ", ".join(list(ENCODERS) + list(ALIASES))
-        raise UserError(f"unknown encoder {name!r}; known: {known}")
-    return ENCODERS[key]
+# Look an encoder up by its short name ("L/16"), or raise a UserError listing the known ones.
+get = ENCODERS.get

@@ -1,4 +1,15 @@
-"""The exceptions the CLIs turn into one line on stderr and an exit code (never a traceback)."""
+"""The exceptions the CLIs turn into one line on stderr and an exit code (never a traceback), and the
+one reader of YAML files and formatter of validation errors that word those lines."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class UserError(Exception):
@@ -16,3 +27,43 @@ class Interrupted(UserError):
         super().__init__(message)
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+def load_yaml(path: Path, what: str, source: str = "") -> Any:
+    """``yaml.safe_load`` of the file at ``path`` (``json.loads`` if it ends in .json: YAML 1.1 reads
+    1e-05 as a string); a file that is missing, unreadable, not UTF-8 or not parseable is a one-line
+    UserError naming it (``source``, default the path) and ``what`` it should be."""
+    source = source or str(path)
+    if not path.is_file():
+        raise UserError(f"{source}: {what} not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except OSError as e:
+        raise UserError(f"{source}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{source}: not a UTF-8 text file (byte {e.start})") from None
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise UserError(f"{source}: not a valid {what} ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply to be a {what}") from None
+
+
+def validation_message(err: ValidationError, source: str) -> str:
+    """A pydantic error as one line: the source, the first bad field's path (``stages[0].lr``) and why."""
+    errors = err.errors()
+    loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in errors[0]["loc"]).replace(".[", "[")
+    msg = errors[0]["msg"].removeprefix("Value error, ")
+    where = f"{loc}: " if loc else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{source}: {where}{msg}{more}"
+
+
+def validate(model: type[M], data: Any, source: str, what: str) -> M:
+    """``data`` (a file's mapping) as ``model``; anything else is a one-line UserError from ``source``."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a {what} must be a mapping, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise UserError(validation_message(e, source)) from None

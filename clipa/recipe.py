@@ -11,17 +11,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from clipa import encoders, fs
-from clipa.errors import UserError
-
-ImageReduction = Literal["resize", "random_mask", "grid_mask", "block_mask"]
-TextReduction = Literal["truncate", "random", "block", "syntax"]
-DATASETS = ("laion-400m", "laion-2b", "datacomp-1b", "demo", "custom")
+from clipa import encoders, fs, reductions
+from clipa.datasets import DATASETS
+from clipa.errors import UserError, load_yaml, validate
 
 
 class _Strict(BaseModel):
@@ -39,15 +36,15 @@ def _registered(check, v: str) -> str:
     return v
 
 
+def _name_in(check):
+    """A string field that must name an entry of a registry (``check`` looks it up)."""
+    return Annotated[str, AfterValidator(lambda v: _registered(check, v))]
+
+
 class EncoderSpec(_Strict):
-    name: str = Field(description="registry name, e.g. 'L/16' (clipa.encoders)")
+    name: _name_in(encoders.get) = Field(description="registry name, e.g. 'L/16' (clipa.encoders)")
     class_token: bool = Field(False, description="prepend a learned class token to the image tower, as OpenCLIP's "
                                                  "ViT does (clipa-export needs it; torch backend only)")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered(encoders.get, v)
 
     @property
     def spec(self) -> encoders.Encoder:
@@ -58,20 +55,13 @@ class EncoderSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    name: str = Field(description="laion-400m | laion-2b | datacomp-1b | demo | custom")
+    name: _name_in(DATASETS.get) = Field(description=DATASETS.help())
     train: Optional[str] = Field(None, description="webdataset shards: path, brace pattern or list file")
     train_samples: Optional[int] = Field(None, gt=0, description="samples in one pass of `train`")
     val: Optional[str] = Field(None, description="ImageNet-style val folder (val/CLASS/*.jpg)")
     classnames: Optional[str] = Field(None, description="file with one class name per line")
     templates: Optional[str] = Field(None, description="file with one prompt template per line, '{}' for the class")
     workers: int = Field(2, ge=0, description="data-loading worker processes per device")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; known: {', '.join(DATASETS)}")
-        return v
 
 
 class HardwareSpec(_Strict):
@@ -89,13 +79,13 @@ class HardwareSpec(_Strict):
 
 
 class ImageReductionSpec(_Strict):
-    kind: ImageReduction = "resize"
+    kind: _name_in(reductions.IMAGE.get) = Field("resize", description=reductions.IMAGE.help())
     mask_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of patch tokens removed (mask kinds)")
 
     @model_validator(mode="after")
     def _ratio_only_for_masks(self):
-        if self.kind == "resize" and self.mask_ratio != 0.0:
-            raise ValueError("mask_ratio must be 0 when kind is 'resize' (resize reduces tokens by image_size)")
+        if not reductions.IMAGE.get(self.kind).masks and self.mask_ratio != 0.0:
+            raise ValueError(f"mask_ratio must be 0 when kind is {self.kind!r} (it reduces tokens by image_size)")
         return self
 
 
@@ -144,7 +134,7 @@ class Stage(_Strict):
     image_size: int = Field(gt=0, description="input resolution in px")
     image_reduction: ImageReductionSpec = ImageReductionSpec()
     text_len: int = Field(ge=2, description="text tokens per caption, incl. start/end tokens (so at least 2)")
-    text_reduction: TextReduction = "truncate"
+    text_reduction: _name_in(reductions.TEXT.get) = Field("truncate", description=reductions.TEXT.help())
     optimizer: OptimizerSpec
     schedule: ScheduleSpec = ScheduleSpec()
     augment: AugmentSpec = AugmentSpec()
@@ -262,37 +252,13 @@ class Recipe(_Strict):
         return self
 
 
-def _format_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in first["loc"]).replace(".[", "[")
-    msg = first["msg"].removeprefix("Value error, ")
-    where = f"{loc}: " if loc else ""
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{source}: {where}{msg}{more}"
-
-
 def from_dict(data: dict, source: str = "recipe") -> Recipe:
-    if not isinstance(data, dict):
-        raise UserError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as e:
-        raise UserError(_format_error(e, source)) from None
+    return validate(Recipe, data, source, "recipe")
 
 
 def load(path: str | Path) -> Recipe:
     path = fs.path(path)  # a run directory's recipe.yaml may be at a URL (clipa/fs.py)
-    if not path.is_file():
-        raise UserError(f"{path}: recipe file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    except RecursionError:
-        raise UserError(f"{path}: nested too deeply to be a recipe") from None
-    return from_dict(data, str(path))
+    return from_dict(load_yaml(path, "recipe file"), str(path))
 
 
 def dump(recipe: Recipe, path: str | Path, header: str = "") -> Path:

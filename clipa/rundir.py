@@ -18,7 +18,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from clipa import fs
-from clipa.errors import UserError
+from clipa.errors import UserError, validation_message
 
 RECIPE = "recipe.yaml"
 METRICS = "metrics.jsonl"
@@ -90,7 +90,7 @@ def read_achieved(run_dir) -> Optional[Achieved]:
     try:
         return Achieved.model_validate_json(p.read_text())
     except ValidationError as e:
-        raise UserError(f"{p}: not a valid achieved.json ({e.errors()[0]['loc']}: {e.errors()[0]['msg']})") from None
+        raise UserError(validation_message(e, f"{p}: not a valid achieved.json")) from None
 
 
 def read_metrics(run_dir) -> list[MetricsLine]:

@@ -42,9 +42,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from clipa import encoders
+from clipa import datasets, encoders, reductions
 
-DATASETS = ("laion-400m", "laion-2b", "datacomp-1b")  # the ones with published runs
+DATASETS = datasets.published()  # the ones with published runs
 N_REF = 301_989_888  # L/16 vision-tower weights (encoders.py shapes): n = 1 at L/16
 T_REF = 256  # image tokens of a /14 tower at 224 px: "full tokens" for the law
 L_REF = 32  # CLIPA: 32 text tokens lose nothing against 77 (CLIPA paper; CLIPA-v2 fine-tunes at 32)
@@ -55,28 +55,23 @@ MAX_FT = 3  # fine-tune stages the vectorised model handles (CLIPA uses at most 
 # text penalty's shape is fitted down to here and continues along its tangent below it.
 L_MIN = 8
 
-# Text-reduction multipliers on the text penalty, relative to syntax masking: CLIPA paper Fig. 7
-# as read by a third party (ext_clipa_inverse_scaling.csv rows 32-35: B/16 at 4 text tokens loses
-# ~3.0 (syntax), ~4-5 (truncate, random), ~4 (block) points) -> 4.5/3, 4.5/3, 4/3. Read off a
-# figure: +-0.17 (the "4-5" range / 3 / 2) is carried as their standard deviation.
-TEXT_REDUCTIONS = ("syntax", "truncate", "random", "block")
-# Image masking strategies cost more than resizing, and fine-tuning does not recover it: L/16 at 75%
-# token reduction, after fine-tune, resize 68.9, block 68.5, random 67.6, grid 67.3 (CLIPA paper
-# Fig. 4 via ext_clipa_inverse_scaling.csv rows 28-31, third_party_unverified). Applied as
-# DELTA * n**-gamma * reduction / STRATEGY_REF_REDUCTION points, reduction = 1 - tokens / T_REF (the
-# L/16 figures: 49 of 196 tokens = 1 - 49/256 of T_REF); linear in the reduction is an assumption.
-# Unverified third-party readings: +-0.5 point each is carried as their standard deviation.
-IMAGE_REDUCTIONS = ("resize", "block_mask", "random_mask", "grid_mask")
+# Text reductions multiply the text penalty, relative to syntax masking; image masks cost a fixed
+# extra DELTA * n**-gamma * reduction / STRATEGY_REF_REDUCTION points against resizing, reduction =
+# 1 - tokens / T_REF (the L/16 figures: 49 of 196 tokens = 1 - 49/256 of T_REF); linear in the
+# reduction is an assumption. Both are published readings held by the registries (clipa/reductions.py).
+TEXT_REDUCTIONS = reductions.TEXT.names()
+IMAGE_REDUCTIONS = reductions.IMAGE.names()
 STRATEGY_REF_REDUCTION = 1.0 - 49 / 256
 # Fine-tune stages read truncated captions (CLIPA fine-tune scripts, ext_clipa_recipes.csv rows 31-37).
 FT_TEXT_REDUCTION = "truncate"
 
 FITTED = ("A", "ds_laion400m", "ds_datacomp1b", "openclip_offset", "lnB", "alpha", "lnC", "beta",
           "lnKi", "ci", "gamma", "lnKt", "ct", "gamma_t", "lnF0", "keep", "lnrho")
-CONSTANTS = {"mult_truncate": 4.5 / 3, "mult_random": 4.5 / 3, "mult_block": 4.0 / 3,
-             "delta_block_mask": 68.9 - 68.5, "delta_random_mask": 68.9 - 67.6, "delta_grid_mask": 68.9 - 67.3}
-CONST_SD = {"mult_truncate": 0.17, "mult_random": 0.17, "mult_block": 0.17,
-            "delta_block_mask": 0.5, "delta_random_mask": 0.5, "delta_grid_mask": 0.5}
+# Each reduction but the reference (the registries' first entry: syntax, resize) is one constant.
+_READINGS = ([(f"mult_{r.name}", r.law_mult, r.law_mult_sd) for r in list(reductions.TEXT)[1:]]
+             + [(f"delta_{r.name}", r.law_delta, r.law_delta_sd) for r in list(reductions.IMAGE)[1:]])
+CONSTANTS = {k: v for k, v, _ in _READINGS}
+CONST_SD = {k: sd for k, _, sd in _READINGS}
 PARAMS = FITTED + tuple(CONSTANTS)
 IDX = {k: i for i, k in enumerate(PARAMS)}
 
@@ -196,9 +191,9 @@ def model(theta: np.ndarray, d: dict[str, np.ndarray], ds_code, tok_code) -> np.
     logn = d["logn"]
     shrink = np.exp(-P("gamma") * logn)  # n**-gamma
     shrink_t = np.exp(-P("gamma_t") * logn)  # the text penalty's own inverse scaling
-    mult = {"syntax": 1.0, **{r: P(f"mult_{r}") for r in TEXT_REDUCTIONS[1:]}}
+    mult = {r: P(f"mult_{r}") if i else 1.0 for i, r in enumerate(TEXT_REDUCTIONS)}
     mt0 = sum(mult[r] * d["tred"][:, i] for i, r in enumerate(TEXT_REDUCTIONS))
-    strat = sum(P(f"delta_{r}") * d["ired"][:, i] for i, r in enumerate(IMAGE_REDUCTIONS) if r != "resize")
+    strat = sum(P(f"delta_{r}") * d["ired"][:, i] for i, r in enumerate(IMAGE_REDUCTIONS) if i)
     base = (P("A") + P("openclip_offset") * d["oc"] - np.exp(P("lnB")) * np.exp(-P("alpha") * logn)
             - strat * d["red"] * shrink)
     Ki, ci, Kt, ct = np.exp(P("lnKi")), P("ci"), np.exp(P("lnKt")), P("ct")

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from clipa import fs
-from clipa.errors import UserError
+from clipa.errors import UserError, load_yaml, validate
 
 FORMAT_VERSION = 1
 
@@ -109,19 +109,7 @@ def save(cal: Calibration, path: str | Path) -> Path:
 def load(path: str | Path) -> Calibration:
     """Read and validate a calibration file; a bad file is a one-line ``UserError`` naming it."""
     path = fs.path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: calibration file not found")
-    try:
-        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not a valid calibration file ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a calibration file must be a mapping, got {type(data).__name__}")
-    if data.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+    data = load_yaml(path, "calibration file")
+    if isinstance(data, dict) and data.get("version", FORMAT_VERSION) != FORMAT_VERSION:
         raise UserError(f"{path}: calibration format version {data.get('version')!r}; this clipa reads {FORMAT_VERSION}")
-    try:
-        return Calibration.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"{path}: {loc}: {first['msg']}") from None
+    return validate(Calibration, data, str(path), "calibration file")

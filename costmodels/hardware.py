@@ -32,7 +32,7 @@ from typing import Optional
 import yaml
 
 from clipa import fs
-from clipa.errors import UserError
+from clipa.errors import UserError, load_yaml
 
 DATA = Path(__file__).parent / "data" / "hardware.yaml"
 PRICING = ("on-demand", "spot")
@@ -228,14 +228,7 @@ def _cpu() -> Hardware:
 def load_prices(path: Path) -> dict:
     """Read and check a user's override file; UserError naming the file and the bad key/field."""
     path = Path(path)
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except OSError as e:
-        raise UserError(f"--prices {path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"--prices {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    data = data or {}
+    data = load_yaml(path, "prices file", f"--prices {path}") or {}
     if not isinstance(data, dict):
         raise UserError(f"--prices {path}: must be a mapping from hardware name to fields")
     d = _data()

@@ -145,15 +145,16 @@ def _memory(enc_name: str, side: int, text_len: int, batch: int, finetune: str,
         if not _fits(enc_name, batch, side ** 2, text_len, hw, ckpt):
             continue
         ft_ok = [b for b in ss.FT_BATCHES
-                 if all(_fits(enc_name, b, _ft_tokens(enc, s), s[5], hw, ckpt) for s in ss.FINETUNES[finetune])]
+                 if all(_fits(enc_name, b, _ft_tokens(enc, s), s.text_len, hw, ckpt)
+                        for s in ss.FINETUNES.get(finetune).stages)]
         if ft_ok:  # no fine-tune: every batch "fits", so the largest
             return ckpt, max(ft_ok)
     return None
 
 
-def _ft_tokens(enc: encoders.Encoder, ft) -> int:
-    """Image tokens of a ``ss.FINETUNES`` entry (image_size, samples, mask_ratio, ...)."""
-    return enc.vision.kept_tokens(ft[0], ft[2])
+def _ft_tokens(enc: encoders.Encoder, ft: ss.FinetuneStage) -> int:
+    """Image tokens of a fine-tune stage of ``ss.FINETUNES``."""
+    return enc.vision.kept_tokens(ft.image_size, ft.mask_ratio)
 
 
 def features(p: ss.Point, samples: float, dataset: str) -> RunFeatures:
@@ -165,8 +166,8 @@ def features(p: ss.Point, samples: float, dataset: str) -> RunFeatures:
 @lru_cache(maxsize=None)
 def _ft_features(enc_name: str, finetune: str) -> tuple[FinetuneStage, ...]:
     enc = encoders.get(enc_name)
-    return tuple(FinetuneStage(image_size=s[0], image_tokens=_ft_tokens(enc, s), samples=s[1], text_len=s[5],
-                               mask_ratio=s[2]) for s in ss.FINETUNES[finetune])
+    return tuple(FinetuneStage(image_size=s.image_size, image_tokens=_ft_tokens(enc, s), samples=s.samples,
+                               text_len=s.text_len, mask_ratio=s.mask_ratio) for s in ss.FINETUNES.get(finetune).stages)
 
 
 def costed(p: ss.Point, ctx: Context, samples: Optional[float] = None) -> Optional[Costed]:
@@ -197,10 +198,10 @@ def _cost(p: ss.Point, ctx: Context, samples: Optional[float], ckpt: bool, ft_ba
         return d, w
 
     ft_dev = ft_wall = 0.0
-    for s in ss.FINETUNES[p.finetune]:
-        d, w = rate(_ft_tokens(enc, s), s[5], s[0])
-        ft_wall += w * s[1] + per_stage_s / 3600.0
-        ft_dev += d * s[1] + n_dev * per_stage_s / 3600.0
+    for s in ss.FINETUNES.get(p.finetune).stages:
+        d, w = rate(_ft_tokens(enc, s), s.text_len, s.image_size)
+        ft_wall += w * s.samples + per_stage_s / 3600.0
+        ft_dev += d * s.samples + n_dev * per_stage_s / 3600.0
     d_pre, w_pre = rate(p.side ** 2, p.text_len, p.image_size())
     fixed_h = per_stage_s / 3600.0
 

@@ -31,12 +31,13 @@ def problem(mask: bool = False):
     return model, T.optimizer(st.optimizer, T.schedule(st)), params, batch
 
 
-def two_steps(model, tx, params, batch, mesh):
-    """Two training steps on ``mesh`` (``batch`` = this process's rows) -> (final state, losses)."""
+def two_steps(model, tx, params, batch, mesh, step=None):
+    """Two training steps on ``mesh`` (``batch`` = this process's rows) -> (final state, losses).
+    ``step``: a compiled step for this batch's keys to reuse (default: compile one)."""
     from clipa.backends.jax import sharding as shd, trainer as T
 
     state = T.place_state(T.init_state(params, tx), mesh)
-    step = T.make_step(model, tx, mesh, state, list(batch))
+    step = step or T.make_step(model, tx, mesh, state, list(batch))
     losses = []
     for _ in range(2):
         state, out = step(state, shd.global_batch(batch, mesh))

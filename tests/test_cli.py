@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tiny_run import tiny, write
 
 from clipa import __version__, recipe
 
@@ -123,21 +124,17 @@ def test_plan_without_data_says_what_to_fill_and_run_names_the_field(tmp_path):
 
 
 def test_bad_data_is_refused_before_the_run_directory_is_claimed(tmp_path, shards):
-    rec = {"name": "t", "encoder": {"name": "test"}, "hardware": {"name": "cpu"},
-           "dataset": {"name": "custom", "train": str(tmp_path / "missing-{0..3}.tar"), "workers": 0},
-           "stages": [{"name": "s", "samples": 32, "global_batch": 16, "image_size": 32, "text_len": 8,
-                       "optimizer": {"lr": 1e-3}}]}
-    p = tmp_path / "r.yaml"
-    p.write_text(yaml.safe_dump(rec))
+    rec = tiny(stages=1, dataset={"name": "custom", "train": str(tmp_path / "missing-{0..3}.tar"), "workers": 0})
+    p = write(rec, tmp_path / "r.yaml")
     _one_line_error(_cli("clipa-run", p, "--run-dir", tmp_path / "run"), 2, "shard not found")
     assert not (tmp_path / "run").exists()
     not_tar = tmp_path / "bad.tar"
     not_tar.write_bytes(b"this is no tar file" * 100)
     rec["dataset"]["train"] = str(not_tar)
-    p.write_text(yaml.safe_dump(rec))
+    write(rec, p)
     _one_line_error(_cli("clipa-run", p, "--dry-run", "--run-dir", tmp_path / "run"), 2, "not a readable tar shard")
     rec["dataset"]["train"], rec["dataset"]["workers"] = shards["train"], 10_000
-    p.write_text(yaml.safe_dump(rec))
+    write(rec, p)
     _one_line_error(_cli("clipa-run", p, "--run-dir", tmp_path / "run"), 2, "dataset.workers")
     assert not (tmp_path / "run").exists()
 
@@ -149,12 +146,7 @@ def test_failed_torchrun_workers_exit_non_zero(tmp_path, shards):
 
     if torch.cuda.is_available():
         pytest.skip("needs a machine without CUDA")
-    rec = {"name": "t", "encoder": {"name": "test"}, "hardware": {"name": "cpu"},
-           "dataset": {"name": "custom", "train": shards["train"], "workers": 0},
-           "stages": [{"name": "s", "samples": 32, "global_batch": 16, "image_size": 32, "text_len": 8,
-                       "optimizer": {"lr": 1e-3}}], "train": {"precision": "fp32"}}
-    p = tmp_path / "r.yaml"
-    p.write_text(yaml.safe_dump(rec))
+    p = write(tiny(shards, stages=1), tmp_path / "r.yaml")
     r = _cli("clipa-run", p, "--nproc", "2", "--device", "cuda", "--run-dir", tmp_path / "run")
     assert r.returncode != 0, r.stderr[-2000:]
 

@@ -9,8 +9,7 @@ among them), and which one a device dispatches to is not what these tests check.
 import pytest
 
 torch = pytest.importorskip("torch")
-from open_clip.transformer import TextTransformer  # noqa: E402
-from timm.models.vision_transformer import VisionTransformer  # noqa: E402
+import reference_modules as ref  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -18,19 +17,6 @@ from clipa import encoders  # noqa: E402
 from clipa.costmodels import flops  # noqa: E402
 
 BATCH = 2
-
-
-def _vit(enc, image_size, mask_ratio=0.0):
-    v = enc.vision
-    return VisionTransformer(img_size=image_size, patch_size=v.patch, embed_dim=v.width, depth=v.depth,
-                             num_heads=v.heads, mlp_ratio=v.mlp_dim / v.width, class_token=False,
-                             global_pool="avg", num_classes=enc.embed_dim, patch_drop_rate=mask_ratio)
-
-
-def _text(enc, text_len):
-    t = enc.text
-    return TextTransformer(context_length=text_len, vocab_size=t.vocab, width=t.width, heads=t.heads,
-                           layers=t.depth, mlp_ratio=t.mlp_dim / t.width, output_dim=enc.embed_dim)
 
 
 def _count(fn) -> float:
@@ -41,7 +27,7 @@ def _count(fn) -> float:
 
 def _vision_count(enc, image_size, mask_ratio=0.0, backward=False, checkpoint=False, device="meta"):
     with torch.device(device):
-        m = _vit(enc, image_size, mask_ratio)
+        m = ref.vit(enc, image_size, head=True, mask_ratio=mask_ratio)
         x = torch.randn(BATCH, 3, image_size, image_size)
     m.train(mask_ratio > 0)                 # timm drops patches only in train mode
     m.set_grad_checkpointing(checkpoint)
@@ -50,7 +36,7 @@ def _vision_count(enc, image_size, mask_ratio=0.0, backward=False, checkpoint=Fa
 
 def _text_count(enc, text_len, backward=False, checkpoint=False, device="meta"):
     with torch.device(device):
-        m = _text(enc, text_len)
+        m = ref.text(enc, text_len)
         ids = torch.randint(1, 100, (BATCH, text_len))
     m.set_grad_checkpointing(checkpoint)
     return _count(lambda: m(ids).sum().backward() if backward else m(ids))

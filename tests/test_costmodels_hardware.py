@@ -185,7 +185,7 @@ def test_prices_file_overrides(tmp_path):
     ("h100x8: 3", "h100x8: must be a mapping"),
     ("v100x8: {usd_per_hour: 3}", "'v100x8' is not a hardware name"),
     ("- a\n- b", "must be a mapping"),
-    ("h100x8: {usd_per_hour: [1", "not valid YAML"),
+    ("h100x8: {usd_per_hour: [1", "not a valid prices file"),
 ])
 def test_bad_prices_file(tmp_path, content, match):
     f = tmp_path / "p.yaml"
@@ -196,7 +196,7 @@ def test_bad_prices_file(tmp_path, content, match):
 
 
 def test_missing_prices_file(tmp_path):
-    with pytest.raises(UserError, match="nope.yaml: cannot read"):
+    with pytest.raises(UserError, match="nope.yaml: prices file not found"):
         hardware.get("a100x8", tmp_path / "nope.yaml")
 
 

@@ -3,25 +3,11 @@ the tensors autograd saves for backward (torch.autograd.graph.saved_tensors_hook
 import pytest
 
 torch = pytest.importorskip("torch")
-from open_clip.transformer import TextTransformer  # noqa: E402
-from timm.models.vision_transformer import VisionTransformer  # noqa: E402
+import reference_modules as ref  # noqa: E402
 
 from clipa import encoders  # noqa: E402
 from clipa.costmodels import hardware, memory  # noqa: E402
 from clipa.errors import UserError  # noqa: E402
-
-
-def _vit(enc, image_size, pos_embed="none"):
-    v = enc.vision
-    return VisionTransformer(img_size=image_size, patch_size=v.patch, embed_dim=v.width, depth=v.depth,
-                             num_heads=v.heads, mlp_ratio=v.mlp_dim / v.width, class_token=False,
-                             global_pool="avg", num_classes=0, pos_embed=pos_embed)
-
-
-def _text(enc, context_length=None):
-    t = enc.text
-    return TextTransformer(context_length=context_length or t.max_len, vocab_size=t.vocab, width=t.width,
-                           heads=t.heads, layers=t.depth, mlp_ratio=t.mlp_dim / t.width, output_dim=enc.embed_dim)
 
 
 def _n(module) -> int:
@@ -32,10 +18,10 @@ def _n(module) -> int:
 def test_param_count_matches_real_modules(name):
     enc = encoders.get(name)
     with torch.device("meta"):
-        vit = _vit(enc, 224)                                            # sin-cos: no position parameter
-        vit_learned = _vit(enc, 224, pos_embed="learn")
+        vit = ref.vit(enc, 224, pos_embed="none")                       # sin-cos: no position parameter
+        vit_learned = ref.vit(enc, 224)
         proj = torch.nn.Linear(enc.vision.width, enc.embed_dim, bias=False)   # backends/README: no bias
-        text = _text(enc)
+        text = ref.text(enc)
     assert memory.vision_params(enc) == _n(vit) + _n(proj)
     assert memory.vision_params(enc, image_size=224) == _n(vit_learned) + _n(proj)
     assert memory.text_params(enc) == _n(text)
@@ -74,7 +60,7 @@ def test_vision_activations_match_saved_tensors(name, image_size, precision):
     enc = encoders.get(name)
     # A position embedding is added as in clipa's model (fp32 sin-cos buffer or learned parameter):
     # that fp32 add is what keeps the residual stream in fp32 under autocast.
-    vit = _vit(enc, image_size, pos_embed="learn")
+    vit = ref.vit(enc, image_size)
     measured = _per_sample(lambda b: torch.randn(b, 3, image_size, image_size), vit.forward_features, precision)
     model = memory.vision_activation_bytes(enc, enc.vision.tokens(image_size), grad_checkpointing=False,
                                            precision=precision)
@@ -93,7 +79,7 @@ def test_vision_activations_match_saved_tensors(name, image_size, precision):
 def test_text_activations_match_saved_tensors():
     torch.set_num_threads(1)
     enc = encoders.get("demo")
-    text = _text(enc, context_length=32)
+    text = ref.text(enc, context_length=32)
     measured = _per_sample(lambda b: torch.randint(1, 100, (b, 32)), text, "bf16")
     model = memory.text_activation_bytes(enc, 32, grad_checkpointing=False)
     # Outside the blocks the tower also saves its final LayerNorm input and the pooled row (~4% here).

@@ -4,13 +4,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipa import encoders
-from clipa.backends.data.image_reduction import keep_indices
-from clipa.backends.data.text_reduction import reduce_ids
+from clipa import encoders, reductions
 from clipa.recipe import ImageReductionSpec, OptimizerSpec, Stage
 
 
-@pytest.mark.parametrize("kind", ["random_mask", "grid_mask", "block_mask"])
+def keep_indices(kind, side, k, rng):
+    return reductions.IMAGE.get(kind).keep_indices(side, k, rng)
+
+
+def reduce_ids(ids, kind, budget, rng, prio=None):
+    return reductions.TEXT.get(kind).reduce(ids, budget, rng, prio)
+
+
+@pytest.mark.parametrize("kind", [r.name for r in reductions.IMAGE if r.masks])
 @pytest.mark.parametrize("size,ratio", [(64, 0.5), (64, 0.75), (224, 0.75), (112, 0.9)])
 def test_mask_counts_match_stage_tokens(kind, size, ratio):
     enc = encoders.get("B/16") if size >= 112 else encoders.get("test")
@@ -64,5 +70,5 @@ def test_text_reductions_counts_and_order():
     prio[3] = prio[28] = 1
     s = reduce_ids(ids, "syntax", 6, rng, prio)
     assert s == [100, 103, 105, 120, 125, 128]  # 3 nouns, 2 adjectives, then the earliest other, in order
-    for kind in ("truncate", "random", "block", "syntax"):  # short captions are never cut
+    for kind in reductions.TEXT.names():  # short captions are never cut
         assert reduce_ids(ids[:4], kind, 10, rng, prio[:4]) == ids[:4]

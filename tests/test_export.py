@@ -13,6 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 from test_torch_run import ENV, _recipe, _run, data  # noqa: F401  (data: the shared shard fixture)
+from tiny_run import tiny
 
 from clipa import recipe as recipe_mod
 from clipa import rundir
@@ -125,9 +126,7 @@ def test_openclip_zero_shot_equals_clipa_in_a_process_without_clipa(trained):
 
 
 def _untrained_run(tmp_path, class_token: bool, final: bool = True):
-    stage = dict(name="a", samples=64, global_batch=8, image_size=32, text_len=12, optimizer={"lr": 1e-3})
-    rec = recipe_mod.from_dict({"name": "x", "encoder": {"name": "test", "class_token": class_token},
-                                "hardware": {"name": "cpu"}, "dataset": {"name": "demo"}, "stages": [stage]})
+    rec = recipe_mod.from_dict(tiny(stages=1, encoder={"name": "test", "class_token": class_token}))
     run_dir = tmp_path / "run"
     recipe_mod.dump(rec, run_dir / rundir.RECIPE)
     if final:

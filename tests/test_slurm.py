@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+
+from tiny_run import make_data, tiny, write
 
 from clipa import rundir
 from clipa.backends.torch import slurm
@@ -25,21 +26,9 @@ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", slurm.LAUNCHER
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> Path:
-    from clipa.backends.data import demo_data
-
-    tmp = tmp_path_factory.mktemp("slurm")
-    data = {k: str(v) for k, v in demo_data.generate(tmp / "data", 192, 30, 32, 0).items()}
-    stage = dict(global_batch=16, image_size=32, text_len=12, schedule={"warmup_samples": 32})
-    rec = {
-        "name": "slurm-test", "encoder": {"name": "test"}, "hardware": {"name": "cpu"},
-        "dataset": {"name": "custom", "train": data["train"], "val": data["val"], "classnames": data["classnames"],
-                    "templates": data["templates"], "workers": 0},
-        "stages": [{**stage, "name": "pre", "samples": 64, "optimizer": {"lr": 1e-3}}],
-        "train": {"seed": 0, "precision": "fp32", "log_every_steps": 2},
-    }
-    p = tmp / "r.yaml"
-    p.write_text(yaml.safe_dump(rec))
-    return p
+    rec = tiny(make_data(tmp_path_factory), stages=1, name="slurm-test")
+    rec["stages"][0]["samples"] = 64
+    return write(rec, tmp_path_factory.mktemp("slurm") / "r.yaml")
 
 
 def _clipa_run(*args):

@@ -1,14 +1,16 @@
-"""The tiny two-stage run the torch end-to-end tests train through real `clipa-run` subprocesses:
-its data (real shards), its recipe and the command line."""
+"""The tiny run the tests train: the shipped recipe (recipes/test.yaml) with real shards for data, and
+the `clipa-run` command line the end-to-end tests start it with."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
+SHIPPED = Path(__file__).resolve().parents[1] / "recipes" / "test.yaml"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
@@ -19,25 +21,31 @@ def make_data(tmp_path_factory) -> dict:
     return {k: str(v) for k, v in demo_data.generate(out, 192, 30, 32, 0).items()}
 
 
+def tiny(data: Optional[dict] = None, *, stages: int = 2, workers: int = 0, train: Optional[dict] = None,
+         **sections) -> dict:
+    """recipes/test.yaml as a dict: its first ``stages`` stages; ``data`` (``make_data``'s paths) as a
+    custom dataset with ``workers`` decoders; other top-level ``sections`` replaced, ``train`` merged."""
+    rec = yaml.safe_load(SHIPPED.read_text())
+    rec["stages"] = rec["stages"][:stages]
+    if data is not None:
+        rec["dataset"] = {"name": "custom", **{k: data[k] for k in ("train", "val", "classnames", "templates")},
+                          "workers": workers}
+    rec["train"].update(train or {})
+    return {**rec, **sections}
+
+
+def write(rec: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(rec))
+    return path
+
+
 def recipe(tmp: Path, data: dict, name: str = "t", *, pre: int = 128, lr2: float = 1e-3, workers: int = 0,
            **train) -> Path:
-    """A 32 px sin-cos stage of ``pre`` samples, then 64 samples at 40 px, learned positions, 50% masked."""
-    stage = dict(global_batch=16, image_size=32, text_len=12, schedule={"warmup_samples": 32})
-    rec = {
-        "name": name, "encoder": {"name": "test"}, "hardware": {"name": "cpu"},
-        "dataset": {"name": "custom", "train": data["train"], "val": data["val"], "classnames": data["classnames"],
-                    "templates": data["templates"], "workers": workers},
-        "stages": [
-            {**stage, "name": "pre", "samples": pre, "optimizer": {"lr": 1e-3}},
-            {**stage, "name": "ft", "samples": 64, "image_size": 40, "pos_embed": "learned",
-             "image_reduction": {"kind": "random_mask", "mask_ratio": 0.5}, "optimizer": {"lr": lr2}},
-        ],
-        # one compute thread: the default choice follows the machine's load, and these runs compare weights
-        "train": {"seed": 0, "precision": "fp32", "log_every_steps": 2, "compute_threads": 1, **train},
-    }
-    p = tmp / f"{name}-{pre}-{lr2}.yaml"
-    p.write_text(yaml.safe_dump(rec))
-    return p
+    """The shipped two stages on ``data``: ``pre`` samples at 32 px, then the fine-tune at ``lr2``."""
+    rec = tiny(data, workers=workers, train=train, name=name)
+    rec["stages"][0]["samples"] = pre
+    rec["stages"][1]["optimizer"]["lr"] = lr2
+    return write(rec, tmp / f"{name}-{pre}-{lr2}.yaml")
 
 
 def cmd(recipe: Path, run_dir: Path, *extra) -> list[str]:

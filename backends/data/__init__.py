@@ -4,8 +4,7 @@ pipeline.py        train_batches(...) -> per-rank batch dicts; DataStats (entry 
 webdataset_io.py   shard lists / brace patterns, tar header index, random-access reads, shard writer
 batch_job.py       one batch of raw samples -> arrays (runs in the decoding worker processes)
 decode.py          draft-mode JPEG decoding, random resized crop, colour jitter, CLIP normalisation
-image_reduction.py keep indices for random/grid/block masking
-text_reduction.py  truncate / random / block / syntax reduction of BPE ids
+text_reduction.py  the syntax reduction's part-of-speech priorities (the reductions: clipa/reductions.py)
 tokenizer.py       CLIP BPE (open_clip's SimpleTokenizer, loaded without the open_clip model code)
 syntax_prep.py     spaCy POS priorities; ``python -m clipa.backends.data.syntax_prep IN OUT``
 zeroshot.py        val/CLASS/*.jpg + class names + templates; top-1 helpers

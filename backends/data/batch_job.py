@@ -12,7 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from clipa.backends.data import decode, image_reduction, text_reduction, tokenizer
+from clipa import reductions
+from clipa.backends.data import decode, text_reduction, tokenizer
 from clipa.backends.data.webdataset_io import IMAGE_EXTS, POS_EXT, TEXT_EXT
 from clipa.recipe import AugmentSpec
 
@@ -21,7 +22,7 @@ from clipa.recipe import AugmentSpec
 class JobConfig:
     image_size: int                  # px
     augment: AugmentSpec
-    mask_kind: Optional[str]         # None for the resize reduction
+    mask_kind: Optional[str]         # None for a reduction without keep indices (resize)
     grid_side: int                   # patches per side at image_size
     keep_tokens: int                 # K patch tokens kept (mask kinds)
     text_len: int                    # tokens incl. <start>/<end>
@@ -33,11 +34,12 @@ class JobConfig:
 
 
 def _caption_ids(cfg: JobConfig, tok, caption: str, pos: Optional[dict], rng) -> np.ndarray:
-    if cfg.text_kind == "syntax":
+    red = reductions.TEXT.get(cfg.text_kind)
+    if red.needs_pos:
         ids, prio = text_reduction.word_ids(tok, pos["words"], pos["prio"])
     else:
         ids, prio = tok.encode(caption), None
-    kept = text_reduction.reduce_ids(ids, cfg.text_kind, cfg.text_len - 2, rng, prio)
+    kept = red.reduce(ids, cfg.text_len - 2, rng, prio)
     return tok.pack(kept, cfg.text_len)
 
 
@@ -51,7 +53,7 @@ def run(cfg: JobConfig, items: list[tuple[int, str, dict[str, bytes]]]) -> dict:
     keep = np.zeros((n, cfg.keep_tokens), np.int32) if cfg.mask_kind else None
     captions = [it[2][TEXT_EXT].decode("utf-8", "replace").strip() for it in items]
     pos: list[Optional[dict]] = [None] * n
-    if cfg.text_kind == "syntax":
+    if reductions.TEXT.get(cfg.text_kind).needs_pos:
         for i, it in enumerate(items):
             if POS_EXT in it[2]:
                 try:
@@ -76,6 +78,6 @@ def run(cfg: JobConfig, items: list[tuple[int, str, dict[str, bytes]]]) -> dict:
             failed.append((i, name, f"undecodable_image: {e}"))
             continue
         if keep is not None:
-            keep[i] = image_reduction.keep_indices(cfg.mask_kind, cfg.grid_side, cfg.keep_tokens, rng)
+            keep[i] = reductions.IMAGE.get(cfg.mask_kind).keep_indices(cfg.grid_side, cfg.keep_tokens, rng)
         texts[i] = _caption_ids(cfg, tok, captions[i], pos[i], rng)
     return {"image": images, "text": texts, "keep": keep, "failed": failed}

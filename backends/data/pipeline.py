@@ -31,9 +31,9 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from clipa import reductions
 from clipa.backends.data import batch_job
 from clipa.backends.data.decode import normalize
-from clipa.backends.data.image_reduction import MASK_KINDS
 from clipa.backends.data.webdataset_io import (MAX_OPEN_SHARDS, SampleEntry, ShardIndex, ShardReader, expand_shards,
                                                index_shard)
 from clipa.encoders import Encoder
@@ -172,7 +172,7 @@ def _job_config(stage: Stage, encoder: Encoder, seed: int, rank: int) -> batch_j
     kind = stage.image_reduction.kind
     return batch_job.JobConfig(
         image_size=stage.image_size, augment=stage.augment,
-        mask_kind=kind if kind in MASK_KINDS else None,
+        mask_kind=kind if reductions.IMAGE.get(kind).masks else None,
         grid_side=stage.image_size // encoder.vision.patch,
         keep_tokens=stage.image_tokens(encoder),
         text_len=stage.text_len, text_kind=stage.text_reduction, seed=seed, rank=rank)

@@ -125,39 +125,44 @@ def _tarfile_members(path: Path, skip: int) -> Iterator[tuple[str, int, int]]:
                 yield m.name, m.offset_data, m.size
 
 
-def index_shard(path: Path) -> ShardIndex:
-    """Read the tar headers of ``path``. A truncated or corrupt tar keeps the complete samples before
-    the damage and reports ``corrupt_shard``; samples without an image or caption are left out.
+def _walk(path: Path, read: bool) -> tuple[dict[str, dict], dict[str, int]]:
+    """The members of the tar at ``path`` grouped by sample key, in file order: ``{key: {ext: (offset,
+    size)}}``, or ``{ext: bytes}`` with ``read``. A truncated or corrupt tar keeps the complete samples
+    before the damage and reports ``corrupt_shard``."""
+    groups: dict[str, dict] = {}
+    errors: dict[str, int] = {}
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            for name, offset, n in tar_members(path):
+                if offset + n > size:
+                    raise tarfile.ReadError("member past end of file")
+                key, ext = split_name(name)
+                if read:
+                    f.seek(offset)
+                groups.setdefault(key, {})[ext] = f.read(n) if read else (offset, n)
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        errors["corrupt_shard"] = 1
+        if groups:  # the last group may be cut short: drop it
+            groups.pop(next(reversed(groups)))
+    return groups, errors
 
-    The last few indexes are kept per process, keyed by the file's inode, size and times: a run start indexes
-    the same first shards for the pre-launch check, the thread choice's decode probe and each stage's
-    sample counting and order."""
+
+def index_shard(path: Path) -> ShardIndex:
+    """Read the tar headers of ``path`` (``_walk``); samples without an image or caption are left out.
+
+    The last few indexes are kept per process, keyed by the file's inode, size and times: a run start
+    indexes the same first shards for the pre-launch check, the thread choice's decode probe and each
+    stage's sample counting and order."""
     st = os.stat(path)
     return _index_cached(Path(path), (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
 
 
 @functools.lru_cache(maxsize=8)
 def _index_cached(path: Path, version: tuple) -> ShardIndex:
-    size = version[1]
-    groups: dict[str, dict[str, tuple[int, int]]] = {}
-    order: list[str] = []
-    errors: dict[str, int] = {}
-    try:
-        for name, offset, n in tar_members(path):
-            if offset + n > size:
-                raise tarfile.ReadError("member past end of file")
-            key, ext = split_name(name)
-            if key not in groups:
-                groups[key] = {}
-                order.append(key)
-            groups[key][ext] = (offset, n)
-    except (tarfile.TarError, OSError, EOFError, ValueError):
-        errors["corrupt_shard"] = 1
-        if order:  # the last group may be cut short: drop it
-            groups.pop(order.pop(), None)
+    groups, errors = _walk(path, read=False)
     entries = []
-    for key in order:
-        g = groups[key]
+    for key, g in groups.items():
         img = next((e for e in IMAGE_EXTS if e in g), None)
         if img is None:
             errors["missing_image"] = errors.get("missing_image", 0) + 1
@@ -237,18 +242,5 @@ def write_shard(path: Path, samples: list[dict[str, bytes]]) -> Path:
 
 def read_shard_samples(path: Path) -> tuple[list[dict[str, bytes]], dict[str, int]]:
     """All samples of a shard with every member (``__key__`` + ext -> bytes); used by syntax_prep."""
-    idx_groups: dict[str, dict[str, bytes]] = {}
-    errors: dict[str, int] = {}
-    try:
-        with tarfile.open(path, "r:") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                key, ext = split_name(m.name)
-                idx_groups.setdefault(key, {"__key__": key})[ext] = tf.extractfile(m).read()
-    except (tarfile.TarError, OSError, EOFError, ValueError):
-        errors["corrupt_shard"] = 1
-        if idx_groups:
-            idx_groups.pop(next(reversed(idx_groups)))
-    return list(idx_groups.values()), errors
-
+    groups, errors = _walk(path, read=True)
+    return [{"__key__": key, **g} for key, g in groups.items()], errors

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from clipa import reductions
 from clipa.backends import schedule as sched
 from clipa.backends.data import tokenizer
 from clipa.backends.jax import checkpoint, convert, evaluate, model as M, sharding as shd
@@ -180,7 +181,7 @@ class JaxTrainer:
             prev = self.stages[max(k - 1, 0)].image_size
             params = adapt_params(self.params, st, self.recipe.encoder.spec.vision.patch, prev)
             self.state = place_state(init_state(params, tx), self.mesh)
-        self._keys = ["image", "text"] + (["keep"] if st.image_reduction.kind != "resize" else [])
+        self._keys = ["image", "text"] + (["keep"] if reductions.IMAGE.get(st.image_reduction.kind).masks else [])
         self._step = make_step(self.model, tx, self.mesh, self.state, self._keys)
         self.stage = st
 

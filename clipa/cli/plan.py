@@ -24,12 +24,13 @@ import typer
 from rich.console import Console
 
 from clipa import __version__
+from clipa import datasets
 from clipa import recipe as recipe_mod
 from clipa.cli._common import entry, finite, not_with, version_option
 from clipa.errors import UserError
 
 app = typer.Typer(name="clipa-plan", add_completion=False, help=__doc__, rich_markup_mode="markdown")
-DATASETS = tuple(d for d in recipe_mod.DATASETS if d != "custom")  # a plan needs a dataset the law knows
+DATASETS = datasets.plannable()  # a plan needs a dataset the law has a prior for
 DEFAULT_OUT = Path("recipes/generated.yaml")
 BUDGET, DATA, SEARCH, OUTPUT, MODES = ("Budget and hardware", "Your data (written into the recipe)", "Search",
                                        "Output", "Other modes")

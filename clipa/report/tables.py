@@ -11,6 +11,7 @@ from typing import Optional
 
 from rich.table import Table
 
+from clipa import datasets
 from clipa.report.load import Run
 
 METRICS = ("top-1 %", "wall", "device-h", "cost $", "samples/s", "MFU")
@@ -158,7 +159,7 @@ def rich_run_table(run: Run, rows: Optional[list[Row]] = None) -> Table:
 
 
 # Datasets with published runs behind the accuracy law; on any other, its prediction is a prior only.
-LAW_DATASETS = ("laion-400m", "laion-2b", "datacomp-1b")
+LAW_DATASETS = datasets.published()
 
 
 def caveat_lines(run: Run) -> list[str]:

@@ -1,0 +1,40 @@
+"""The dataset registry: every dataset a recipe can name.
+
+``published``: the accuracy law is fitted to published runs on it (costmodels/accuracy_data.py);
+on any other its top-1 prediction is a prior until calibrated on the user's runs. ``plannable``:
+clipa-plan can plan for it (``custom`` has no prior of its own, only the LAION law as a bound).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clipa.registry import Registry
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    help: str
+    published: bool = False
+    plannable: bool = True
+
+
+DATASETS = Registry[Dataset]("dataset")
+# The order of the published ones is the accuracy law's (its dataset parameters, accuracy_model.py).
+for _d in (
+    Dataset("laion-400m", "LAION-400M (CLIPA-v1's pre-training data)", published=True),
+    Dataset("laion-2b", "LAION-2B English (CLIPA-v2)", published=True),
+    Dataset("datacomp-1b", "DataComp-1B (CLIPA-v2's best runs)", published=True),
+    Dataset("demo", "clipa's generated CPU demo data (backends/data/demo_data.py)"),
+    Dataset("custom", "your own webdataset shards", plannable=False),
+):
+    DATASETS.register(_d)
+
+
+def published() -> tuple[str, ...]:
+    """Names of the datasets with published runs behind the accuracy law, in the law's order."""
+    return tuple(d.name for d in DATASETS if d.published)
+
+
+def plannable() -> tuple[str, ...]:
+    return tuple(d.name for d in DATASETS if d.plannable)
