@@ -22,7 +22,7 @@ import numpy as np
 
 from clipa.costmodels.accuracy_law import DATASETS
 from clipa.planner import search_space as ss
-from clipa.planner.evaluate import Context, Plan, costed, features
+from clipa.planner.cost_point import Context, Plan, costed, features
 
 N_ALTERNATIVES = 5
 CHUNK = 64  # points whose interval is computed per vectorised call

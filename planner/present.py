@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clipa import recipe as recipe_mod
-from clipa.planner.evaluate import Plan
+from clipa.planner.cost_point import Plan
 
 
 def _hours(h: float) -> str:
@@ -22,7 +22,7 @@ def _samples(n: float) -> str:
 
 
 def _usd(x) -> str:
-    return "n/a" if x is None or x != x else f"{x:,.0f}"
+    return "n/a" if x is None else f"{x:,.0f}"
 
 
 def stage_table(rec: recipe_mod.Recipe, title: str) -> Table:
@@ -149,7 +149,7 @@ def plan_json(p: Plan) -> dict:
             "image_reduction": p.point.image_reduction, "text_len": p.point.text_len,
             "text_reduction": p.point.text_reduction, "samples": p.samples, "finetune": p.point.finetune,
             "predicted_top1": p.top1, "predicted_top1_interval": [p.low, p.high], "gpu_hours": p.device_hours,
-            "wall_hours": p.wall_hours, "cost_usd": None if p.cost_usd != p.cost_usd else p.cost_usd,
+            "wall_hours": p.wall_hours, "cost_usd": p.cost_usd,
             "extrapolation": list(p.extrapolation)}
 
 

@@ -11,7 +11,7 @@ from clipa.costmodels.predict import predict_recipe
 from clipa.errors import UserError
 from clipa.planner import optimize, published, spot
 from clipa.planner import search_space as ss
-from clipa.planner.evaluate import Budget, Context, cheapest
+from clipa.planner.cost_point import Budget, Context, cheapest
 
 
 @dataclass
@@ -28,8 +28,8 @@ def recipe_name(p: optimize.Plan) -> str:
     return f"{pt.encoder.replace('/', '')}-{pt.image_size()}px-{pt.image_reduction}-t{pt.text_len}{pt.text_reduction}-{samples}-ft{pt.finetune}"
 
 
-def _usd(x: float) -> str:
-    return "" if x != x else f"${x:,.0f} / "
+def _usd(x: Optional[float]) -> str:
+    return "" if x is None else f"${x:,.0f} / "
 
 
 def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_name: str, dataset: str,

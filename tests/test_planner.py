@@ -6,11 +6,12 @@ import sys
 import pytest
 
 from clipa import recipe as recipe_mod
+from clipa.costmodels import calibration as cal_mod
 from clipa.costmodels import hardware, memory
 from clipa.costmodels.predict import predict_recipe
 from clipa.planner import optimize, published
 from clipa.planner import search_space as ss
-from clipa.planner.evaluate import Budget, Context, costed, features
+from clipa.planner.cost_point import Budget, Context, costed, features
 from clipa.planner.run import make_plan
 
 
@@ -123,6 +124,36 @@ def test_more_budget_never_lowers_the_objective():
         preds = [make_plan(budget_usd=b, gpu_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True,
                            objective=objective).search.best.objective(objective) for b in (1000, 4000, 16000)]
         assert preds == sorted(preds), objective
+
+
+_CAL = cal_mod.Calibration(
+    hardware={"a100x8": cal_mod.HardwareCalibration(utilisation=0.3, overhead_s_per_sample=2e-5, fixed_s_per_stage=600.0,
+                                                    points=2, rel_rmse=0.0)},
+    datasets={"datacomp-1b": cal_mod.DatasetCalibration(offset=1.0)})
+
+
+@pytest.mark.parametrize("kw", [
+    dict(budget_usd=10_000, gpu_hours=None, hw_name="a100x8", dataset="datacomp-1b"),
+    dict(budget_usd=None, gpu_hours=3_000, hw_name="a100-40gbx8", dataset="laion-2b", deadline_days=20),
+    dict(budget_usd=40_000, gpu_hours=None, hw_name="h100x8", dataset="laion-2b", pricing="spot"),
+    dict(budget_usd=None, gpu_hours=20_000, hw_name="tpu-v4-64", dataset="datacomp-1b", objective="mean"),
+    dict(budget_usd=3_000, gpu_hours=None, hw_name="a100x8", dataset="datacomp-1b", calibration=_CAL),
+], ids=["usd", "hours-deadline", "spot", "tpu-mean", "calibrated"])
+def test_plan_figures_equal_predict_recipe_of_the_recipe_it_wrote(tmp_path, kw):
+    """One costing path: the figures the search ranked the plan by are ``predict_recipe``'s for the
+    recipe written to disk and loaded again (the planner costs light stages, --predict whole recipes)."""
+    res = make_plan(quiet=True, **kw)
+    path = recipe_mod.dump(res.recipe, tmp_path / "plan.yaml")
+    pred = predict_recipe(recipe_mod.load(path), calibration=kw.get("calibration"))
+    best = res.search.best
+    assert best.device_hours == pytest.approx(pred.gpu_hours, rel=1e-12)
+    assert best.wall_hours == pytest.approx(pred.wall_hours, rel=1e-12)
+    assert (best.cost_usd is None) == (pred.cost_usd is None)
+    if best.cost_usd is not None:
+        assert best.cost_usd == pytest.approx(pred.cost_usd, rel=1e-12)
+    assert best.top1 == pytest.approx(pred.predicted_top1, abs=5e-4)  # predict_recipe rounds to 3 decimals
+    assert (best.low, best.high) == pytest.approx(pred.predicted_top1_interval, abs=5e-4)
+    assert best.extrapolation == pred.extrapolation
 
 
 def _cli(*args):

@@ -56,7 +56,7 @@ def published_recipes_predicted() -> list[tuple[float, float, str]]:
 def planner_front(run: Run, budget_usd: float, n_trials: int = 60) -> list[tuple[float, float, str]]:
     """The planner's accuracy/cost front for the run's hardware and dataset, up to ``budget_usd``."""
     from clipa.costmodels import hardware
-    from clipa.planner.evaluate import Budget, Context
+    from clipa.planner.cost_point import Budget, Context
     from clipa.planner.optimize import plan
 
     ctx = Context(hw=hardware.get(run.recipe.hardware.name), dataset=run.recipe.dataset.name,
