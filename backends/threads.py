@@ -105,7 +105,7 @@ def peak_samples_per_s(encoder, stage, cores: int) -> float:
 
     peak, _ = hardware.cpu_peak_flops()
     per_core = peak / (os.cpu_count() or 1)
-    f = flops.train_flops_per_sample(encoder, stage.image_tokens(encoder), stage.text_len)
+    f = flops.stage_train_flops(encoder, stage)
     return cores * per_core / f
 
 

@@ -38,6 +38,24 @@ def test_rows_compare_stored_predictions_with_achieved(tmp_path):
     assert _row(rows, "pretrain", "top-1 %").achieved == 20.0
 
 
+def test_predicted_and_achieved_mfu_count_the_same_flops(tmp_path):
+    """The report's predicted MFU and the training loop's achieved MFU (metrics.jsonl) are one function
+    of samples/s: with recomputation on and a masked stage (where counts used to differ) they agree."""
+    from clipa import recipe as recipe_mod
+    from clipa.backends import runstate
+
+    d = demo_recipe("m").model_dump(mode="json")
+    d["train"]["grad_checkpointing"] = True
+    d["stages"][1]["image_reduction"] = {"kind": "random_mask", "mask_ratio": 0.5}
+    rec = recipe_mod.from_dict(d)
+    run = load_run(write_run(tmp_path / "m", rec))
+    rows = tables.run_rows(run)
+    loop_mfu = runstate.mfu_fn(rec, hardware.get("cpu").n_devices)
+    for st, ps in zip(rec.stages, rec.predictions.stages):
+        predicted_sps = st.samples / (ps.wall_hours * 3600)
+        assert _row(rows, st.name, "MFU").predicted == pytest.approx(loop_mfu(st, predicted_sps), rel=1e-12)
+
+
 def test_a_run_without_a_price_reports_its_cost_as_unknown(tmp_path, capsys):
     # the premise: no cited spot price for a100x8 (the only A100 spot quotes price whole VMs)
     assert hardware.get("a100x8", pricing="spot").usd_per_hour is None
