@@ -53,7 +53,6 @@ def test_mask_reduces_tokens():
     (("stages", 0, "augment"), {"random_resized_crop": [0.9, 0.4]}, "stages[0].augment.random_resized_crop"),
     (("train",), {"seed": -1}, "train.seed"),
     (("name",), "..", "name: '..' has no letter or digit"),
-    (("hardware", "name"), "a100x9", "hardware.name: unknown hardware 'a100x9'"),
 ])
 def test_bad_field_is_named(path, value, needle):
     d = copy.deepcopy(BASE)

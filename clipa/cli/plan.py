@@ -25,7 +25,7 @@ from rich.console import Console
 
 from clipa import __version__
 from clipa import recipe as recipe_mod
-from clipa.cli._common import entry, finite, not_with, version_option
+from clipa.cli._common import entry, finite, load_recipe, not_with, version_option
 from clipa.errors import UserError
 
 app = typer.Typer(name="clipa-plan", add_completion=False, help=__doc__, rich_markup_mode="markdown")
@@ -96,7 +96,7 @@ def plan(
     cal = calib_mod.load(calibration) if calibration else None
     if predict is not None:
         _only(given, _PREDICT_OK, "to --predict (it prices an existing recipe)")
-        rec = recipe_mod.load(predict)
+        rec = load_recipe(predict)
         rec = rec.model_copy(update={"predictions": predict_recipe(rec, hw, prices, cal)})
         _emit(console, rec, str(predict), as_json, f"Predictions for {predict}")
         return

@@ -22,7 +22,7 @@ import typer
 
 from clipa import recipe as recipe_mod
 from clipa import rundir
-from clipa.cli._common import entry, not_with, version_option
+from clipa.cli._common import entry, load_recipe, not_with, version_option
 from clipa.errors import UserError
 
 app = typer.Typer(name="clipa-run", add_completion=False, help=__doc__, rich_markup_mode="markdown")
@@ -63,7 +63,7 @@ def run(
 ) -> None:
     from clipa import backends
 
-    rec = recipe_mod.load(recipe)
+    rec = load_recipe(recipe)
     bk = backends.get(backend)
     for name in _ONLY.get(backend, ()):
         flag = "--" + name.replace("_", "-")
