@@ -195,6 +195,15 @@ class StagePrediction(_Strict):
     predicted_top1: Optional[float] = None
 
 
+class FrontPoint(_Strict):
+    """One plan of the planner's predicted top-1 / cost Pareto front."""
+
+    label: str = Field(description="encoder, image tokens and pre-training samples")
+    top1: float = Field(description="predicted zero-shot top-1, percent")
+    device_hours: float
+    cost_usd: Optional[float] = Field(None, description="None when the hardware has no known price")
+
+
 class Predictions(_Strict):
     predicted_top1: float = Field(description="zero-shot ImageNet-1k top-1, percent")
     predicted_top1_interval: tuple[float, float]
@@ -207,6 +216,8 @@ class Predictions(_Strict):
     stages: list[StagePrediction] = []
     extrapolation: list[str] = Field([], description="each axis on which the accuracy law extrapolates beyond "
                                       "its fitted data (empty: inside)")
+    front: list[FrontPoint] = Field([], description="the planner's Pareto front on this hardware and dataset as it "
+                                    "planned (at most 12 points, cheapest first): clipa-report plots it as written")
 
 
 class Provenance(_Strict):

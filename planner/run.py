@@ -11,7 +11,7 @@ from clipa.costmodels.predict import predict_recipe
 from clipa.errors import UserError
 from clipa.planner import optimize, published, spot
 from clipa.planner import search_space as ss
-from clipa.planner.cost_point import Budget, Context, cheapest
+from clipa.planner.cost_point import Budget, Context, Plan, cheapest
 
 
 @dataclass
@@ -26,6 +26,18 @@ def recipe_name(p: optimize.Plan) -> str:
     pt = p.point
     samples = f"{p.samples / 1e9:g}B" if p.samples >= 1e9 else f"{p.samples / 1e6:g}M"
     return f"{pt.encoder.replace('/', '')}-{pt.image_size()}px-{pt.image_reduction}-t{pt.text_len}{pt.text_reduction}-{samples}-ft{pt.finetune}"
+
+
+FRONT_POINTS = 12  # as many as the plan's Pareto table shows
+
+
+def front_points(pareto: list[Plan]) -> list[recipe_mod.FrontPoint]:
+    """The plan's Pareto front as the recipe keeps it (spread evenly, both ends kept), for clipa-report."""
+    from clipa.planner.present import thin
+
+    return [recipe_mod.FrontPoint(label=f"{p.point.encoder} {p.point.side}x{p.point.side} {p.samples:.3g}",
+                                  top1=p.top1, device_hours=p.device_hours, cost_usd=p.cost_usd)
+            for p in thin(pareto, FRONT_POINTS)]
 
 
 def _usd(x: Optional[float]) -> str:
@@ -65,7 +77,8 @@ def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_nam
                           grad_checkpointing=best.grad_checkpointing)
     if pricing == "spot":
         rec = spot.apply(rec, hw)
-    rec = rec.model_copy(update={"predictions": predict_recipe(rec, hw_name, prices, calibration)})
+    preds = predict_recipe(rec, hw_name, prices, calibration)
+    rec = rec.model_copy(update={"predictions": preds.model_copy(update={"front": front_points(result.pareto)})})
     nearest = published.nearest(hw_name, dataset, rec.predictions.gpu_hours, prices=prices, pricing=pricing,
                                 calibration=calibration)
     return PlanResult(rec, result, objective, nearest)

@@ -154,6 +154,9 @@ def test_plan_figures_equal_predict_recipe_of_the_recipe_it_wrote(tmp_path, kw):
     assert best.top1 == pytest.approx(pred.predicted_top1, abs=5e-4)  # predict_recipe rounds to 3 decimals
     assert (best.low, best.high) == pytest.approx(pred.predicted_top1_interval, abs=5e-4)
     assert best.extrapolation == pred.extrapolation
+    front = recipe_mod.load(path).predictions.front  # saved for clipa-report, which never re-plans
+    assert 2 <= len(front) <= 12 and [f.device_hours for f in front] == sorted(f.device_hours for f in front)
+    assert [f.top1 for f in front] == sorted(f.top1 for f in front)
 
 
 def _cli(*args):
