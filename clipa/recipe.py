@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clipa import encoders
 from clipa.errors import UserError
@@ -180,6 +180,10 @@ class TrainSpec(_Strict):
         [], description="trackers fed every metrics line besides metrics.jsonl (RUN_DIR/tensorboard/)")
 
 
+# Recipes written before device_hours was the one name (clipa 0.1 wrote gpu_hours) still load.
+_OLD_HOURS = AliasChoices("device_hours", "gpu_hours")
+
+
 class StagePrediction(_Strict):
     name: str
     image_size: int
@@ -188,7 +192,7 @@ class StagePrediction(_Strict):
     samples: int
     train_flops_per_sample: float
     train_flops: float
-    gpu_hours: float
+    device_hours: float = Field(validation_alias=_OLD_HOURS)
     wall_hours: float
     # Defaults to None: to_yaml drops None values, and an unpriced plan must load again.
     cost_usd: Optional[float] = Field(None, description="None when the hardware has no known price")
@@ -207,7 +211,7 @@ class FrontPoint(_Strict):
 class Predictions(_Strict):
     predicted_top1: float = Field(description="zero-shot ImageNet-1k top-1, percent")
     predicted_top1_interval: tuple[float, float]
-    gpu_hours: float = Field(description="device-hours (GPU or TPU chip)")
+    device_hours: float = Field(description="device-hours (GPU or TPU chip)", validation_alias=_OLD_HOURS)
     wall_hours: float
     # Defaults to None: to_yaml drops None values, and an unpriced plan must load again.
     cost_usd: Optional[float] = Field(None, description="None when the hardware has no known price")
@@ -227,7 +231,7 @@ class Provenance(_Strict):
     clipa_version: str
     created: str = Field(description="UTC time, ISO 8601")
     budget_usd: Optional[float] = None
-    gpu_hours: Optional[float] = None
+    device_hours: Optional[float] = Field(None, validation_alias=_OLD_HOURS)
     hardware: Optional[str] = None
 
 

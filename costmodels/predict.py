@@ -98,7 +98,7 @@ def _stage_prediction(enc, stage: recipe_mod.Stage, rate: StageRate) -> recipe_m
     return recipe_mod.StagePrediction(
         name=stage.name, image_size=stage.image_size, image_tokens=stage.image_tokens(enc), text_len=stage.text_len,
         samples=stage.samples, train_flops_per_sample=rate.train_flops_per_sample,
-        train_flops=rate.train_flops_per_sample * stage.samples, gpu_hours=device_hours, wall_hours=wall_hours,
+        train_flops=rate.train_flops_per_sample * stage.samples, device_hours=device_hours, wall_hours=wall_hours,
         cost_usd=cost)
 
 
@@ -123,7 +123,7 @@ def predict_recipe(rec: recipe_mod.Recipe, hw_name: Optional[str] = None, prices
     return recipe_mod.Predictions(
         predicted_top1=round(final.top1, 3),
         predicted_top1_interval=(round(final.low, 3), round(final.high, 3)),
-        gpu_hours=device_hours,
+        device_hours=device_hours,
         wall_hours=wall_hours,
         cost_usd=cost,
         hardware=hw.name,

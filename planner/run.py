@@ -44,7 +44,7 @@ def _usd(x: Optional[float]) -> str:
     return "" if x is None else f"${x:,.0f} / "
 
 
-def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_name: str, dataset: str,
+def make_plan(*, budget_usd: Optional[float], device_hours: Optional[float], hw_name: str, dataset: str,
               deadline_days: Optional[float] = None, objective: str = "low", risk: Optional[bool] = None,
               prices: Optional[Path] = None, calibration=None, name: Optional[str] = None,
               quiet: bool = False, pricing: str = "on-demand") -> PlanResult:
@@ -57,10 +57,10 @@ def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_nam
     if budget_usd is not None:
         hw.require_price()
         if hw.usd_per_hour <= 0:
-            raise UserError(f"--budget: {hw.name} costs $0/hour, so a dollar budget means nothing; give --gpu-hours")
+            raise UserError(f"--budget: {hw.name} costs $0/hour, so a dollar budget means nothing; give --device-hours")
     ctx = Context(
         hw=hw, dataset=dataset, objective=objective,
-        budget=Budget(usd=budget_usd, device_hours=gpu_hours,
+        budget=Budget(usd=budget_usd, device_hours=device_hours,
                       wall_hours=deadline_days * 24 if deadline_days is not None else None),
         calibration=calibration,
     )
@@ -79,7 +79,7 @@ def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_nam
         rec = spot.apply(rec, hw)
     preds = predict_recipe(rec, hw_name, prices, calibration)
     rec = rec.model_copy(update={"predictions": preds.model_copy(update={"front": front_points(result.pareto)})})
-    nearest = published.nearest(hw_name, dataset, rec.predictions.gpu_hours, prices=prices, pricing=pricing,
+    nearest = published.nearest(hw_name, dataset, rec.predictions.device_hours, prices=prices, pricing=pricing,
                                 calibration=calibration)
     return PlanResult(rec, result, objective, nearest)
 

@@ -80,7 +80,7 @@ def test_never_below_the_published_recipe_that_fits():
     # nearest point (12,811,632,640 vs 12.8e9 samples, 524M vs 512M fine-tune), hence 0.02 points.
     for name, rec in published.load_all().items():
         base = predict_recipe(rec, "a100x8")
-        result = make_plan(budget_usd=base.cost_usd * 1.0001, gpu_hours=None, hw_name="a100x8",
+        result = make_plan(budget_usd=base.cost_usd * 1.0001, device_hours=None, hw_name="a100x8",
                            dataset=rec.dataset.name, quiet=True)
         got = result.recipe.predictions
         assert got.cost_usd <= base.cost_usd * 1.0001, name
@@ -89,16 +89,16 @@ def test_never_below_the_published_recipe_that_fits():
 
 
 def test_deterministic():
-    a = make_plan(budget_usd=5000, gpu_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True)
-    b = make_plan(budget_usd=5000, gpu_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True)
+    a = make_plan(budget_usd=5000, device_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True)
+    b = make_plan(budget_usd=5000, device_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True)
     assert recipe_mod.to_yaml(a.recipe) == recipe_mod.to_yaml(b.recipe)
 
 
 def test_budgets_deadline_and_memory_are_respected():
-    res = make_plan(budget_usd=None, gpu_hours=3000, hw_name="a100-40gbx8", dataset="laion-2b",
+    res = make_plan(budget_usd=None, device_hours=3000, hw_name="a100-40gbx8", dataset="laion-2b",
                     deadline_days=20, quiet=True)
     pred, rec = res.recipe.predictions, res.recipe
-    assert pred.gpu_hours <= 3000 * 1.0001
+    assert pred.device_hours <= 3000 * 1.0001
     assert pred.wall_hours <= 20 * 24 * 1.0001
     hw = hardware.get("a100-40gbx8")
     enc = rec.encoder.spec
@@ -110,18 +110,18 @@ def test_budgets_deadline_and_memory_are_respected():
 @pytest.mark.parametrize("kw,binding", [
     (dict(budget_usd=10_000), "budget"),
     (dict(budget_usd=10_000, deadline_days=3), "deadline"),
-    (dict(gpu_hours=3_000), "device-hours"),
+    (dict(device_hours=3_000), "device-hours"),
     (dict(budget_usd=10_000_000), "samples grid"),
 ])
 def test_the_binding_constraint_is_named(kw, binding):
-    res = make_plan(**{"budget_usd": None, "gpu_hours": None, **kw}, hw_name="a100x8", dataset="datacomp-1b",
+    res = make_plan(**{"budget_usd": None, "device_hours": None, **kw}, hw_name="a100x8", dataset="datacomp-1b",
                     quiet=True)
     assert res.search.best.binding == binding
 
 
 def test_more_budget_never_lowers_the_objective():
     for objective in ("low", "mean"):
-        preds = [make_plan(budget_usd=b, gpu_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True,
+        preds = [make_plan(budget_usd=b, device_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True,
                            objective=objective).search.best.objective(objective) for b in (1000, 4000, 16000)]
         assert preds == sorted(preds), objective
 
@@ -133,11 +133,11 @@ _CAL = cal_mod.Calibration(
 
 
 @pytest.mark.parametrize("kw", [
-    dict(budget_usd=10_000, gpu_hours=None, hw_name="a100x8", dataset="datacomp-1b"),
-    dict(budget_usd=None, gpu_hours=3_000, hw_name="a100-40gbx8", dataset="laion-2b", deadline_days=20),
-    dict(budget_usd=40_000, gpu_hours=None, hw_name="h100x8", dataset="laion-2b", pricing="spot"),
-    dict(budget_usd=None, gpu_hours=20_000, hw_name="tpu-v4-64", dataset="datacomp-1b", objective="mean"),
-    dict(budget_usd=3_000, gpu_hours=None, hw_name="a100x8", dataset="datacomp-1b", calibration=_CAL),
+    dict(budget_usd=10_000, device_hours=None, hw_name="a100x8", dataset="datacomp-1b"),
+    dict(budget_usd=None, device_hours=3_000, hw_name="a100-40gbx8", dataset="laion-2b", deadline_days=20),
+    dict(budget_usd=40_000, device_hours=None, hw_name="h100x8", dataset="laion-2b", pricing="spot"),
+    dict(budget_usd=None, device_hours=20_000, hw_name="tpu-v4-64", dataset="datacomp-1b", objective="mean"),
+    dict(budget_usd=3_000, device_hours=None, hw_name="a100x8", dataset="datacomp-1b", calibration=_CAL),
 ], ids=["usd", "hours-deadline", "spot", "tpu-mean", "calibrated"])
 def test_plan_figures_equal_predict_recipe_of_the_recipe_it_wrote(tmp_path, kw):
     """One costing path: the figures the search ranked the plan by are ``predict_recipe``'s for the
@@ -146,7 +146,7 @@ def test_plan_figures_equal_predict_recipe_of_the_recipe_it_wrote(tmp_path, kw):
     path = recipe_mod.dump(res.recipe, tmp_path / "plan.yaml")
     pred = predict_recipe(recipe_mod.load(path), calibration=kw.get("calibration"))
     best = res.search.best
-    assert best.device_hours == pytest.approx(pred.gpu_hours, rel=1e-12)
+    assert best.device_hours == pytest.approx(pred.device_hours, rel=1e-12)
     assert best.wall_hours == pytest.approx(pred.wall_hours, rel=1e-12)
     assert (best.cost_usd is None) == (pred.cost_usd is None)
     if best.cost_usd is not None:
@@ -168,13 +168,13 @@ def test_cli_json_contract_and_predict_roundtrip(tmp_path):
     r = _cli("--budget", "10000", "--hw", "a100x8", "--json", "--out", str(out))
     assert r.returncode == 0, r.stderr
     obj = json.loads(r.stdout)
-    for key in ("predicted_top1", "predicted_top1_interval", "gpu_hours", "wall_hours", "cost_usd", "recipe", "stages"):
+    for key in ("predicted_top1", "predicted_top1_interval", "device_hours", "wall_hours", "cost_usd", "recipe", "stages"):
         assert key in obj
     lo, hi = obj["predicted_top1_interval"]
     assert lo <= obj["predicted_top1"] <= hi
     assert obj["cost_usd"] <= 10000
     for st in obj["stages"]:
-        for key in ("image_size", "image_tokens", "text_len", "samples", "train_flops_per_sample", "gpu_hours"):
+        for key in ("image_size", "image_tokens", "text_len", "samples", "train_flops_per_sample", "device_hours"):
             assert key in st
     rec = recipe_mod.load(obj["recipe"])
     assert rec.predictions.predicted_top1 == obj["predicted_top1"]
@@ -250,5 +250,5 @@ def test_published_recipes_gpu_hours_within_15_percent():
     recipes = published.load_all()
     for name, hours in PUBLISHED_GPU_HOURS.items():
         pred = predict_recipe(recipes[name], "a100x8")
-        assert abs(pred.gpu_hours / hours - 1) <= 0.15, (name, pred.gpu_hours, hours)
+        assert abs(pred.device_hours / hours - 1) <= 0.15, (name, pred.device_hours, hours)
         assert pred.cost_usd == pytest.approx(pred.wall_hours * 8 * 1.575)

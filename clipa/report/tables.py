@@ -75,10 +75,10 @@ def run_rows(run: Run) -> list[Row]:
         rows += [
             Row(st.name, "top-1 %", ps.predicted_top1 if ps else None, ach.top1 if ach else None),
             Row(st.name, "wall", ps.wall_hours if ps else None, ach.wall_seconds / 3600 if ach else None),
-            Row(st.name, "device-h", ps.gpu_hours if ps else None, ach.device_hours if ach else None),
+            Row(st.name, "device-h", ps.device_hours if ps else None, ach.device_hours if ach else None),
             Row(st.name, "cost $", ps.cost_usd if ps else None, a_cost),
             Row(st.name, "samples/s", _ratio(st.samples, p_wall_s), ach.samples_per_s if ach else None),
-            Row(st.name, "MFU", _ratio(model_flops(run, st), ps.gpu_hours * 3600 * peak) if ps and peak else None,
+            Row(st.name, "MFU", _ratio(model_flops(run, st), ps.device_hours * 3600 * peak) if ps and peak else None,
                 ach.mfu if ach else None),
         ]
     total_samples = sum(st.samples for st in run.recipe.stages)
@@ -87,11 +87,11 @@ def run_rows(run: Run) -> list[Row]:
         Row("total", "top-1 %", p.predicted_top1 if p else None, a.top1 if a else None,
             interval=tuple(p.predicted_top1_interval) if p else None),
         Row("total", "wall", p.wall_hours if p else None, a.wall_seconds / 3600 if a else None),
-        Row("total", "device-h", p.gpu_hours if p else None, a.device_hours if a else None),
+        Row("total", "device-h", p.device_hours if p else None, a.device_hours if a else None),
         Row("total", "cost $", p.cost_usd if p else None, a.cost_usd if a else None),
         Row("total", "samples/s", _ratio(total_samples, p.wall_hours * 3600) if p else None,
             _ratio(total_samples - (a.skipped_samples if a else 0), a.wall_seconds) if a else None),
-        Row("total", "MFU", _ratio(m_flops, p.gpu_hours * 3600 * peak) if p and peak else None,
+        Row("total", "MFU", _ratio(m_flops, p.device_hours * 3600 * peak) if p and peak else None,
             _ratio(m_flops, a.device_hours * 3600 * peak) if a and peak else None),
     ]
     return rows
