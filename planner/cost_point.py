@@ -58,6 +58,7 @@ class Context:
     law: accuracy_law.AccuracyLaw = field(default_factory=accuracy_law.default)
     max_samples: Optional[float] = None  # pre-training samples the data allows (its size x passes), if capped
     _costs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _rates: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -166,7 +167,10 @@ def _cost(p: ss.Point, ctx: Context, samples: Optional[float], ckpt: bool, ft_ba
     enc = encoders.get(p.encoder)
 
     def rate(shape: StageShape) -> predict.StageRate:
-        return predict.stage_rate(enc, shape, ctx.hw, grad_checkpointing=ckpt, calibration=ctx.calibration)
+        key = (p.encoder, shape, ckpt)  # cheaper to hash than the encoder and hardware stage_rate caches on
+        if key not in ctx._rates:
+            ctx._rates[key] = predict.stage_rate(enc, shape, ctx.hw, grad_checkpointing=ckpt, calibration=ctx.calibration)
+        return ctx._rates[key]
 
     pre = rate(StageShape(p.image_size(), p.mask_ratio(), p.text_len))
     fts = [(rate(shape), n) for shape, n in _ft_shapes(p.finetune)]
