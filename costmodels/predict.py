@@ -7,7 +7,6 @@ figures are those of the recipe it writes (tests/test_planner.py checks it).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
@@ -59,18 +58,10 @@ def stage_rate(enc, shape: StageShape, hw: hardware.Hardware, *, grad_checkpoint
                calibration=None) -> StageRate:
     """How ``hw`` runs a stage of ``shape``: the throughput model at the calibrated utilisation (if any),
     plus the calibrated per-sample and per-stage overheads (``costmodels.calibration``)."""
-    util = overhead_s = fixed_s = None
-    if calibration is not None:
-        util = calibration.utilisation(hw.name)
-        overhead_s, fixed_s = calibration.overhead_s_per_sample(hw.name), calibration.fixed_s_per_stage(hw.name)
-    return _stage_rate(enc, shape, hw, grad_checkpointing, util, overhead_s or 0.0, fixed_s or 0.0)
-
-
-@functools.lru_cache(maxsize=4096)  # the planner costs a few thousand distinct stages per search
-def _stage_rate(enc, shape: StageShape, hw: hardware.Hardware, ckpt: bool, util: Optional[float],
-                overhead_s: float, fixed_s: float) -> StageRate:
-    fps = flops.stage_train_flops(enc, shape, recompute=ckpt)
-    st = throughput.time_of(fps, 1.0, hw, image_size=shape.image_size, utilisation=util)
+    cal = calibration
+    fps = flops.stage_train_flops(enc, shape, recompute=grad_checkpointing)
+    st = throughput.time_of(fps, 1.0, hw, image_size=shape.image_size, utilisation=cal and cal.utilisation(hw.name))
+    overhead_s, fixed_s = (cal.overhead_s_per_sample(hw.name), cal.fixed_s_per_stage(hw.name)) if cal else (0.0, 0.0)
     return StageRate(fps, st.wall_hours + overhead_s / 3600.0, fixed_s / 3600.0, hw.n_devices, hw.usd_per_hour)
 
 
