@@ -9,7 +9,7 @@ for its doubt) or the predicted top-1 ('mean').
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Optional
 
@@ -82,20 +82,20 @@ class Costed:
     binding: str  # what stops more samples: 'budget', 'device-hours', 'deadline', 'dataset size', 'samples grid'
 
 
-@dataclass
-class Plan:
+@dataclass(frozen=True)
+class Plan(Costed):
+    """A costed point with the accuracy law's prediction for it (top-1 and its 80% interval, percent)."""
+
     point: ss.Point
-    samples: float
     top1: float
     low: float
     high: float
-    cost_usd: Optional[float]  # None: the hardware has no price
-    device_hours: float
-    wall_hours: float
-    grad_checkpointing: bool
-    ft_batch: int
-    extrapolation: list[str] = field(default_factory=list)  # axes outside the law's fitted data
-    binding: str = ""
+    extrapolation: list[str]  # axes outside the law's fitted data
+
+    @classmethod
+    def of(cls, p: ss.Point, c: Costed, top1: float, low: float, high: float, extrapolation) -> "Plan":
+        return cls(**{f.name: getattr(c, f.name) for f in fields(Costed)}, point=p, top1=top1, low=low, high=high,
+                   extrapolation=list(extrapolation))
 
     def objective(self, objective: str) -> float:
         return self.low if objective == "low" else self.top1
@@ -206,17 +206,13 @@ def _binding(budget: Budget, cost: Optional[float], device_hours: float, wall_ho
     return "budget"
 
 
-def plan_from(p: ss.Point, c: Costed, pred) -> Plan:
-    return Plan(p, c.samples, pred.top1, pred.low, pred.high, c.cost_usd, c.device_hours, c.wall_hours,
-                c.grad_checkpointing, c.ft_batch, list(pred.extrapolation), c.binding)
-
-
 def cost_point(p: ss.Point, ctx: Context, samples: Optional[float] = None) -> Optional[Plan]:
     """Cost and accuracy of ``p``; with ``samples=None``, the most pretraining samples the budget allows."""
     c = costed(p, ctx, samples)
     if c is None:
         return None
-    return plan_from(p, c, ctx.law.predict(features(p, c.samples, ctx.dataset), offset=ctx.offset))
+    pred = ctx.law.predict(features(p, c.samples, ctx.dataset), offset=ctx.offset)
+    return Plan.of(p, c, pred.top1, pred.low, pred.high, pred.extrapolation)
 
 
 def cheapest(ctx: Context) -> Plan:
