@@ -1,4 +1,4 @@
 """Training backends behind one interface: ``clipa.backends.get(name).launch(...)``."""
-from clipa.backends.base import Backend, LaunchOptions, get, names, register
+from clipa.backends.base import LAUNCH_FLAGS, Backend, LaunchOptions, get, names, register
 
-__all__ = ["Backend", "LaunchOptions", "get", "names", "register"]
+__all__ = ["LAUNCH_FLAGS", "Backend", "LaunchOptions", "get", "names", "register"]

@@ -8,7 +8,7 @@ importing torch or jax.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional, Protocol
 
@@ -31,11 +31,14 @@ class LaunchOptions:
     dry_run: bool = False
     device: Optional[str] = None  # "cpu", "cuda"; default: best available
     max_samples: Optional[int] = None  # stop early after this many samples in total (debugging)
-    extra: dict = field(default_factory=dict)
+
+
+LAUNCH_FLAGS = frozenset(f.name for f in fields(LaunchOptions))
 
 
 class Backend(Protocol):
     name: str
+    flags: frozenset[str]  # the LaunchOptions fields it honours: clipa-run refuses any other one given
 
     def launch(self, recipe_path: Path, recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
         """Train (or print the launch command with opts.dry_run); return a process exit code."""

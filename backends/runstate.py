@@ -80,7 +80,7 @@ def mfu_fn(recipe: Recipe, n_devices: int) -> MfuFn:
     UserError for a hardware name the cost models do not know (before any training starts)."""
     peak = hardware.get(recipe.hardware.name).peak_flops * n_devices  # FLOP/s of all devices
     enc = recipe.encoder.spec
-    return lambda st, sps: flops.train_flops_per_sample(enc, st.image_tokens(enc), st.text_len) * sps / peak
+    return lambda st, sps: flops.stage_train_flops(enc, st) * sps / peak  # as clipa-report's predicted MFU
 
 
 def achieved(recipe: Recipe, *, backend: str, device: str, n_devices: int, prog: RunProgress, wall: float,

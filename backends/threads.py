@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from clipa.errors import UserError
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -97,7 +99,7 @@ def measure_decode_s(dataset, stage, encoder, batch_size: int = 32, batches: int
         for _ in range(batches):
             next(it)
         return (time.process_time() - t0) / (batches * batch_size)
-    except Exception:                # a decode check must never stop a run; the model stands in
+    except (OSError, UserError, StopIteration):  # shards unreadable or empty: the model stands in; a bug raises
         return None
 
 
@@ -115,7 +117,7 @@ def peak_samples_per_s(encoder, stage, cores: int) -> float:
 
     peak, _ = hardware.cpu_peak_flops()
     per_core = peak / (os.cpu_count() or 1)
-    f = flops.train_flops_per_sample(encoder, stage.image_tokens(encoder), stage.text_len)
+    f = flops.stage_train_flops(encoder, stage)
     return cores * per_core / f
 
 
@@ -130,7 +132,7 @@ def for_recipe(rec, run_dir, local_ranks: int = 1) -> Choice:
         from clipa.backends.data import resolve
 
         dataset = resolve.resolve(rec, run_dir, generate=False)
-    except Exception:                # the worker reports a missing dataset itself, in one line
+    except (OSError, UserError):     # the worker reports a missing dataset itself, in one line
         dataset = None
     enc = rec.encoder.spec
     per_rank = max(1, cores // max(1, local_ranks))

@@ -28,12 +28,12 @@ def wall(cmd: list[str], reps: int) -> float:
 def exhaustive_seconds() -> tuple[float, int]:
     from clipa.costmodels import hardware
     from clipa.planner import search_space as ss
-    from clipa.planner.evaluate import Budget, Context, evaluate
+    from clipa.planner.cost_point import Budget, Context, cost_point
 
     ctx = Context(hw=hardware.get("a100x8"), dataset="datacomp-1b", budget=Budget(usd=10000))
     t, n = time.perf_counter(), 0
     for p in ss.all_points():
-        evaluate(p, ctx)
+        cost_point(p, ctx)
         n += 1
     return time.perf_counter() - t, n
 

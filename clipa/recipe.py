@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from clipa import encoders, fs, reductions
 from clipa.datasets import DATASETS
@@ -69,13 +70,8 @@ class HardwareSpec(_Strict):
     usd_per_hour: Optional[float] = Field(None, ge=0, description="price of the whole machine/slice, $/hour")
     pricing: Literal["on-demand", "spot"] = Field("on-demand", description="spot: preemptible, priced as such "
                                                   "(clipa-plan --pricing spot), checkpointing often")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from clipa.costmodels import hardware  # lazy: the cost models import this module
-
-        return _registered(hardware.check_name, v)
+    # The name is checked against the cost models where the recipe is used (clipa.cli._common.load_recipe),
+    # not here: the recipe imports no cost model (data flows one way: costmodels -> recipe).
 
 
 class ImageReductionSpec(_Strict):
@@ -175,6 +171,10 @@ class TrainSpec(_Strict):
         [], description="trackers fed every metrics line besides metrics.jsonl (RUN_DIR/tensorboard/)")
 
 
+# Recipes written before device_hours was the one name (clipa 0.1 wrote gpu_hours) still load.
+_OLD_HOURS = AliasChoices("device_hours", "gpu_hours")
+
+
 class StagePrediction(_Strict):
     name: str
     image_size: int
@@ -183,17 +183,26 @@ class StagePrediction(_Strict):
     samples: int
     train_flops_per_sample: float
     train_flops: float
-    gpu_hours: float
+    device_hours: float = Field(validation_alias=_OLD_HOURS)
     wall_hours: float
     # Defaults to None: to_yaml drops None values, and an unpriced plan must load again.
     cost_usd: Optional[float] = Field(None, description="None when the hardware has no known price")
     predicted_top1: Optional[float] = None
 
 
+class FrontPoint(_Strict):
+    """One plan of the planner's predicted top-1 / cost Pareto front."""
+
+    label: str = Field(description="encoder, image tokens and pre-training samples")
+    top1: float = Field(description="predicted zero-shot top-1, percent")
+    device_hours: float
+    cost_usd: Optional[float] = Field(None, description="None when the hardware has no known price")
+
+
 class Predictions(_Strict):
     predicted_top1: float = Field(description="zero-shot ImageNet-1k top-1, percent")
     predicted_top1_interval: tuple[float, float]
-    gpu_hours: float = Field(description="device-hours (GPU or TPU chip)")
+    device_hours: float = Field(description="device-hours (GPU or TPU chip)", validation_alias=_OLD_HOURS)
     wall_hours: float
     # Defaults to None: to_yaml drops None values, and an unpriced plan must load again.
     cost_usd: Optional[float] = Field(None, description="None when the hardware has no known price")
@@ -202,6 +211,8 @@ class Predictions(_Strict):
     stages: list[StagePrediction] = []
     extrapolation: list[str] = Field([], description="each axis on which the accuracy law extrapolates beyond "
                                       "its fitted data (empty: inside)")
+    front: list[FrontPoint] = Field([], description="the planner's Pareto front on this hardware and dataset as it "
+                                    "planned (at most 12 points, cheapest first): clipa-report plots it as written")
 
 
 class Provenance(_Strict):
@@ -211,7 +222,7 @@ class Provenance(_Strict):
     clipa_version: str
     created: str = Field(description="UTC time, ISO 8601")
     budget_usd: Optional[float] = None
-    gpu_hours: Optional[float] = None
+    device_hours: Optional[float] = Field(None, validation_alias=_OLD_HOURS)
     hardware: Optional[str] = None
 
 

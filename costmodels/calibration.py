@@ -77,25 +77,6 @@ class Calibration(_Strict):
         h = self.hardware.get(hw_name)
         return h.fixed_s_per_stage if h else 0.0
 
-    def adjust_stage(self, sp, hw):
-        """A ``clipa.recipe.StagePrediction`` with this hardware's non-FLOPs time added.
-
-        ``sp`` must already use ``self.utilisation(hw.name)`` for its FLOPs time (``predict_recipe``
-        does). Device-hours and dollars follow the wall time: the whole machine is held meanwhile.
-        """
-        from clipa.costmodels.predict import cost_usd  # lazy: keeps loading a calibration file light
-
-        h = self.hardware.get(hw.name)
-        if h is None:
-            return sp
-        extra_s = sp.samples * h.overhead_s_per_sample + h.fixed_s_per_stage
-        wall_h = sp.wall_hours + extra_s / 3600.0
-        return sp.model_copy(update={
-            "wall_hours": wall_h,
-            "gpu_hours": wall_h * hw.n_devices,
-            "cost_usd": cost_usd(hw, wall_h),
-        })
-
 
 def save(cal: Calibration, path: str | Path) -> Path:
     """Write atomically (``fs.write_atomic``; a path or a URL); ``.json`` -> JSON, anything else -> YAML."""

@@ -96,3 +96,17 @@ def train_flops_per_sample(enc: Encoder, image_tokens: int, text_len: int, recom
     """
     fwd = forward_flops(enc, image_tokens, text_len, patch_tokens=patch_tokens, global_batch=global_batch)
     return TRAIN_MULTIPLIER * fwd + (recompute_flops(enc, image_tokens, text_len) if recompute else 0.0)
+
+
+def stage_train_flops(enc: Encoder, stage, recompute: bool = False) -> float:
+    """Training FLOPs of one sample of ``stage`` (a ``clipa.recipe.Stage`` or ``costmodels.predict.StageShape``:
+    ``image_size``, ``text_len``, ``image_tokens(enc)``): the patch embedding runs on every patch, masked or
+    not, the blocks on the tokens kept.
+
+    The one count of a stage's FLOPs: the planner, ``predict_recipe``, the achieved MFU in metrics.jsonl
+    and the report all call it. ``recompute=True`` adds activation checkpointing's extra forward (the FLOPs
+    the device executes, which set the stage's time); MFU is counted without it (PaLM's definition,
+    Chowdhery et al. 2022, App. B: rematerialisation is not model work).
+    """
+    return train_flops_per_sample(enc, stage.image_tokens(enc), stage.text_len, recompute,
+                                  patch_tokens=enc.vision.tokens(stage.image_size))

@@ -1,12 +1,15 @@
 """Predictions for a whole recipe: accuracy with its interval, FLOPs, device-hours, wall time, dollars.
 
-The one entry point the planner, ``clipa-plan --predict`` and ``clipa-report`` share, so a
-recipe is always costed the same way.
+One costing path: ``stage_rate`` costs a stage and ``totals`` adds stages up, for ``predict_recipe``
+(``clipa-plan --predict``, the plan's written predictions, clipa-run's frozen ones) and for the
+planner's search points alike (``planner/cost_point.py``, on light ``StageShape``s), so a plan's
+figures are those of the recipe it writes (tests/test_planner.py checks it).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from clipa import recipe as recipe_mod
 from clipa.costmodels import accuracy_law, flops, hardware, throughput
@@ -14,25 +17,62 @@ from clipa.costmodels import accuracy_law, flops, hardware, throughput
 VERSION = "clipa-costmodels-0.2"  # 0.2: the accuracy law as a mixture of forms, with extrapolation notes
 
 
-def stage_costs(enc, stage: recipe_mod.Stage, hw: hardware.Hardware, *, grad_checkpointing: bool,
-                utilisation: Optional[float] = None) -> recipe_mod.StagePrediction:
-    """FLOPs, device-hours, wall hours and dollars of one stage on ``hw``."""
-    tokens = stage.image_tokens(enc)
-    # The patch embedding runs on every patch, masked or not.
-    patches = enc.vision.tokens(stage.image_size)
-    fps = flops.train_flops_per_sample(enc, tokens, stage.text_len, recompute=grad_checkpointing, patch_tokens=patches)
-    st = throughput.stage_time(enc, tokens, stage.text_len, stage.samples, hw, image_size=stage.image_size,
-                               grad_checkpointing=grad_checkpointing, utilisation=utilisation, patch_tokens=patches)
-    return recipe_mod.StagePrediction(
-        name=stage.name, image_size=stage.image_size, image_tokens=tokens, text_len=stage.text_len,
-        samples=stage.samples, train_flops_per_sample=fps, train_flops=fps * stage.samples,
-        gpu_hours=st.device_hours, wall_hours=st.wall_hours, cost_usd=cost_usd(hw, st.wall_hours),
-    )
+@dataclass(frozen=True)
+class StageShape:
+    """What a stage's cost depends on, without the rest of a ``clipa.recipe.Stage``: the light stage the
+    planner costs its search points with (building a validated recipe per point would be too slow)."""
+
+    image_size: int  # px
+    mask_ratio: float  # fraction of patch tokens dropped
+    text_len: int  # tokens per caption
+
+    def image_tokens(self, enc) -> int:
+        return enc.vision.kept_tokens(self.image_size, self.mask_ratio)
+
+    @classmethod
+    def of(cls, stage: recipe_mod.Stage) -> "StageShape":
+        return cls(stage.image_size, stage.image_reduction.mask_ratio, stage.text_len)
 
 
-def cost_usd(hw: hardware.Hardware, wall_hours: float) -> Optional[float]:
-    """Dollars for ``wall_hours`` of ``hw``; None (unknown, never $0) when it has no price."""
-    return None if hw.usd_per_hour is None else hw.cost_usd(wall_hours)
+@dataclass(frozen=True)
+class StageRate:
+    """The cost of a stage, affine in its samples ``n``: wall hours = n x ``wall_h_per_sample`` +
+    ``fixed_wall_h``. The whole machine is held meanwhile, so device-hours and dollars follow the wall time."""
+
+    train_flops_per_sample: float  # as executed (recomputation included)
+    wall_h_per_sample: float
+    fixed_wall_h: float  # calibrated time per stage outside the steady-state loop
+    n_devices: int
+    usd_per_hour: Optional[float]  # whole machine; None: no known price
+
+    def wall_hours(self, samples: float) -> float:
+        return samples * self.wall_h_per_sample + self.fixed_wall_h
+
+    def costs(self, samples: float) -> tuple[Optional[float], float, float]:
+        """(dollars, None when unpriced; device-hours; wall hours) of ``samples`` samples."""
+        wall = self.wall_hours(samples)
+        return (None if self.usd_per_hour is None else wall * self.usd_per_hour), wall * self.n_devices, wall
+
+
+def stage_rate(enc, shape: StageShape, hw: hardware.Hardware, *, grad_checkpointing: bool,
+               calibration=None) -> StageRate:
+    """How ``hw`` runs a stage of ``shape``: the throughput model at the calibrated utilisation (if any),
+    plus the calibrated per-sample and per-stage overheads (``costmodels.calibration``)."""
+    cal = calibration
+    fps = flops.stage_train_flops(enc, shape, recompute=grad_checkpointing)
+    st = throughput.time_of(fps, 1.0, hw, image_size=shape.image_size, utilisation=cal and cal.utilisation(hw.name))
+    overhead_s, fixed_s = (cal.overhead_s_per_sample(hw.name), cal.fixed_s_per_stage(hw.name)) if cal else (0.0, 0.0)
+    return StageRate(fps, st.wall_hours + overhead_s / 3600.0, fixed_s / 3600.0, hw.n_devices, hw.usd_per_hour)
+
+
+def totals(stages: Sequence[tuple[StageRate, float]]) -> tuple[Optional[float], float, float]:
+    """(dollars, None when unpriced; device-hours; wall hours) of (rate, samples) stages run in turn."""
+    cost, dev, wall = 0.0, 0.0, 0.0
+    for rate, n in stages:
+        c, d, w = rate.costs(n)
+        cost = None if c is None or cost is None else cost + c
+        dev, wall = dev + d, wall + w
+    return cost, dev, wall
 
 
 def resolve_hardware(rec: recipe_mod.Recipe, hw_name: Optional[str] = None,
@@ -40,10 +80,17 @@ def resolve_hardware(rec: recipe_mod.Recipe, hw_name: Optional[str] = None,
     """The hardware to cost on: ``hw_name`` if given, else the recipe's (with its price override)."""
     hw = hardware.get(hw_name or rec.hardware.name, prices, rec.hardware.pricing)
     if hw_name is None and rec.hardware.usd_per_hour is not None:
-        from dataclasses import replace
-
         hw = replace(hw, usd_per_hour=rec.hardware.usd_per_hour)
     return hw
+
+
+def _stage_prediction(enc, stage: recipe_mod.Stage, rate: StageRate) -> recipe_mod.StagePrediction:
+    cost, device_hours, wall_hours = rate.costs(stage.samples)
+    return recipe_mod.StagePrediction(
+        name=stage.name, image_size=stage.image_size, image_tokens=stage.image_tokens(enc), text_len=stage.text_len,
+        samples=stage.samples, train_flops_per_sample=rate.train_flops_per_sample,
+        train_flops=rate.train_flops_per_sample * stage.samples, device_hours=device_hours, wall_hours=wall_hours,
+        cost_usd=cost)
 
 
 def predict_recipe(rec: recipe_mod.Recipe, hw_name: Optional[str] = None, prices: Optional[Path] = None,
@@ -52,13 +99,12 @@ def predict_recipe(rec: recipe_mod.Recipe, hw_name: Optional[str] = None, prices
     hw = resolve_hardware(rec, hw_name, prices)
     enc = rec.encoder.spec
     law = law or accuracy_law.default()
-    util = calibration.utilisation(hw.name) if calibration is not None else None
     offset = calibration.offset(rec.dataset.name) if calibration is not None else 0.0
 
-    stages = [stage_costs(enc, st, hw, grad_checkpointing=rec.train.grad_checkpointing, utilisation=util)
-              for st in rec.stages]
-    if calibration is not None:
-        stages = [calibration.adjust_stage(sp, hw) for sp in stages]
+    rates = [stage_rate(enc, StageShape.of(st), hw, grad_checkpointing=rec.train.grad_checkpointing,
+                        calibration=calibration) for st in rec.stages]
+    stages = [_stage_prediction(enc, st, r) for st, r in zip(rec.stages, rates)]
+    cost, device_hours, wall_hours = totals([(r, st.samples) for st, r in zip(rec.stages, rates)])
     feats = accuracy_law.features_from_recipe(rec)
     per_stage = law.predict_stages(feats)
     for sp, p in zip(stages, per_stage):
@@ -68,9 +114,9 @@ def predict_recipe(rec: recipe_mod.Recipe, hw_name: Optional[str] = None, prices
     return recipe_mod.Predictions(
         predicted_top1=round(final.top1, 3),
         predicted_top1_interval=(round(final.low, 3), round(final.high, 3)),
-        gpu_hours=sum(s.gpu_hours for s in stages),
-        wall_hours=sum(s.wall_hours for s in stages),
-        cost_usd=None if hw.usd_per_hour is None else sum(s.cost_usd for s in stages),
+        device_hours=device_hours,
+        wall_hours=wall_hours,
+        cost_usd=cost,
         hardware=hw.name,
         cost_model_version=version,
         stages=stages,

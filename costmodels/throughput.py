@@ -100,6 +100,13 @@ def stage_time(enc: Encoder, image_tokens: int, text_len: int, samples: float, h
     ``params`` ({'u_max', 't0_s'}) the stored fit it comes from."""
     per_sample = flops.train_flops_per_sample(enc, image_tokens, text_len, recompute=grad_checkpointing,
                                               patch_tokens=patch_tokens)
+    return time_of(per_sample, samples, hw, image_size=image_size, utilisation=utilisation, params=params)
+
+
+def time_of(per_sample: float, samples: float, hw: hardware.Hardware, *, image_size: int,
+            utilisation: Optional[float] = None, params: Optional[dict] = None) -> StageTime:
+    """``stage_time`` of a stage whose samples cost ``per_sample`` training FLOPs each (as executed,
+    recomputation included)."""
     if utilisation is not None:
         u = utilisation
     else:

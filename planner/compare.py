@@ -16,7 +16,7 @@ from rich.table import Table
 
 from clipa.costmodels import hardware, throughput
 from clipa.errors import UserError
-from clipa.planner import spot
+from clipa.planner import present, spot
 from clipa.planner.run import PlanResult, make_plan
 
 
@@ -121,6 +121,6 @@ def json_rows(cmp: Comparison) -> list[dict]:
                        price_source=o.hw.price_source,
                        recipe_name=o.result.recipe.name, predicted_top1=p.predicted_top1,
                        predicted_top1_interval=list(p.predicted_top1_interval), wall_hours=p.wall_hours,
-                       gpu_hours=p.gpu_hours, cost_usd=p.cost_usd)
+                       **present.hours_json(p.device_hours), cost_usd=p.cost_usd)
         rows.append(row)
     return rows

@@ -22,7 +22,7 @@ import numpy as np
 
 from clipa.costmodels.accuracy_law import DATASETS
 from clipa.planner import search_space as ss
-from clipa.planner.evaluate import Context, Plan, costed, features
+from clipa.planner.cost_point import Context, Plan, costed, features
 
 N_ALTERNATIVES = 5
 CHUNK = 64  # points whose interval is computed per vectorised call
@@ -162,8 +162,7 @@ def plan(ctx: Context, *, progress=None, **_ignored) -> Optional[Result]:
     def make(k: int) -> Plan:
         p, c = pts[k]
         top, low, high, notes = scorer.pred[fid[k]]
-        return Plan(p, c.samples, top, low, high, c.cost_usd, c.device_hours, c.wall_hours, c.grad_checkpointing,
-                    c.ft_batch, list(notes), c.binding)
+        return Plan.of(p, c, top, low, high, notes)
 
     best = make(state["best"])
     bg = (best.point.encoder, best.point.side)
@@ -192,8 +191,7 @@ def _front(ctx: Context, pts, fid, feats, mean, scorer: _Scorer) -> list[Plan]:
     front = _front_of(cands)
     fs = [features(p, c.samples, ctx.dataset) for _, _, _, p, c in front]
     top, low, high = ctx.law.predict_many(fs, offset=ctx.offset)
-    return [Plan(p, c.samples, float(t), float(lo), float(hi), c.cost_usd, c.device_hours, c.wall_hours,
-                 c.grad_checkpointing, c.ft_batch, ctx.law.notes(f), c.binding)
+    return [Plan.of(p, c, float(t), float(lo), float(hi), ctx.law.notes(f))
             for (_, _, _, p, c), t, lo, hi, f in zip(front, top, low, high, fs)]
 
 

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clipa import recipe as recipe_mod
-from clipa.planner.evaluate import Plan
+from clipa.planner.cost_point import Plan
 
 
 def _hours(h: float) -> str:
@@ -22,7 +22,7 @@ def _samples(n: float) -> str:
 
 
 def _usd(x) -> str:
-    return "n/a" if x is None or x != x else f"{x:,.0f}"
+    return "n/a" if x is None else f"{x:,.0f}"
 
 
 def stage_table(rec: recipe_mod.Recipe, title: str) -> Table:
@@ -34,14 +34,14 @@ def stage_table(rec: recipe_mod.Recipe, title: str) -> Table:
     for st, sp in zip(rec.stages, pred.stages):
         red = st.image_reduction.kind + (f" {st.image_reduction.mask_ratio:.0%}" if st.image_reduction.mask_ratio else "")
         t.add_row(st.name, str(st.image_size), str(sp.image_tokens), red, str(st.text_len), st.text_reduction,
-                  _samples(st.samples), f"{sp.train_flops_per_sample / 1e9:,.1f}", _hours(sp.gpu_hours),
+                  _samples(st.samples), f"{sp.train_flops_per_sample / 1e9:,.1f}", _hours(sp.device_hours),
                   _hours(sp.wall_hours), _usd(sp.cost_usd),
                   f"{sp.predicted_top1:.1f}" if sp.predicted_top1 is not None else "")
     lo, hi = pred.predicted_top1_interval
     wall = f"{pred.wall_hours / 24:,.2f} days" if pred.wall_hours >= 48 else f"{_hours(pred.wall_hours)} h".replace(" min h", " min")
     eval_set = "held-out demo split" if rec.dataset.name == "demo" else "ImageNet-1k"
     t.caption = (f"predicted zero-shot top-1 ({eval_set}) {pred.predicted_top1:.1f}% [{lo:.1f}, {hi:.1f}]  |  "
-                 f"{_hours(pred.gpu_hours).replace(' min', ' device-min')}{'' if pred.gpu_hours < 1 else ' device-h'}  |  "
+                 f"{_hours(pred.device_hours).replace(' min', ' device-min')}{'' if pred.device_hours < 1 else ' device-h'}  |  "
                  f"{wall} wall  |  ${_usd(pred.cost_usd)} on {pred.hardware}")
     return t
 
@@ -106,12 +106,18 @@ def comparison_table(best: Plan, inside: Optional[Plan], nearest, objective: str
         ft = "+".join(f"{s.samples / 1e6:.0f}M@{s.image_size}" for s in rec.stages[1:]) or "none"
         pub = "" if nearest.published_top1 is None else f"{nearest.published_top1:.1f}"
         t.add_row("nearest published", rec.encoder.name, str(st.image_size), f"{st.text_len} {st.text_reduction}",
-                  _samples(st.samples), ft, f"{nearest.predicted_top1:.1f} (law)", pub, "", f"{nearest.gpu_hours:,.0f}",
+                  _samples(st.samples), ft, f"{nearest.predicted_top1:.1f} (law)", pub, "", f"{nearest.device_hours:,.0f}",
                   _usd(nearest.cost_usd))
         t.caption = (f"nearest published run: {nearest.name} (published top-1 {pub or 'n/a'}"
                      + (f", published cost ${nearest.published_cost_usd:,.0f}" if nearest.published_cost_usd else "")
                      + "); its device-h and $ as costed here on the plan's hardware")
     return t
+
+
+def hours_json(device_hours: float) -> dict:
+    """Device-hours under their name, and under gpu_hours: what clipa 0.1's --json called them, still
+    read by scripts written against it."""
+    return {"device_hours": device_hours, "gpu_hours": device_hours}
 
 
 def published_json(nearest) -> Optional[dict]:
@@ -120,7 +126,7 @@ def published_json(nearest) -> Optional[dict]:
     return {"name": nearest.name, "recipe": nearest.file, "dataset": nearest.dataset,
             "published_top1": nearest.published_top1, "published_cost_usd": nearest.published_cost_usd,
             "predicted_top1": nearest.predicted_top1,
-            "gpu_hours": nearest.gpu_hours, "wall_hours": nearest.wall_hours, "cost_usd": nearest.cost_usd}
+            **hours_json(nearest.device_hours), "wall_hours": nearest.wall_hours, "cost_usd": nearest.cost_usd}
 
 
 def prediction_json(rec: recipe_mod.Recipe, recipe_path: str | None) -> dict:
@@ -128,7 +134,7 @@ def prediction_json(rec: recipe_mod.Recipe, recipe_path: str | None) -> dict:
     return {
         "predicted_top1": pred.predicted_top1,
         "predicted_top1_interval": list(pred.predicted_top1_interval),
-        "gpu_hours": pred.gpu_hours,
+        **hours_json(pred.device_hours),
         "wall_hours": pred.wall_hours,
         "cost_usd": pred.cost_usd,
         "hardware": pred.hardware,
@@ -136,7 +142,7 @@ def prediction_json(rec: recipe_mod.Recipe, recipe_path: str | None) -> dict:
         "stages": [
             {"name": s.name, "image_size": s.image_size, "image_tokens": s.image_tokens, "text_len": s.text_len,
              "samples": s.samples, "train_flops_per_sample": s.train_flops_per_sample, "train_flops": s.train_flops,
-             "gpu_hours": s.gpu_hours, "wall_hours": s.wall_hours, "cost_usd": s.cost_usd,
+             **hours_json(s.device_hours), "wall_hours": s.wall_hours, "cost_usd": s.cost_usd,
              "predicted_top1": s.predicted_top1}
             for s in pred.stages
         ],
@@ -148,8 +154,8 @@ def plan_json(p: Plan) -> dict:
     return {"encoder": p.point.encoder, "image_size": p.point.image_size(), "image_tokens": p.point.side ** 2,
             "image_reduction": p.point.image_reduction, "text_len": p.point.text_len,
             "text_reduction": p.point.text_reduction, "samples": p.samples, "finetune": p.point.finetune,
-            "predicted_top1": p.top1, "predicted_top1_interval": [p.low, p.high], "gpu_hours": p.device_hours,
-            "wall_hours": p.wall_hours, "cost_usd": None if p.cost_usd != p.cost_usd else p.cost_usd,
+            "predicted_top1": p.top1, "predicted_top1_interval": [p.low, p.high], **hours_json(p.device_hours),
+            "wall_hours": p.wall_hours, "cost_usd": p.cost_usd,
             "extrapolation": list(p.extrapolation)}
 
 
@@ -206,13 +212,13 @@ def plan_context_json(result) -> dict:
             "nearest_published": published_json(result.nearest)}
 
 
-def print_plan_context(console: Console, result, budget_usd=None, gpu_hours=None) -> None:
+def print_plan_context(console: Console, result, budget_usd=None, device_hours=None) -> None:
     """Under the best plan's table: its extrapolation notes, the constraint that binds, and the table
     beside it (best plan inside the fitted data, nearest published run)."""
     search = result.search
     for line in extrapolation_lines(result.recipe.predictions.extrapolation, "the best plan's prediction"):
         console.print(line, soft_wrap=True, highlight=False)
-    parts = [f"${budget_usd:,.0f}" if budget_usd is not None else "", f"{gpu_hours:,.0f} device-h" if gpu_hours else ""]
+    parts = [f"${budget_usd:,.0f}" if budget_usd is not None else "", f"{device_hours:,.0f} device-h" if device_hours else ""]
     console.print(binding_line(search.best, " and ".join(p for p in parts if p)), soft_wrap=True, highlight=False)
     console.print()
     print_tables(console, comparison_table(search.best, search.best_inside, result.nearest, result.objective))

@@ -39,7 +39,7 @@ class PublishedRun:
     dataset: str
     published_top1: Optional[float]  # percent, read from costmodels/data/published_clipa_results.csv
     cost_usd: Optional[float]  # on the plan's hardware and pricing (None: no price)
-    gpu_hours: float
+    device_hours: float
     wall_hours: float
     predicted_top1: float  # the accuracy law's, for comparison with the plan's
     recipe: Optional[recipe_mod.Recipe] = None
@@ -66,9 +66,9 @@ def published_cost(rec: recipe_mod.Recipe) -> Optional[float]:
     return float(row["cost_usd"]) if row is not None and row.get("cost_usd") else None
 
 
-def nearest(hw_name: str, dataset: str, gpu_hours: float, *, prices=None, pricing: str = "on-demand",
+def nearest(hw_name: str, dataset: str, device_hours: float, *, prices=None, pricing: str = "on-demand",
             calibration=None) -> Optional[PublishedRun]:
-    """The published run whose cost on ``hw_name`` is nearest ``gpu_hours`` (on a log scale), among
+    """The published run whose cost on ``hw_name`` is nearest ``device_hours`` (on a log scale), among
     those on ``dataset`` when there are any, else among all."""
     from clipa.costmodels.predict import predict_recipe
 
@@ -77,8 +77,8 @@ def nearest(hw_name: str, dataset: str, gpu_hours: float, *, prices=None, pricin
         rec = rec.model_copy(update={"hardware": rec.hardware.model_copy(update={"name": hw_name, "pricing": pricing})})
         pred = predict_recipe(rec, prices=prices, calibration=calibration)
         runs.append(PublishedRun(rec.name, stem, rec.dataset.name, published_top1(rec), pred.cost_usd,
-                                 pred.gpu_hours, pred.wall_hours, pred.predicted_top1, rec, published_cost(rec)))
+                                 pred.device_hours, pred.wall_hours, pred.predicted_top1, rec, published_cost(rec)))
     same = [r for r in runs if r.dataset == dataset] or runs
-    if not same or gpu_hours <= 0:
+    if not same or device_hours <= 0:
         return None
-    return min(same, key=lambda r: abs(math.log(r.gpu_hours / gpu_hours)))
+    return min(same, key=lambda r: abs(math.log(r.device_hours / device_hours)))

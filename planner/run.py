@@ -11,7 +11,7 @@ from clipa.costmodels.predict import predict_recipe
 from clipa.errors import UserError
 from clipa.planner import optimize, published, spot
 from clipa.planner import search_space as ss
-from clipa.planner.evaluate import Budget, Context, cheapest
+from clipa.planner.cost_point import Budget, Context, Plan, cheapest
 
 
 @dataclass
@@ -28,11 +28,23 @@ def recipe_name(p: optimize.Plan) -> str:
     return f"{pt.encoder.replace('/', '')}-{pt.image_size()}px-{pt.image_reduction}-t{pt.text_len}{pt.text_reduction}-{samples}-ft{pt.finetune}"
 
 
-def _usd(x: float) -> str:
-    return "" if x != x else f"${x:,.0f} / "
+FRONT_POINTS = 12  # as many as the plan's Pareto table shows
 
 
-def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_name: str, dataset: str,
+def front_points(pareto: list[Plan]) -> list[recipe_mod.FrontPoint]:
+    """The plan's Pareto front as the recipe keeps it (spread evenly, both ends kept), for clipa-report."""
+    from clipa.planner.present import thin
+
+    return [recipe_mod.FrontPoint(label=f"{p.point.encoder} {p.point.side}x{p.point.side} {p.samples:.3g}",
+                                  top1=p.top1, device_hours=p.device_hours, cost_usd=p.cost_usd)
+            for p in thin(pareto, FRONT_POINTS)]
+
+
+def _usd(x: Optional[float]) -> str:
+    return "" if x is None else f"${x:,.0f} / "
+
+
+def make_plan(*, budget_usd: Optional[float], device_hours: Optional[float], hw_name: str, dataset: str,
               deadline_days: Optional[float] = None, objective: str = "low", risk: Optional[bool] = None,
               prices: Optional[Path] = None, calibration=None, name: Optional[str] = None,
               quiet: bool = False, pricing: str = "on-demand") -> PlanResult:
@@ -45,10 +57,10 @@ def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_nam
     if budget_usd is not None:
         hw.require_price()
         if hw.usd_per_hour <= 0:
-            raise UserError(f"--budget: {hw.name} costs $0/hour, so a dollar budget means nothing; give --gpu-hours")
+            raise UserError(f"--budget: {hw.name} costs $0/hour, so a dollar budget means nothing; give --device-hours")
     ctx = Context(
         hw=hw, dataset=dataset, objective=objective,
-        budget=Budget(usd=budget_usd, device_hours=gpu_hours,
+        budget=Budget(usd=budget_usd, device_hours=device_hours,
                       wall_hours=deadline_days * 24 if deadline_days is not None else None),
         calibration=calibration,
     )
@@ -65,8 +77,9 @@ def make_plan(*, budget_usd: Optional[float], gpu_hours: Optional[float], hw_nam
                           grad_checkpointing=best.grad_checkpointing)
     if pricing == "spot":
         rec = spot.apply(rec, hw)
-    rec = rec.model_copy(update={"predictions": predict_recipe(rec, hw_name, prices, calibration)})
-    nearest = published.nearest(hw_name, dataset, rec.predictions.gpu_hours, prices=prices, pricing=pricing,
+    preds = predict_recipe(rec, hw_name, prices, calibration)
+    rec = rec.model_copy(update={"predictions": preds.model_copy(update={"front": front_points(result.pareto)})})
+    nearest = published.nearest(hw_name, dataset, rec.predictions.device_hours, prices=prices, pricing=pricing,
                                 calibration=calibration)
     return PlanResult(rec, result, objective, nearest)
 

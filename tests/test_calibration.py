@@ -51,19 +51,23 @@ def test_bad_file_is_one_line(tmp_path, content, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
-def test_adjust_stage_adds_overhead_and_fixed_time():
+def test_calibrated_stage_adds_overhead_and_fixed_time():
+    from clipa import encoders
+    from clipa.costmodels import predict
+
     hw = hardware.get("a100x8")
     cal = cal_mod.Calibration(hardware={"a100x8": cal_mod.HardwareCalibration(
         utilisation=0.4, overhead_s_per_sample=1e-4, fixed_s_per_stage=360.0, points=2, rel_rmse=0.0)})
-    sp = recipe_mod.StagePrediction(name="s", image_size=224, image_tokens=196, text_len=32, samples=1_000_000,
-                                    train_flops_per_sample=1e9, train_flops=1e15, gpu_hours=8.0, wall_hours=1.0,
-                                    cost_usd=10.0)
-    out = cal.adjust_stage(sp, hw)
-    wall = 1.0 + (1_000_000 * 1e-4 + 360.0) / 3600  # 100 s + 360 s on top of one hour
-    assert out.wall_hours == pytest.approx(wall)
-    assert out.gpu_hours == pytest.approx(wall * hw.n_devices)
-    assert out.cost_usd == pytest.approx(wall * hw.usd_per_hour)
-    assert cal_mod.Calibration().adjust_stage(sp, hw) == sp  # uncalibrated hardware: unchanged
+    enc, shape, n = encoders.get("B/16"), predict.StageShape(224, 0.0, 32), 1_000_000
+    plain = predict.stage_rate(enc, shape, hw, grad_checkpointing=False, calibration=cal_mod.Calibration())
+    at_u = predict.stage_rate(enc, shape, hw, grad_checkpointing=False,
+                              calibration=cal_mod.Calibration(hardware={"a100x8": cal_mod.HardwareCalibration(
+                                  utilisation=0.4, points=2, rel_rmse=0.0)}))
+    cost, dev, wall = predict.stage_rate(enc, shape, hw, grad_checkpointing=False, calibration=cal).costs(n)
+    expected = at_u.wall_hours(n) + (n * 1e-4 + 360.0) / 3600  # 100 s + 360 s on top of the FLOPs time
+    assert wall == pytest.approx(expected, rel=1e-12)
+    assert dev == pytest.approx(expected * hw.n_devices) and cost == pytest.approx(expected * hw.usd_per_hour)
+    assert plain == predict.stage_rate(enc, shape, hw, grad_checkpointing=False)  # uncalibrated hardware: unchanged
 
 
 def test_fit_recovers_utilisation_and_overhead():

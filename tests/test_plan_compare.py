@@ -97,7 +97,7 @@ def test_comparison_keeps_a_target_it_cannot_plan(tmp_path):
     assert "no spot price known for hardware 'a100x8'" in a100["error"] and not a100["picked"]
     assert v5e["picked"] and rec.hardware.name == "tpu-v5e-64" and rec.hardware.pricing == "spot"
     with pytest.raises(UserError, match="no hardware could be planned: a100x8: .*a100-40gbx8: "):
-        compare.plan_all(["a100x8", "a100-40gbx8"], pricing="spot", budget_usd=5000, gpu_hours=None,
+        compare.plan_all(["a100x8", "a100-40gbx8"], pricing="spot", budget_usd=5000, device_hours=None,
                          dataset="laion-2b", quiet=True)
 
 

@@ -6,11 +6,12 @@ import sys
 import pytest
 
 from clipa import recipe as recipe_mod
+from clipa.costmodels import calibration as cal_mod
 from clipa.costmodels import hardware, memory
 from clipa.costmodels.predict import predict_recipe
 from clipa.planner import optimize, published
 from clipa.planner import search_space as ss
-from clipa.planner.evaluate import Budget, Context, costed, features
+from clipa.planner.cost_point import Budget, Context, costed, features
 from clipa.planner.run import make_plan
 
 
@@ -79,7 +80,7 @@ def test_never_below_the_published_recipe_that_fits():
     # nearest point (12,811,632,640 vs 12.8e9 samples, 524M vs 512M fine-tune), hence 0.02 points.
     for name, rec in published.load_all().items():
         base = predict_recipe(rec, "a100x8")
-        result = make_plan(budget_usd=base.cost_usd * 1.0001, gpu_hours=None, hw_name="a100x8",
+        result = make_plan(budget_usd=base.cost_usd * 1.0001, device_hours=None, hw_name="a100x8",
                            dataset=rec.dataset.name, quiet=True)
         got = result.recipe.predictions
         assert got.cost_usd <= base.cost_usd * 1.0001, name
@@ -88,16 +89,16 @@ def test_never_below_the_published_recipe_that_fits():
 
 
 def test_deterministic():
-    a = make_plan(budget_usd=5000, gpu_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True)
-    b = make_plan(budget_usd=5000, gpu_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True)
+    a = make_plan(budget_usd=5000, device_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True)
+    b = make_plan(budget_usd=5000, device_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True)
     assert recipe_mod.to_yaml(a.recipe) == recipe_mod.to_yaml(b.recipe)
 
 
 def test_budgets_deadline_and_memory_are_respected():
-    res = make_plan(budget_usd=None, gpu_hours=3000, hw_name="a100-40gbx8", dataset="laion-2b",
+    res = make_plan(budget_usd=None, device_hours=3000, hw_name="a100-40gbx8", dataset="laion-2b",
                     deadline_days=20, quiet=True)
     pred, rec = res.recipe.predictions, res.recipe
-    assert pred.gpu_hours <= 3000 * 1.0001
+    assert pred.device_hours <= 3000 * 1.0001
     assert pred.wall_hours <= 20 * 24 * 1.0001
     hw = hardware.get("a100-40gbx8")
     enc = rec.encoder.spec
@@ -109,20 +110,53 @@ def test_budgets_deadline_and_memory_are_respected():
 @pytest.mark.parametrize("kw,binding", [
     (dict(budget_usd=10_000), "budget"),
     (dict(budget_usd=10_000, deadline_days=3), "deadline"),
-    (dict(gpu_hours=3_000), "device-hours"),
+    (dict(device_hours=3_000), "device-hours"),
     (dict(budget_usd=10_000_000), "samples grid"),
 ])
 def test_the_binding_constraint_is_named(kw, binding):
-    res = make_plan(**{"budget_usd": None, "gpu_hours": None, **kw}, hw_name="a100x8", dataset="datacomp-1b",
+    res = make_plan(**{"budget_usd": None, "device_hours": None, **kw}, hw_name="a100x8", dataset="datacomp-1b",
                     quiet=True)
     assert res.search.best.binding == binding
 
 
 def test_more_budget_never_lowers_the_objective():
     for objective in ("low", "mean"):
-        preds = [make_plan(budget_usd=b, gpu_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True,
+        preds = [make_plan(budget_usd=b, device_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True,
                            objective=objective).search.best.objective(objective) for b in (1000, 4000, 16000)]
         assert preds == sorted(preds), objective
+
+
+_CAL = cal_mod.Calibration(
+    hardware={"a100x8": cal_mod.HardwareCalibration(utilisation=0.3, overhead_s_per_sample=2e-5, fixed_s_per_stage=600.0,
+                                                    points=2, rel_rmse=0.0)},
+    datasets={"datacomp-1b": cal_mod.DatasetCalibration(offset=1.0)})
+
+
+@pytest.mark.parametrize("kw", [
+    dict(budget_usd=10_000, device_hours=None, hw_name="a100x8", dataset="datacomp-1b"),
+    dict(budget_usd=None, device_hours=3_000, hw_name="a100-40gbx8", dataset="laion-2b", deadline_days=20),
+    dict(budget_usd=40_000, device_hours=None, hw_name="h100x8", dataset="laion-2b", pricing="spot"),
+    dict(budget_usd=None, device_hours=20_000, hw_name="tpu-v4-64", dataset="datacomp-1b", objective="mean"),
+    dict(budget_usd=3_000, device_hours=None, hw_name="a100x8", dataset="datacomp-1b", calibration=_CAL),
+], ids=["usd", "hours-deadline", "spot", "tpu-mean", "calibrated"])
+def test_plan_figures_equal_predict_recipe_of_the_recipe_it_wrote(tmp_path, kw):
+    """One costing path: the figures the search ranked the plan by are ``predict_recipe``'s for the
+    recipe written to disk and loaded again (the planner costs light stages, --predict whole recipes)."""
+    res = make_plan(quiet=True, **kw)
+    path = recipe_mod.dump(res.recipe, tmp_path / "plan.yaml")
+    pred = predict_recipe(recipe_mod.load(path), calibration=kw.get("calibration"))
+    best = res.search.best
+    assert best.device_hours == pytest.approx(pred.device_hours, rel=1e-12)
+    assert best.wall_hours == pytest.approx(pred.wall_hours, rel=1e-12)
+    assert (best.cost_usd is None) == (pred.cost_usd is None)
+    if best.cost_usd is not None:
+        assert best.cost_usd == pytest.approx(pred.cost_usd, rel=1e-12)
+    assert best.top1 == pytest.approx(pred.predicted_top1, abs=5e-4)  # predict_recipe rounds to 3 decimals
+    assert (best.low, best.high) == pytest.approx(pred.predicted_top1_interval, abs=5e-4)
+    assert best.extrapolation == pred.extrapolation
+    front = recipe_mod.load(path).predictions.front  # saved for clipa-report, which never re-plans
+    assert 2 <= len(front) <= 12 and [f.device_hours for f in front] == sorted(f.device_hours for f in front)
+    assert [f.top1 for f in front] == sorted(f.top1 for f in front)
 
 
 def _cli(*args):
@@ -134,13 +168,13 @@ def test_cli_json_contract_and_predict_roundtrip(tmp_path):
     r = _cli("--budget", "10000", "--hw", "a100x8", "--json", "--out", str(out))
     assert r.returncode == 0, r.stderr
     obj = json.loads(r.stdout)
-    for key in ("predicted_top1", "predicted_top1_interval", "gpu_hours", "wall_hours", "cost_usd", "recipe", "stages"):
+    for key in ("predicted_top1", "predicted_top1_interval", "device_hours", "wall_hours", "cost_usd", "recipe", "stages"):
         assert key in obj
     lo, hi = obj["predicted_top1_interval"]
     assert lo <= obj["predicted_top1"] <= hi
     assert obj["cost_usd"] <= 10000
     for st in obj["stages"]:
-        for key in ("image_size", "image_tokens", "text_len", "samples", "train_flops_per_sample", "gpu_hours"):
+        for key in ("image_size", "image_tokens", "text_len", "samples", "train_flops_per_sample", "device_hours"):
             assert key in st
     rec = recipe_mod.load(obj["recipe"])
     assert rec.predictions.predicted_top1 == obj["predicted_top1"]
@@ -216,5 +250,5 @@ def test_published_recipes_gpu_hours_within_15_percent():
     recipes = published.load_all()
     for name, hours in PUBLISHED_GPU_HOURS.items():
         pred = predict_recipe(recipes[name], "a100x8")
-        assert abs(pred.gpu_hours / hours - 1) <= 0.15, (name, pred.gpu_hours, hours)
+        assert abs(pred.device_hours / hours - 1) <= 0.15, (name, pred.device_hours, hours)
         assert pred.cost_usd == pytest.approx(pred.wall_hours * 8 * 1.575)

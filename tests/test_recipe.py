@@ -31,6 +31,22 @@ def test_valid_recipe_roundtrips(tmp_path):
     assert recipe.load(p) == r
 
 
+def test_a_recipe_written_with_gpu_hours_loads_and_is_written_back_with_device_hours(tmp_path):
+    """clipa 0.1 wrote predictions.gpu_hours (and per stage, and in the provenance): such files still load."""
+    d = copy.deepcopy(BASE)
+    stage = {"name": "pretrain", "image_size": 96, "image_tokens": 36, "text_len": 8, "samples": 2_560_000_000,
+             "train_flops_per_sample": 1e10, "train_flops": 2.56e19, "gpu_hours": 100.0, "wall_hours": 12.5}
+    d["predictions"] = {"predicted_top1": 60.0, "predicted_top1_interval": [58.0, 62.0], "gpu_hours": 100.0,
+                        "wall_hours": 12.5, "hardware": "a100x8", "cost_model_version": "old", "stages": [stage]}
+    d["provenance"] = {"command": "clipa-plan --gpu-hours 100", "clipa_version": "0.1.0", "created": "2026-01-01",
+                       "gpu_hours": 100.0}
+    r = recipe.from_dict(d)
+    assert r.predictions.device_hours == r.predictions.stages[0].device_hours == r.provenance.device_hours == 100.0
+    text = recipe.to_yaml(r)
+    assert "device_hours" in text and "gpu_hours" not in text
+    assert recipe.load(recipe.dump(r, tmp_path / "r.yaml")) == r
+
+
 def test_mask_reduces_tokens():
     d = copy.deepcopy(BASE)
     d["stages"][1]["image_reduction"] = {"kind": "random_mask", "mask_ratio": 0.3}
@@ -53,7 +69,6 @@ def test_mask_reduces_tokens():
     (("stages", 0, "augment"), {"random_resized_crop": [0.9, 0.4]}, "stages[0].augment.random_resized_crop"),
     (("train",), {"seed": -1}, "train.seed"),
     (("name",), "..", "name: '..' has no letter or digit"),
-    (("hardware", "name"), "a100x9", "hardware.name: unknown hardware 'a100x9'"),
 ])
 def test_bad_field_is_named(path, value, needle):
     d = copy.deepcopy(BASE)

@@ -38,6 +38,42 @@ def test_rows_compare_stored_predictions_with_achieved(tmp_path):
     assert _row(rows, "pretrain", "top-1 %").achieved == 20.0
 
 
+def test_predicted_and_achieved_mfu_count_the_same_flops(tmp_path):
+    """The report's predicted MFU and the training loop's achieved MFU (metrics.jsonl) are one function
+    of samples/s: with recomputation on and a masked stage (where counts used to differ) they agree."""
+    from clipa import recipe as recipe_mod
+    from clipa.backends import runstate
+
+    d = demo_recipe("m").model_dump(mode="json")
+    d["train"]["grad_checkpointing"] = True
+    d["stages"][1]["image_reduction"] = {"kind": "random_mask", "mask_ratio": 0.5}
+    rec = recipe_mod.from_dict(d)
+    run = load_run(write_run(tmp_path / "m", rec))
+    rows = tables.run_rows(run)
+    loop_mfu = runstate.mfu_fn(rec, hardware.get("cpu").n_devices)
+    for st, ps in zip(rec.stages, rec.predictions.stages):
+        predicted_sps = st.samples / (ps.wall_hours * 3600)
+        assert _row(rows, st.name, "MFU").predicted == pytest.approx(loop_mfu(st, predicted_sps), rel=1e-12)
+
+
+def test_the_report_plots_the_front_the_plan_saved_and_recomputes_nothing(tmp_path):
+    """Predictions and the Pareto front come from the run's recipe as written before training: clipa-report
+    imports neither the planner nor predict_recipe."""
+    d = demo_recipe("f", hardware="a100x8").model_dump(mode="json")
+    d["predictions"]["front"] = [{"label": "B/16 4x4 1e+08", "top1": 40.0, "device_hours": 10.0, "cost_usd": 20.0},
+                                 {"label": "L/16 6x6 4e+08", "top1": 55.0, "device_hours": 90.0, "cost_usd": 180.0}]
+    from clipa import recipe as recipe_mod
+
+    run_dir = write_run(tmp_path / "f", recipe_mod.from_dict(d))
+    code = ("import sys; from pathlib import Path; from clipa.report import figures; from clipa.report.load import load_run; "
+            f"imgs, notes = figures.build([load_run({str(run_dir)!r})], Path({str(tmp_path / 'out')!r})); "
+            "bad = [m for m in ('clipa.planner.optimize', 'clipa.costmodels.predict') if m in sys.modules]; "
+            "assert not bad, bad; assert not [n for n in notes if 'front' in n], notes; print(imgs['Accuracy / cost'])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "pareto.png" in r.stdout
+
+
 def test_a_run_without_a_price_reports_its_cost_as_unknown(tmp_path, capsys):
     # the premise: no cited spot price for a100x8 (the only A100 spot quotes price whole VMs)
     assert hardware.get("a100x8", pricing="spot").usd_per_hour is None

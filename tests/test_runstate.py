@@ -44,11 +44,19 @@ def test_recipe_price_overrides_and_unknown_price_is_unknown_not_free():
     assert a.cost_usd is None
 
 
-def test_unknown_hardware_is_refused_when_the_recipe_loads():
+def test_unknown_hardware_is_refused_where_the_recipe_is_used(tmp_path):
+    """clipa.recipe imports no cost model, so the hardware name is checked by the commands that use it
+    (clipa-run, clipa-plan --predict), naming the file and field; the recipe itself still loads."""
+    from clipa.cli._common import load_recipe
+
     d = recipe_mod.load("recipes/demo.yaml").model_dump(mode="json")
     d["hardware"] = {"name": "no-such-machine"}
-    with pytest.raises(UserError, match="hardware.name: unknown hardware 'no-such-machine'"):
-        recipe_mod.from_dict(d)
+    path = recipe_mod.dump(recipe_mod.from_dict(d), tmp_path / "r.yaml")
+    with pytest.raises(UserError, match=f"{path}: hardware.name: unknown hardware 'no-such-machine'"):
+        load_recipe(path)
+    code = "import sys, clipa.recipe; bad = [m for m in sys.modules if m.startswith('clipa.costmodels')]; assert not bad, bad"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 def test_progress_round_trips_through_a_checkpoints_json_and_keeps_its_field_names(tmp_path):

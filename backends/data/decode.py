@@ -88,7 +88,7 @@ def decode_crop(data: bytes, size: int, scale: Optional[tuple[float, float]], rn
         if im.mode != "RGB":  # draft already decodes JPEGs to RGB: no extra copy for them
             im = im.convert("RGB")
         return im.resize((size, size), Image.BICUBIC, box=box)
-    except Exception as e:
+    except Exception as e:  # as in _open: untrusted bytes, the sample is skipped and its reason counted
         raise DecodeError(f"{type(e).__name__}: {e}") from None
 
 

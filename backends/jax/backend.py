@@ -23,6 +23,9 @@ _PLATFORMS = {"cpu": "cpu", "cuda": "cuda", "gpu": "cuda", "tpu": "tpu"}
 
 class JaxBackend:
     name = "jax"
+    # --nproc is validated (launch.validate says why it must stay 1); rdzv_id has no JAX counterpart.
+    flags = frozenset({"nproc", "nnodes", "node_rank", "rdzv_endpoint", "tpu", "zone", "project", "device", "dry_run",
+                       "max_samples"})
 
     def launch(self, recipe_path: Path, recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
         launch.validate(opts)

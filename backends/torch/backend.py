@@ -13,6 +13,7 @@ from clipa.recipe import Recipe
 
 class TorchBackend:
     name = "torch"
+    flags = frozenset({"nproc", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_id", "device", "dry_run", "max_samples"})
 
     def launch(self, recipe_path: Path, recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> int:
         from clipa.backends.data import resolve
@@ -28,6 +29,7 @@ class TorchBackend:
         if not prepare_run_dir(recipe, run_dir, "torch", console, is_main=opts.node_rank == 0):
             return 0
         resolve.resolve(recipe, run_dir, generate=True)  # missing paths fail here, before any worker starts
+        launch.record_parallelism(run_dir, recipe, opts.nproc * opts.nnodes, opts.device)
         resume = resume_command(recipe_path, run_dir, self.name)
         if opts.nproc * opts.nnodes == 1:
             return worker.main(run_dir, opts.device, opts.max_samples, resume)

@@ -1,13 +1,64 @@
-"""The torchrun command line: ``clipa-run --nproc N --nnodes M ...`` re-launches itself through it."""
+"""The torchrun command line: ``clipa-run --nproc N --nnodes M ...`` re-launches itself through it; and
+the parallelism (DDP or FSDP), decided here at launch and recorded in RUN_DIR/parallelism.json for the
+workers to read, so it never depends on what a worker process happens to be able to import."""
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 from clipa.backends.base import LaunchOptions
-from clipa.errors import Interrupted
+from clipa.errors import Interrupted, UserError
+from clipa.recipe import Recipe
+
+PARALLELISM = "parallelism.json"  # in the run directory: {"parallelism", "processes", "reason"}
+
+
+def parallelism(recipe: Recipe, processes: int, device: Optional[str]) -> tuple[str, str]:
+    """('ddp' | 'fsdp', why) for ``processes`` training processes: FSDP (per-block sharding) only where a
+    replica of the model and its optimizer state would not fit one device of the recipe's hardware, by
+    the memory model (costmodels/memory.py) at each stage's per-device batch; DDP otherwise."""
+    from clipa.costmodels import hardware, memory
+
+    if processes == 1:
+        return "ddp", "one process: nothing to replicate or shard"
+    if device == "cpu":
+        return "ddp", "CPU processes: FSDP is used on GPUs only"
+    hw, enc = hardware.get(recipe.hardware.name), recipe.encoder.spec
+    for i, st in enumerate(recipe.stages):
+        if not memory.fits(enc, st.global_batch // processes, st.image_tokens(enc), st.text_len, hw,
+                           grad_checkpointing=recipe.train.grad_checkpointing, precision=recipe.train.precision):
+            return "fsdp", (f"stages[{i}] ({st.name}) does not fit one {hw.device} replicated "
+                            f"({st.global_batch // processes} samples per device; costmodels/memory.py)")
+    return "ddp", f"every stage fits one {hw.device} replicated (costmodels/memory.py)"
+
+
+def record_parallelism(run_dir: Path, recipe: Recipe, processes: int, device: Optional[str]) -> str:
+    """Decide the parallelism for this launch and write it into ``run_dir`` (atomically); returns it."""
+    kind, reason = parallelism(recipe, processes, device)
+    path = Path(run_dir) / PARALLELISM
+    tmp = path.with_name(f"{PARALLELISM}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"parallelism": kind, "processes": processes, "reason": reason}))
+    os.replace(tmp, path)
+    return kind
+
+
+def read_parallelism(run_dir: Path, processes: int) -> str:
+    """What the launch decided for this run ('ddp' | 'fsdp'); UserError if it is missing or was decided
+    for another number of processes (the workers were not started by clipa-run)."""
+    path = Path(run_dir) / PARALLELISM
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; start the workers with clipa-run, which decides DDP or FSDP") from None
+    if d.get("processes") != processes or d.get("parallelism") not in ("ddp", "fsdp"):
+        raise UserError(f"{path}: decided {d.get('parallelism')!r} for {d.get('processes')} processes, but "
+                        f"{processes} started; launch them with clipa-run")
+    return d["parallelism"]
 
 WORKER = "clipa.backends.torch.worker"
 

@@ -159,6 +159,10 @@ def prepare(recipe_path: Path, run_dir: Path) -> None:
         rec = rec.model_copy(update={"predictions": predict_recipe(rec)})
     prepare_run_dir(rec, run_dir, "torch", Console(stderr=True, soft_wrap=True))
     resolve.resolve(rec, run_dir, generate=True)
+    if "SLURM_NTASKS" in os.environ:  # the job's processes (clipa-run --slurm records it before submitting)
+        from clipa.backends.torch import launch as torch_launch
+
+        torch_launch.record_parallelism(run_dir, rec, int(os.environ["SLURM_NTASKS"]), "cuda")
 
 
 def launch(recipe_path: Path, rec, run_dir: Path, opts: LaunchOptions, s: SlurmOptions) -> int:
@@ -167,6 +171,7 @@ def launch(recipe_path: Path, rec, run_dir: Path, opts: LaunchOptions, s: SlurmO
 
     from clipa.backends.data import resolve
     from clipa.backends.runstate import prepare_run_dir
+    from clipa.backends.torch import launch as torch_launch
 
     text = script(recipe_path, rec, run_dir, opts, s)
     if opts.dry_run:
@@ -176,6 +181,7 @@ def launch(recipe_path: Path, rec, run_dir: Path, opts: LaunchOptions, s: SlurmO
     if not prepare_run_dir(rec, Path(run_dir), "torch", console):
         return 0
     resolve.resolve(rec, Path(run_dir), generate=True)
+    torch_launch.record_parallelism(Path(run_dir), rec, s.nodes * s.gpus_per_node, "cuda")
     path = Path(run_dir) / SCRIPT
     path.write_text(text)
     try:

@@ -19,7 +19,7 @@ from clipa.backends import schedule
 from clipa.backends.data import tokenizer
 from clipa.backends.loop import weights_meta
 from clipa.backends.runstate import CorruptCheckpoint
-from clipa.backends.torch import checkpoint, dist as tdist, evaluate
+from clipa.backends.torch import checkpoint, dist as tdist, evaluate, launch
 from clipa.backends.torch.model import CLIPA, LOGIT_SCALE_MAX
 from clipa.errors import UserError
 from clipa.recipe import Recipe, Stage
@@ -55,7 +55,8 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, to
 
 
 class TorchTrainer:
-    """The shared loop's ``Trainer`` for one torchrun process (DDP, or FSDP where a replica does not fit)."""
+    """The shared loop's ``Trainer`` for one torchrun process (DDP, or FSDP where clipa-run decided that a
+    replica does not fit: RUN_DIR/parallelism.json, ``launch.parallelism``)."""
 
     backend = "torch"
 
@@ -69,7 +70,7 @@ class TorchTrainer:
         self.rank, self.is_main = world.rank, world.is_main
         self.device_name = torch.cuda.get_device_name(world.device) if world.device.type == "cuda" else "cpu"
         self.amp = _amp(world, recipe)
-        self.fsdp = _needs_fsdp(recipe, world)
+        self.fsdp = launch.read_parallelism(run_dir, world.world_size) == "fsdp"  # decided by clipa-run
         self.model: Optional[CLIPA] = None
         self.ddp = self.opt = self.fwd = None
         self.st, self.n = recipe.stages[0], 0  # the stage being trained and its optimizer steps done
@@ -181,23 +182,3 @@ def _amp(world: tdist.World, recipe: Recipe):
     if world.device.type == "cuda" and recipe.train.precision == "bf16":
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext  # fp32 on CPU (bf16 matmuls there are slow and not what a GPU does)
-
-
-def _needs_fsdp(recipe: Recipe, world: tdist.World) -> bool:
-    """FSDP only where a replicated model + optimizer state would not fit one device (cost model's verdict)."""
-    if world.world_size == 1 or world.device.type != "cuda":
-        return False
-    try:
-        import dataclasses
-
-        from clipa.costmodels import hardware, memory
-
-        # The recipe's hardware, with the memory of the device this process actually has.
-        hw = dataclasses.replace(hardware.get(recipe.hardware.name),
-                                 memory_bytes=float(torch.cuda.get_device_properties(world.device).total_memory))
-        enc = recipe.encoder.spec
-        return not all(memory.fits(enc, st.global_batch // world.world_size, st.image_tokens(enc), st.text_len, hw,
-                                   grad_checkpointing=recipe.train.grad_checkpointing, precision=recipe.train.precision)
-                       for st in recipe.stages)
-    except (ImportError, AttributeError, TypeError, UserError):  # no memory model / unknown hardware: DDP
-        return False

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 from rich.console import Console
 
 from clipa import __version__
 from clipa.errors import UserError
+
+if TYPE_CHECKING:
+    from clipa.recipe import Recipe
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -73,6 +76,20 @@ def finite(flag: str, value: Optional[float], positive: bool = True) -> Optional
     if positive and value <= 0:
         raise UserError(f"{flag}: must be positive, got {value:g}")
     return value
+
+
+def load_recipe(path) -> "Recipe":
+    """A recipe file, validated, naming hardware the cost models know. ``clipa.recipe`` leaves that check
+    to its users (it imports no cost model: data flows one way); clipa-run and clipa-plan --predict call this."""
+    from clipa import recipe as recipe_mod
+    from clipa.costmodels import hardware
+
+    rec = recipe_mod.load(path)
+    try:
+        hardware.check_name(rec.hardware.name)
+    except UserError as e:
+        raise UserError(f"{path}: hardware.name: {e}") from None
+    return rec
 
 
 def not_with(flag: str, given: bool, mode: str) -> None:

@@ -3,7 +3,7 @@
 Examples:
 
     clipa-plan --budget 10000 --hw a100x8           # a dollar budget
-    clipa-plan --gpu-hours 2000 --hw tpu-v4-64      # device-hours
+    clipa-plan --device-hours 2000 --hw tpu-v4-64   # device-hours (GPU or TPU chip)
     clipa-plan --budget 10000 --hw a100x8,h100x8,tpu-v4-64 --pricing spot  # compare
     clipa-plan --budget 10000 --train-data 'shards/{00000..41455}.tar' --val val/ --classnames cls.txt --templates tpl.txt
     clipa-plan --predict recipes/published/clipa_v2_h14_datacomp_70_224.yaml --json
@@ -26,7 +26,7 @@ from rich.console import Console
 from clipa import __version__
 from clipa import datasets
 from clipa import recipe as recipe_mod
-from clipa.cli._common import entry, finite, not_with, version_option
+from clipa.cli._common import entry, finite, load_recipe, not_with, version_option
 from clipa.errors import UserError
 
 app = typer.Typer(name="clipa-plan", add_completion=False, help=__doc__, rich_markup_mode="markdown")
@@ -35,7 +35,7 @@ DEFAULT_OUT = Path("recipes/generated.yaml")
 BUDGET, DATA, SEARCH, OUTPUT, MODES = ("Budget and hardware", "Your data (written into the recipe)", "Search",
                                        "Output", "Other modes")
 # What each mode accepts besides the shared flags; anything else given on the command line is an error.
-_PLAN_ONLY = ("budget", "gpu_hours", "pricing", "deadline", "dataset", "objective", "risk", "out", "name",
+_PLAN_ONLY = ("budget", "device_hours", "pricing", "deadline", "dataset", "objective", "risk", "out", "name",
               "train_data", "train_samples", "val", "classnames", "templates")
 _PREDICT_OK = {"predict", "hw", "prices", "calibration", "as_json"}
 _FIT_REPORT_OK = {"fit_report", "plot", "as_json"}
@@ -45,7 +45,9 @@ _FIT_REPORT_OK = {"fit_report", "plot", "as_json"}
 def plan(
     ctx: typer.Context,
     budget: Optional[float] = typer.Option(None, help="budget in dollars for the whole recipe", rich_help_panel=BUDGET),
-    gpu_hours: Optional[float] = typer.Option(None, help="budget in device-hours (GPU or TPU chip)", rich_help_panel=BUDGET),
+    device_hours: Optional[float] = typer.Option(None, "--device-hours", "--gpu-hours", help="budget in device-hours "
+                                                 "(GPU or TPU chip; --gpu-hours: the old spelling)",
+                                                 rich_help_panel=BUDGET),
     hw: Optional[str] = typer.Option(None, help="hardware: a100x8 (default), a100-40gbx8, h100x8, tpu-v4-64, cpu, ...; "
                                      "several, comma-separated, are compared side by side; "
                                      "with --predict, default: the recipe's", rich_help_panel=BUDGET),
@@ -97,21 +99,21 @@ def plan(
     cal = calib_mod.load(calibration) if calibration else None
     if predict is not None:
         _only(given, _PREDICT_OK, "to --predict (it prices an existing recipe)")
-        rec = recipe_mod.load(predict)
+        rec = load_recipe(predict)
         rec = rec.model_copy(update={"predictions": predict_recipe(rec, hw, prices, cal)})
         _emit(console, rec, str(predict), as_json, f"Predictions for {predict}")
         return
 
-    if budget is None and gpu_hours is None:
-        raise UserError("give a budget: --budget DOLLARS or --gpu-hours HOURS")
+    if budget is None and device_hours is None:
+        raise UserError("give a budget: --budget DOLLARS or --device-hours HOURS")
     if dataset not in DATASETS:
         raise UserError(f"--dataset: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    for flag, v in (("--budget", budget), ("--gpu-hours", gpu_hours), ("--deadline", deadline)):
+    for flag, v in (("--budget", budget), ("--device-hours", device_hours), ("--deadline", deadline)):
         finite(flag, v)
     from clipa.planner import compare
 
     # Several --hw names (a,b,c): the best plan on each, side by side; the recipe is the pick's.
-    cmp = compare.plan_all(compare.hardware_list(hw), pricing=pricing, budget_usd=budget, gpu_hours=gpu_hours,
+    cmp = compare.plan_all(compare.hardware_list(hw), pricing=pricing, budget_usd=budget, device_hours=device_hours,
                            dataset=dataset, deadline_days=deadline, objective=_objective(objective, risk), prices=prices,
                            calibration=cal, name=name, quiet=as_json)
     result = cmp.result
@@ -119,7 +121,7 @@ def plan(
     rec = rec.model_copy(update={"provenance": recipe_mod.Provenance(
         command=_command_line(ctx, given), clipa_version=__version__,
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-        budget_usd=budget, gpu_hours=gpu_hours, hardware=hw or "a100x8")})
+        budget_usd=budget, device_hours=device_hours, hardware=hw or "a100x8")})
     path = recipe_mod.dump(rec, out or DEFAULT_OUT, header=_todo(rec))
     if as_json:
         obj = recipe_mod.round_figures(present.prediction_json(rec, str(path)))  # as the recipe file has them
@@ -132,7 +134,7 @@ def plan(
         print(json.dumps(obj, indent=2))
         return
     present.print_tables(console, present.stage_table(rec, f"Best plan: {rec.name}"))
-    present.print_plan_context(console, result, budget, gpu_hours)
+    present.print_plan_context(console, result, budget, device_hours)
     present.print_tables(
         console,
         present.plans_table(result.search.alternatives, "Top alternatives"),

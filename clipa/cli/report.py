@@ -66,7 +66,7 @@ def report(
     calibration_out: Optional[Path] = typer.Option(None, "--calibration-out",
                                                    help="calibration file (default: calibration.yaml next to the first run); updated if it exists"),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="write the PNGs and the HTML report"),
-    front: bool = typer.Option(True, "--front/--no-front", help="draw the planner's accuracy/cost Pareto front (a few seconds)"),
+    front: bool = typer.Option(True, "--front/--no-front", help="draw the accuracy/cost Pareto front the plan saved in the recipe"),
     root: Path = typer.Option(rundir.DEFAULT_ROOT, "--root", help="where to look for the latest run"),
     version: bool = version_option(),
 ) -> None:

@@ -22,14 +22,12 @@ import typer
 
 from clipa import recipe as recipe_mod
 from clipa import fs, rundir
-from clipa.cli._common import entry, not_with, version_option
+from clipa.cli._common import entry, load_recipe, not_with, version_option
 from clipa.errors import UserError
 
 app = typer.Typer(name="clipa-run", add_completion=False, help=__doc__, rich_markup_mode="markdown")
 WHERE, TORCH, SLURM, JAX, DEBUG = ("Where to run", "PyTorch (torchrun)", "PyTorch on SLURM (sbatch)", "JAX / TPU",
                                    "Checks and debugging")
-# Launch flags only one backend understands: given to the other, they are an error, not ignored.
-_ONLY = {"torch": ("tpu", "zone", "project"), "jax": ()}
 
 
 @app.command(help=__doc__)
@@ -64,12 +62,11 @@ def run(
 ) -> None:
     from clipa import backends
 
-    rec = recipe_mod.load(recipe)
+    rec = load_recipe(recipe)
     bk = backends.get(backend)
-    for name in _ONLY.get(backend, ()):
-        flag = "--" + name.replace("_", "-")
-        not_with(flag, ctx.params[name] is not None, f"to --backend {backend}")
     given = {k for k in ctx.params if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
+    for name in sorted(backends.LAUNCH_FLAGS - bk.flags):  # a flag the backend would ignore is an error
+        not_with("--" + name.replace("_", "-"), name in given, f"to --backend {backend}")
     for name in ("nodes", "gpus_per_node", "partition", "time"):
         not_with("--" + name.replace("_", "-"), name in given and not slurm, "without --slurm")
     for name in ("nproc", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_id"):

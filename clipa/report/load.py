@@ -21,7 +21,7 @@ class Run:
     achieved: Optional[rundir.Achieved]  # None: unfinished or crashed
     checkpoints: list[str]
     predictions: Optional[recipe_mod.Predictions]
-    predictions_source: str  # "recipe" (stored by the planner), "computed" (predict_recipe now), or why none
+    predictions_source: str  # "recipe" (frozen in the run's recipe.yaml), or why there are none
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -57,15 +57,11 @@ def _checkpoints(run_dir: Path) -> list[str]:
 
 
 def _predictions(rec: recipe_mod.Recipe) -> tuple[Optional[recipe_mod.Predictions], str]:
+    """The predictions frozen in the run's recipe (clipa-plan writes them; clipa-run adds them at launch
+    to a recipe without): the report compares against what was predicted before training, never recomputes."""
     if rec.predictions is not None:
         return rec.predictions, "recipe"
-    try:
-        from clipa.costmodels.predict import predict_recipe
-
-        return predict_recipe(rec), "computed"
-    except (UserError, ImportError, ValueError, KeyError) as e:
-        # e.g. hardware the cost models do not know: report what was achieved anyway, say why
-        return None, f"unavailable ({type(e).__name__}: {e})"
+    return None, "none in the run's recipe (started before clipa-run froze predictions at launch)"
 
 
 def load_run(path: str | Path) -> Run:

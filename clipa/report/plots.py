@@ -114,8 +114,7 @@ def scatter(runs: Sequence[Run], path: Path) -> Optional[Path]:
 
 
 def pareto(front: Sequence[tuple[float, float, str]], chosen: Sequence[tuple[str, float, float, Optional[float], Optional[float]]],
-           published: Sequence[tuple[float, float, str]], path: Path, *, title: str,
-           predicted_published: Sequence[tuple[float, float, str]] = ()) -> Optional[Path]:
+           published: Sequence[tuple[float, float, str]], path: Path, *, title: str) -> Optional[Path]:
     """Accuracy against cost: the front (cost $, top-1, label), the chosen recipes (name, predicted
     cost, predicted top-1, achieved cost or None, achieved top-1 or None) and the published runs
     (cost, top-1, label). Published points are numbered and listed in a key (labels would overlap)."""
@@ -134,10 +133,6 @@ def pareto(front: Sequence[tuple[float, float, str]], chosen: Sequence[tuple[str
         key.append(f"{i}: {label}  {t:.1f}%, ${c:,.0f}")
     if published:
         ax.plot([], [], "^", color="tab:red", label="published run (paper's top-1 and cost)")
-    for c, t, label in predicted_published:
-        ax.plot(c, t, "s", mfc="none", color="tab:green", ms=7)
-    if predicted_published:
-        ax.plot([], [], "s", mfc="none", color="tab:green", label="published recipe, as clipa predicts it")
     unpriced = []
     for i, (name, pc, pt, ac, at) in enumerate(chosen):
         colour = CHOSEN_COLOURS[i % len(CHOSEN_COLOURS)]

@@ -2,7 +2,8 @@
 
 Relative error is ``(predicted - achieved) / achieved``: positive means the model over-predicted.
 Wall time and device-hours are compared in hours, money in US dollars, throughput in samples/s
-(whole machine), MFU as a fraction of the hardware's peak FLOP/s.
+(whole machine), MFU as a fraction of the hardware's peak FLOP/s (model FLOPs, recomputation not counted,
+on both sides).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Optional
 from rich.table import Table
 
 from clipa import datasets
+from clipa.errors import UserError
 from clipa.report.load import Run
 
 METRICS = ("top-1 %", "wall", "device-h", "cost $", "samples/s", "MFU")
@@ -40,12 +42,20 @@ class Row:
 
 def peak_flops_per_device(hw_name: str) -> Optional[float]:
     """Peak FLOP/s of one device of ``hw_name`` (costmodels.hardware), or None if unknown."""
-    try:
-        from clipa.costmodels import hardware
+    from clipa.costmodels import hardware
 
+    try:
         return hardware.get(hw_name).peak_flops
-    except Exception:  # unknown name or the hardware table missing: MFU is left blank, not guessed
+    except UserError:  # a name the cost models do not know: MFU is left blank, not guessed
         return None
+
+
+def model_flops(run: Run, st) -> float:
+    """Training FLOPs of ``st``'s samples without recomputation: what the achieved MFU in metrics.jsonl
+    counts (``flops.stage_train_flops``), so predicted and achieved MFU are one quantity."""
+    from clipa.costmodels import flops
+
+    return flops.stage_train_flops(run.recipe.encoder.spec, st) * st.samples
 
 
 def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
@@ -66,24 +76,24 @@ def run_rows(run: Run) -> list[Row]:
         rows += [
             Row(st.name, "top-1 %", ps.predicted_top1 if ps else None, ach.top1 if ach else None),
             Row(st.name, "wall", ps.wall_hours if ps else None, ach.wall_seconds / 3600 if ach else None),
-            Row(st.name, "device-h", ps.gpu_hours if ps else None, ach.device_hours if ach else None),
+            Row(st.name, "device-h", ps.device_hours if ps else None, ach.device_hours if ach else None),
             Row(st.name, "cost $", ps.cost_usd if ps else None, a_cost),
             Row(st.name, "samples/s", _ratio(st.samples, p_wall_s), ach.samples_per_s if ach else None),
-            Row(st.name, "MFU", _ratio(ps.train_flops, ps.gpu_hours * 3600 * peak) if ps and peak else None,
+            Row(st.name, "MFU", _ratio(model_flops(run, st), ps.device_hours * 3600 * peak) if ps and peak else None,
                 ach.mfu if ach else None),
         ]
     total_samples = sum(st.samples for st in run.recipe.stages)
-    p_flops = sum(s.train_flops for s in p.stages) if p and p.stages else None
+    m_flops = sum(model_flops(run, st) for st in run.recipe.stages)
     rows += [
         Row("total", "top-1 %", p.predicted_top1 if p else None, a.top1 if a else None,
             interval=tuple(p.predicted_top1_interval) if p else None),
         Row("total", "wall", p.wall_hours if p else None, a.wall_seconds / 3600 if a else None),
-        Row("total", "device-h", p.gpu_hours if p else None, a.device_hours if a else None),
+        Row("total", "device-h", p.device_hours if p else None, a.device_hours if a else None),
         Row("total", "cost $", p.cost_usd if p else None, a.cost_usd if a else None),
         Row("total", "samples/s", _ratio(total_samples, p.wall_hours * 3600) if p else None,
             _ratio(total_samples - (a.skipped_samples if a else 0), a.wall_seconds) if a else None),
-        Row("total", "MFU", _ratio(p_flops, p.gpu_hours * 3600 * peak) if p and peak and p_flops else None,
-            _ratio(p_flops, a.device_hours * 3600 * peak) if a and peak and p_flops else None),
+        Row("total", "MFU", _ratio(m_flops, p.device_hours * 3600 * peak) if p and peak else None,
+            _ratio(m_flops, a.device_hours * 3600 * peak) if a and peak else None),
     ]
     return rows
 

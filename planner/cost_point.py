@@ -1,22 +1,22 @@
 """Cost and accuracy of one point of the search space under a budget.
 
-A point is costed stage by stage with the same throughput and memory models that
-``costmodels.predict.predict_recipe`` uses (a test checks they agree on the written recipe),
-and takes the most pretraining samples its budget allows (``costed``); ``evaluate`` adds the
-accuracy law's prediction. The plan's objective is the lower end of the prediction's 80%
+A point is costed through the costing path of ``costmodels.predict`` (``stage_rate`` per stage,
+``totals`` over them), on light ``StageShape``s and cached, so a plan's figures are those
+``predict_recipe`` gives the recipe it writes (tests/test_planner.py checks it). It takes the most
+pretraining samples its budget allows (``costed``); ``cost_point`` adds the accuracy law's prediction. The plan's objective is the lower end of the prediction's 80%
 interval by default ('low': a plan on an encoder, token count or schedule no run has tried pays
 for its doubt) or the predicted top-1 ('mean').
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Optional
 
 from clipa import encoders
-from clipa.costmodels import accuracy_law, hardware, memory, throughput
+from clipa.costmodels import accuracy_law, hardware, memory, predict
 from clipa.costmodels.accuracy_law import FinetuneStage, RunFeatures
+from clipa.costmodels.predict import StageShape
 from clipa.errors import UserError
 from clipa.planner import search_space as ss
 
@@ -30,9 +30,9 @@ class Budget:
     device_hours: Optional[float] = None  # GPU- (or TPU-chip-) hours
     wall_hours: Optional[float] = None  # deadline
 
-    def allows(self, cost: float, device_hours: float, wall_hours: float) -> bool:
+    def allows(self, cost: Optional[float], device_hours: float, wall_hours: float) -> bool:
         eps = 1e-9
-        return ((self.usd is None or cost <= self.usd * (1 + eps))  # nan cost never passes a $ budget
+        return ((self.usd is None or (cost is not None and cost <= self.usd * (1 + eps)))  # unpriced: never within $
                 and (self.device_hours is None or device_hours <= self.device_hours * (1 + eps))
                 and (self.wall_hours is None or wall_hours <= self.wall_hours * (1 + eps)))
 
@@ -58,24 +58,15 @@ class Context:
     law: accuracy_law.AccuracyLaw = field(default_factory=accuracy_law.default)
     max_samples: Optional[float] = None  # pre-training samples the data allows (its size x passes), if capped
     _costs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _rates: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise UserError(f"--objective: {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
 
     @property
-    def utilisation(self) -> Optional[float]:
-        return self.calibration.utilisation(self.hw.name) if self.calibration is not None else None
-
-    @property
     def offset(self) -> float:
         return self.calibration.offset(self.dataset) if self.calibration is not None else 0.0
-
-    def overheads(self) -> tuple[float, float]:
-        """(seconds per sample, seconds per stage) of non-FLOPs time, as calibrated on this hardware."""
-        if self.calibration is None:
-            return 0.0, 0.0
-        return self.calibration.overhead_s_per_sample(self.hw.name), self.calibration.fixed_s_per_stage(self.hw.name)
 
 
 @dataclass(frozen=True)
@@ -83,7 +74,7 @@ class Costed:
     """What a point costs under the budget: the pre-training samples it takes and the totals."""
 
     samples: float
-    cost_usd: float  # nan: the hardware has no price
+    cost_usd: Optional[float]  # None: the hardware has no price
     device_hours: float
     wall_hours: float
     grad_checkpointing: bool
@@ -91,20 +82,20 @@ class Costed:
     binding: str  # what stops more samples: 'budget', 'device-hours', 'deadline', 'dataset size', 'samples grid'
 
 
-@dataclass
-class Plan:
+@dataclass(frozen=True)
+class Plan(Costed):
+    """A costed point with the accuracy law's prediction for it (top-1 and its 80% interval, percent)."""
+
     point: ss.Point
-    samples: float
     top1: float
     low: float
     high: float
-    cost_usd: float
-    device_hours: float
-    wall_hours: float
-    grad_checkpointing: bool
-    ft_batch: int
-    extrapolation: list[str] = field(default_factory=list)  # axes outside the law's fitted data
-    binding: str = ""
+    extrapolation: list[str]  # axes outside the law's fitted data
+
+    @classmethod
+    def of(cls, p: ss.Point, c: Costed, top1: float, low: float, high: float, extrapolation) -> "Plan":
+        return cls(**{f.name: getattr(c, f.name) for f in fields(Costed)}, point=p, top1=top1, low=low, high=high,
+                   extrapolation=list(extrapolation))
 
     def objective(self, objective: str) -> float:
         return self.low if objective == "low" else self.top1
@@ -113,17 +104,6 @@ class Plan:
     def inside(self) -> bool:
         """True when the law's prediction lies inside its fitted data on every axis."""
         return not self.extrapolation
-
-
-@lru_cache(maxsize=None)
-def _stage_rate(enc_name: str, tokens: int, text_len: int, image_size: int, hw: hardware.Hardware,
-                ckpt: bool, util: Optional[float]) -> tuple[float, float]:
-    """(device-hours, wall-hours) per sample of one stage; time is linear in samples."""
-    n = 1e9
-    enc = encoders.get(enc_name)
-    st = throughput.stage_time(enc, tokens, text_len, n, hw, image_size=image_size, grad_checkpointing=ckpt,
-                               utilisation=util, patch_tokens=enc.vision.tokens(image_size))
-    return st.device_hours / n, st.wall_hours / n
 
 
 @lru_cache(maxsize=None)
@@ -145,16 +125,17 @@ def _memory(enc_name: str, side: int, text_len: int, batch: int, finetune: str,
         if not _fits(enc_name, batch, side ** 2, text_len, hw, ckpt):
             continue
         ft_ok = [b for b in ss.FT_BATCHES
-                 if all(_fits(enc_name, b, _ft_tokens(enc, s), s.text_len, hw, ckpt)
-                        for s in ss.FINETUNES.get(finetune).stages)]
+                 if all(_fits(enc_name, b, sh.image_tokens(enc), sh.text_len, hw, ckpt) for sh, _ in _ft_shapes(finetune))]
         if ft_ok:  # no fine-tune: every batch "fits", so the largest
             return ckpt, max(ft_ok)
     return None
 
 
-def _ft_tokens(enc: encoders.Encoder, ft: ss.FinetuneStage) -> int:
-    """Image tokens of a fine-tune stage of ``ss.FINETUNES``."""
-    return enc.vision.kept_tokens(ft.image_size, ft.mask_ratio)
+@lru_cache(maxsize=None)
+def _ft_shapes(finetune: str) -> tuple[tuple[StageShape, int], ...]:
+    """(shape, samples) of each stage of a ``ss.FINETUNES`` schedule, as ``ss.build_recipe`` writes them."""
+    return tuple((StageShape(s.image_size, s.mask_ratio, s.text_len), s.samples)
+                 for s in ss.FINETUNES.get(finetune).stages)
 
 
 def features(p: ss.Point, samples: float, dataset: str) -> RunFeatures:
@@ -166,8 +147,8 @@ def features(p: ss.Point, samples: float, dataset: str) -> RunFeatures:
 @lru_cache(maxsize=None)
 def _ft_features(enc_name: str, finetune: str) -> tuple[FinetuneStage, ...]:
     enc = encoders.get(enc_name)
-    return tuple(FinetuneStage(image_size=s.image_size, image_tokens=_ft_tokens(enc, s), samples=s.samples,
-                               text_len=s.text_len, mask_ratio=s.mask_ratio) for s in ss.FINETUNES.get(finetune).stages)
+    return tuple(FinetuneStage(image_size=sh.image_size, image_tokens=sh.image_tokens(enc), samples=n,
+                               text_len=sh.text_len, mask_ratio=sh.mask_ratio) for sh, n in _ft_shapes(finetune))
 
 
 def costed(p: ss.Point, ctx: Context, samples: Optional[float] = None) -> Optional[Costed]:
@@ -185,29 +166,18 @@ def costed(p: ss.Point, ctx: Context, samples: Optional[float] = None) -> Option
 
 def _cost(p: ss.Point, ctx: Context, samples: Optional[float], ckpt: bool, ft_batch: int) -> Optional[Costed]:
     enc = encoders.get(p.encoder)
-    per_sample_s, per_stage_s = ctx.overheads()
-    # Unpriced hardware (only device-hour budgets reach here) costs nan dollars: unknown, never $0.
-    n_dev = ctx.hw.n_devices
-    price = ctx.hw.usd_per_hour if ctx.hw.usd_per_hour is not None else math.nan
 
-    def rate(tokens, text_len, size):
-        d, w = _stage_rate(p.encoder, tokens, text_len, size, ctx.hw, ckpt, ctx.utilisation)
-        if per_sample_s:  # calibrated non-FLOPs time: the whole machine is held meanwhile
-            w += per_sample_s / 3600.0
-            d = w * n_dev
-        return d, w
+    def rate(shape: StageShape) -> predict.StageRate:
+        key = (p.encoder, shape, ckpt)  # cheaper to hash than the encoder and hardware stage_rate caches on
+        if key not in ctx._rates:
+            ctx._rates[key] = predict.stage_rate(enc, shape, ctx.hw, grad_checkpointing=ckpt, calibration=ctx.calibration)
+        return ctx._rates[key]
 
-    ft_dev = ft_wall = 0.0
-    for s in ss.FINETUNES.get(p.finetune).stages:
-        d, w = rate(_ft_tokens(enc, s), s.text_len, s.image_size)
-        ft_wall += w * s.samples + per_stage_s / 3600.0
-        ft_dev += d * s.samples + n_dev * per_stage_s / 3600.0
-    d_pre, w_pre = rate(p.side ** 2, p.text_len, p.image_size())
-    fixed_h = per_stage_s / 3600.0
+    pre = rate(StageShape(p.image_size(), p.mask_ratio(), p.text_len))
+    fts = [(rate(shape), n) for shape, n in _ft_shapes(p.finetune)]
 
-    def totals(n):
-        wall = ft_wall + w_pre * n + fixed_h
-        return wall * price, ft_dev + d_pre * n + fixed_h * n_dev, wall
+    def totals(n: float) -> tuple[Optional[float], float, float]:
+        return predict.totals([(pre, n), *fts])  # the recipe's stage order: pre-training first
 
     cap = ctx.max_samples
     grid = [samples] if samples is not None else sorted((n for n in ss.SAMPLES_GRID if cap is None or n <= cap),
@@ -228,26 +198,22 @@ def _cost(p: ss.Point, ctx: Context, samples: Optional[float], ckpt: bool, ft_ba
     return Costed(n, cost, dev, wall, ckpt, ft_batch, binding)
 
 
-def _binding(budget: Budget, cost: float, device_hours: float, wall_hours: float) -> str:
+def _binding(budget: Budget, cost: Optional[float], device_hours: float, wall_hours: float) -> str:
     """The limit that the next larger sample count would break (the one that binds)."""
     for name, limit, value in (("budget", budget.usd, cost), ("device-hours", budget.device_hours, device_hours),
                                ("deadline", budget.wall_hours, wall_hours)):
-        if limit is not None and not value <= limit * (1 + 1e-9):
+        if limit is not None and (value is None or not value <= limit * (1 + 1e-9)):
             return name
     return "budget"
 
 
-def plan_from(p: ss.Point, c: Costed, pred) -> Plan:
-    return Plan(p, c.samples, pred.top1, pred.low, pred.high, c.cost_usd, c.device_hours, c.wall_hours,
-                c.grad_checkpointing, c.ft_batch, list(pred.extrapolation), c.binding)
-
-
-def evaluate(p: ss.Point, ctx: Context, samples: Optional[float] = None) -> Optional[Plan]:
+def cost_point(p: ss.Point, ctx: Context, samples: Optional[float] = None) -> Optional[Plan]:
     """Cost and accuracy of ``p``; with ``samples=None``, the most pretraining samples the budget allows."""
     c = costed(p, ctx, samples)
     if c is None:
         return None
-    return plan_from(p, c, ctx.law.predict(features(p, c.samples, ctx.dataset), offset=ctx.offset))
+    pred = ctx.law.predict(features(p, c.samples, ctx.dataset), offset=ctx.offset)
+    return Plan.of(p, c, pred.top1, pred.low, pred.high, pred.extrapolation)
 
 
 def cheapest(ctx: Context) -> Plan:
@@ -256,7 +222,7 @@ def cheapest(ctx: Context) -> Plan:
     best = None
     for enc in ctx.encoders:
         p = ss.Point(enc, min(ss.SIDES), "resize", min(ss.TEXT_LENS), "syntax", min(ss.GLOBAL_BATCHES), "none")
-        plan = evaluate(p, free, samples=min(ss.SAMPLES_GRID))
+        plan = cost_point(p, free, samples=min(ss.SAMPLES_GRID))
         if plan and (best is None or plan.device_hours < best.device_hours):
             best = plan
     if best is None:
