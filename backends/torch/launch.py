@@ -4,13 +4,13 @@ workers to read, so it never depends on what a worker process happens to be able
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
 
+from clipa import fs
 from clipa.backends.base import LaunchOptions
 from clipa.errors import Interrupted, UserError
 from clipa.recipe import Recipe
@@ -40,17 +40,15 @@ def parallelism(recipe: Recipe, processes: int, device: Optional[str]) -> tuple[
 def record_parallelism(run_dir: Path, recipe: Recipe, processes: int, device: Optional[str]) -> str:
     """Decide the parallelism for this launch and write it into ``run_dir`` (atomically); returns it."""
     kind, reason = parallelism(recipe, processes, device)
-    path = Path(run_dir) / PARALLELISM
-    tmp = path.with_name(f"{PARALLELISM}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"parallelism": kind, "processes": processes, "reason": reason}))
-    os.replace(tmp, path)
+    fs.write_atomic(fs.path(run_dir) / PARALLELISM,
+                    json.dumps({"parallelism": kind, "processes": processes, "reason": reason}))
     return kind
 
 
 def read_parallelism(run_dir: Path, processes: int) -> str:
     """What the launch decided for this run ('ddp' | 'fsdp'); UserError if it is missing or was decided
     for another number of processes (the workers were not started by clipa-run)."""
-    path = Path(run_dir) / PARALLELISM
+    path = fs.path(run_dir) / PARALLELISM
     try:
         d = json.loads(path.read_text())
     except FileNotFoundError:
