@@ -8,6 +8,8 @@ Examples:
     clipa-plan --budget 10000 --train-data 'shards/{00000..41455}.tar' --val val/ --classnames cls.txt --templates tpl.txt
     clipa-plan --predict recipes/published/clipa_v2_h14_datacomp_70_224.yaml --json
     clipa-plan --fit-report
+    clipa-plan --pilot --budget 10000 --hw a100x8 --train-data 'shards/{00000..41455}.tar' --out pilots/
+    clipa-plan --pilot --dataset demo --hw cpu --pilot-share 0.2 --out runs/pilots   # the demo's pilots
 
 With --train-data (and --val/--classnames/--templates) the recipe launches as is: clipa-run RECIPE.
 """
@@ -38,6 +40,8 @@ _PLAN_ONLY = ("budget", "gpu_hours", "pricing", "deadline", "dataset", "objectiv
               "train_data", "train_samples", "val", "classnames", "templates")
 _PREDICT_OK = {"predict", "hw", "prices", "calibration", "as_json"}
 _FIT_REPORT_OK = {"fit_report", "plot", "as_json"}
+_PILOT_OK = {"pilot", "target", "pilot_share", "budget", "gpu_hours", "hw", "pricing", "deadline", "prices", "calibration",
+             "dataset", "objective", "out", "as_json", "train_data", "train_samples", "val", "classnames", "templates"}
 
 
 @app.command(help=__doc__)
@@ -75,6 +79,14 @@ def plan(
                                     rich_help_panel=MODES),
     plot: Optional[Path] = typer.Option(None, help="--fit-report: where to write the plot (default: fit_report.png)",
                                         rich_help_panel=MODES),
+    pilot: bool = typer.Option(False, "--pilot", help="write a pilot suite instead: small copies of the target run "
+                               "(--target, else the plan for this budget) costing at most --pilot-share of the budget",
+                               rich_help_panel=MODES),
+    target: Optional[Path] = typer.Option(None, help="--pilot: the recipe the pilots prepare (default: the plan "
+                                          "for the budget; the shipped demo for --dataset demo)", rich_help_panel=MODES),
+    pilot_share: float = typer.Option(0.10, help="--pilot: the pilots' total predicted cost is at most this share "
+                                      "of the budget (the target's own cost when no budget is given)",
+                                      rich_help_panel=MODES),
     version: bool = version_option(),
 ) -> None:
     given = {k for k in ctx.params if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
@@ -87,6 +99,8 @@ def plan(
         show(console, plot or Path("fit_report.png"), as_json=as_json)
         return
     not_with("--plot", "plot" in given, "without --fit-report")
+    for flag in ("target", "pilot_share"):
+        not_with("--" + flag.replace("_", "-"), flag in given and not pilot, "without --pilot")
     if hw is not None and not hw.strip():
         raise UserError("--hw: empty; give a hardware name such as a100x8")
     from clipa.costmodels import calibration as calib_mod
@@ -94,6 +108,19 @@ def plan(
     from clipa.planner import present
 
     cal = calib_mod.load(calibration) if calibration else None
+    if pilot:
+        _only(given, _PILOT_OK, "to --pilot")
+        from clipa.cli import plan_pilot
+
+        for flag, v in (("--budget", budget), ("--gpu-hours", gpu_hours), ("--pilot-share", pilot_share)):
+            finite(flag, v)
+        if dataset not in DATASETS:
+            raise UserError(f"--dataset: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+        plan_pilot.run(console, target=target, dataset=dataset, hw=hw, budget=budget, gpu_hours=gpu_hours,
+                       share=pilot_share, prices=prices, cal=cal, out=out, as_json=as_json,
+                       plan_kwargs={"deadline_days": deadline, "objective": _objective(objective, risk), "pricing": pricing},
+                       with_data=lambda r: _with_data(r, train_data, train_samples, val, classnames, templates))
+        return
     if predict is not None:
         _only(given, _PREDICT_OK, "to --predict (it prices an existing recipe)")
         rec = recipe_mod.load(predict)
