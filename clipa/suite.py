@@ -54,17 +54,14 @@ def is_suite(path: Path) -> bool:
 
 def load(path: str | Path) -> Suite:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: suite file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        suite = Suite.model_validate(data if isinstance(data, dict) else {})
     except (UnicodeDecodeError, yaml.YAMLError) as e:
         raise UserError(f"{path}: not a valid suite file ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a suite file must be a YAML mapping, got {type(data).__name__}")
-    try:
-        suite = Suite.model_validate(data)
     except ValidationError as e:
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: not found or not a YAML mapping (a suite from clipa-plan --pilot)") from None
         first = e.errors()[0]
         raise UserError(f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
     for p in suite.pilots:

@@ -38,7 +38,7 @@ BUDGET, DATA, SEARCH, OUTPUT, MODES = ("Budget and hardware", "Your data (writte
 # What each mode accepts besides the shared flags; anything else given on the command line is an error.
 _PLAN_ONLY = ("budget", "gpu_hours", "pricing", "deadline", "dataset", "objective", "risk", "out", "name",
               "train_data", "train_samples", "val", "classnames", "templates")
-_PREDICT_OK = {"predict", "hw", "prices", "calibration", "as_json"}
+_PREDICT_OK = {"predict", "hw", "prices", "calibration", "as_json", "out"}
 _FIT_REPORT_OK = {"fit_report", "plot", "as_json"}
 _PILOT_OK = {"pilot", "target", "pilot_share", "budget", "gpu_hours", "hw", "pricing", "deadline", "prices", "calibration",
              "dataset", "objective", "out", "as_json", "train_data", "train_samples", "val", "classnames", "templates"}
@@ -71,7 +71,9 @@ def plan(
                                   rich_help_panel=SEARCH),
     risk: bool = typer.Option(False, "--risk", hidden=True, help="old spelling of --objective low (the default)",
                               rich_help_panel=SEARCH),
-    out: Optional[Path] = typer.Option(None, help=f"where to write the recipe (default: {DEFAULT_OUT})", rich_help_panel=OUTPUT),
+    out: Optional[Path] = typer.Option(None, help=f"where to write the recipe (default: {DEFAULT_OUT}); with --predict, "
+                                       "the recipe with its predictions; with --pilot, the suite's folder (default: "
+                                       "pilots/)", rich_help_panel=OUTPUT),
     name: Optional[str] = typer.Option(None, help="recipe name (default: derived from the plan)", rich_help_panel=OUTPUT),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables", rich_help_panel=OUTPUT),
     predict: Optional[Path] = typer.Option(None, help="predict an existing recipe instead of planning", rich_help_panel=MODES),
@@ -114,8 +116,8 @@ def plan(
 
         for flag, v in (("--budget", budget), ("--gpu-hours", gpu_hours), ("--pilot-share", pilot_share)):
             finite(flag, v)
-        if dataset not in DATASETS:
-            raise UserError(f"--dataset: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+        if dataset not in recipe_mod.DATASETS:  # custom too: pilots are how your own data gets a law
+            raise UserError(f"--dataset: unknown dataset {dataset!r}; known: {', '.join(recipe_mod.DATASETS)}")
         plan_pilot.run(console, target=target, dataset=dataset, hw=hw, budget=budget, gpu_hours=gpu_hours,
                        share=pilot_share, prices=prices, cal=cal, out=out, as_json=as_json,
                        plan_kwargs={"deadline_days": deadline, "objective": _objective(objective, risk), "pricing": pricing},
@@ -125,13 +127,17 @@ def plan(
         _only(given, _PREDICT_OK, "to --predict (it prices an existing recipe)")
         rec = recipe_mod.load(predict)
         rec = rec.model_copy(update={"predictions": predict_recipe(rec, hw, prices, cal)})
+        if out is not None:  # the recipe with these predictions: clipa-run keeps them for the report
+            recipe_mod.dump(rec, out)
         _emit(console, rec, str(predict), as_json, f"Predictions for {predict}")
         return
 
     if budget is None and gpu_hours is None:
         raise UserError("give a budget: --budget DOLLARS or --gpu-hours HOURS")
-    if dataset not in DATASETS:
-        raise UserError(f"--dataset: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    calibrated = cal is not None and dataset in cal.datasets and cal.datasets[dataset].law is not None
+    if dataset not in DATASETS and not calibrated:
+        raise UserError(f"--dataset: unknown dataset {dataset!r}; known: {', '.join(DATASETS)} (custom: with a "
+                        "--calibration fitted on pilots of it)")
     for flag, v in (("--budget", budget), ("--gpu-hours", gpu_hours), ("--deadline", deadline)):
         finite(flag, v)
     from clipa.planner import compare
