@@ -9,6 +9,7 @@ every pilot reads it: the same images the target run will be trained and judged 
 from __future__ import annotations
 
 import resource
+import shlex
 import time
 from pathlib import Path
 from typing import Optional
@@ -18,6 +19,7 @@ from rich.console import Console
 from clipa import recipe as recipe_mod
 from clipa import rundir
 from clipa import suite as suite_mod
+from clipa.errors import Interrupted
 
 
 def _cpu_s() -> float:
@@ -56,7 +58,11 @@ def run_suite(path: Path, backend, root: Optional[Path], opts, check, freeze) ->
             continue
         rec = freeze(_shared_data(rec, root), run_dir)
         console.print(f"pilot {i + 1}/{len(recs)}: {p.name} ({p.scale:.4g}x the target's samples) -> {run_dir}")
-        code = backend.launch(rpath, rec, run_dir, opts)
+        try:
+            code = backend.launch(rpath, rec, run_dir, opts)
+        except Interrupted as e:  # resume the suite, not the pilot alone (its data paths come from the suite)
+            again = shlex.join(["clipa-run", str(path), "--run-dir", str(root)])
+            raise Interrupted(e.signum, f"{str(e).split('; resume with:')[0]}; resume the suite with: {again}") from None
         if code:
             return code
     if not opts.dry_run:
