@@ -99,6 +99,10 @@ def test_calibration_changes_the_prediction_and_the_plan(tmp_path, capsys):
     assert run_app(plan_app, ["--predict", DEMO, "--calibration", str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["predicted_top1"] == pytest.approx(after.predicted_top1, abs=0.01)
+    # --out keeps the recipe with that prediction: clipa-run then reports against it
+    assert run_app(plan_app, ["--predict", DEMO, "--calibration", str(path), "--out", str(tmp_path / "d.yaml")]) == 0
+    kept = recipe_mod.load(tmp_path / "d.yaml").predictions
+    assert kept.cost_model_version.endswith("+calibrated") and kept.predicted_top1 == pytest.approx(after.predicted_top1, abs=0.01)
     # the planner on the calibrated dataset: the dataset law, not the prior, scores its plans
     from clipa.planner.run import make_plan
 
