@@ -7,6 +7,7 @@ of the residual variance come from the run's own evaluation set (classnames and 
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -54,15 +55,11 @@ def fit(runs: Sequence[Run]) -> Optional[dataset_law.DatasetLaw]:
     # ImageNet-1k's chance when the evaluation set cannot be read (a user's val folder moved).
     chance = 100.0 / classes if classes else accuracy_law.IN1K_CHANCE
     heavy = max(accuracy_law.default().components, key=lambda c: c.weight).params
-    import math
-
     return dataset_law.fit(obs, chance=chance, rho=math.exp(heavy["lnrho"]), k_prior=heavy["beta"])
 
 
 def describe(name: str, law: dataset_law.DatasetLaw) -> list[str]:
     """What was calibrated from what: runs, points, parameters with their intervals."""
-    import math
-
     pars = law.params
     se = {c: math.sqrt(max(law.cov[i][i], 0.0)) for i, c in enumerate(law.columns)}
     words = {"1": "b (scale)", "ln_samples": "k (data-efficiency exponent)", "ln_encoder": "e (encoder size)",
