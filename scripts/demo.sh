@@ -24,11 +24,12 @@ mkdir -p "$TIMES"
 cat /proc/loadavg > "$TIMES/load_start" 2>/dev/null || true
 START=$(date +%s)
 
-# measure NAME CMD...: "wall user sys" seconds of CMD and its children into $TIMES/NAME (bash's time).
+# measure NAME CMD...: appends "wall user sys" seconds of CMD and its children to $TIMES/NAME (bash's
+# time); a resumed make demo adds its attempt, and the summary adds them up.
 measure() {
   local name=$1; shift
   local TIMEFORMAT="%R %U %S"
-  { time "$@" 2>&3; } 3>&2 2> "$TIMES/$name"
+  { time "$@" 2>&3; } 3>&2 2>> "$TIMES/$name"
 }
 
 # Resuming must not re-plan: pilots and the predicted recipe, once written, are kept.

@@ -3,7 +3,8 @@ and what the pilots cost next to it (CPU seconds, user + system, as bash's `time
 
     python scripts/demo_summary.py RUN_DIR TIMES_DIR
 
-TIMES_DIR holds one file per measured command (``pilots``, ``demo``): "wall user sys" in seconds;
+TIMES_DIR holds one file per measured command (``pilots``, ``demo``): "wall user sys" in seconds, one
+line per attempt (a resumed make demo adds one);
 ``total``: the script's wall seconds; ``load_start`` / ``load_end``: /proc/loadavg at its start and end.
 """
 from __future__ import annotations
@@ -16,9 +17,9 @@ from clipa import rundir
 
 
 def _times(d: Path, name: str) -> tuple[float, float]:
-    """(wall seconds, CPU seconds = user + sys)."""
-    wall, user, sys_ = (float(x) for x in (d / name).read_text().split()[:3])
-    return wall, user + sys_
+    """(wall seconds, CPU seconds = user + sys), summed over the attempts (one line each)."""
+    rows = [[float(x) for x in line.split()[:3]] for line in (d / name).read_text().splitlines() if line.strip()]
+    return sum(r[0] for r in rows), sum(r[1] + r[2] for r in rows)
 
 
 def main(run_dir: Path, times: Path) -> int:
