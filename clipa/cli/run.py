@@ -36,7 +36,8 @@ _ONLY = {"torch": ("tpu", "zone", "project"), "jax": ()}
 @app.command(help=__doc__)
 def run(
     ctx: typer.Context,
-    recipe: Path = typer.Argument(..., help="recipe YAML (from clipa-plan, or written by hand), or a pilot suite (clipa-plan --pilot)"),
+    recipe: Path = typer.Argument(..., help="recipe YAML (from clipa-plan, or written by hand), or a pilot suite "
+                                  "(clipa-plan --pilot)"),
     backend: str = typer.Option("torch", help="torch | jax", rich_help_panel=WHERE),
     run_dir: Optional[Path] = typer.Option(None, help="run directory (default: runs/NAME, the recipe's name); an unfinished "
                                            "one is resumed", rich_help_panel=WHERE),
