@@ -163,37 +163,46 @@ def _columns(obs: Sequence[Observation]) -> list[str]:
 
 
 def fit(obs: Sequence[Observation], *, chance: float, rho: float, k_prior: float) -> DatasetLaw:
-    """Weighted least squares in z; ``k_prior`` (the published law's beta) stands in for the exponent
-    when a single run cannot identify it."""
+    """Weighted least squares in z. ``k_prior`` (the published law's beta) stands in for the exponent
+    when the runs cannot identify it: a single run, or pilots whose top-1 does not grow with samples
+    (all near chance: a fitted exponent <= 0 would predict less from more samples, which no run does)."""
     if not obs:
         raise ValueError("no observations")
     cols = _columns(obs)
+    law = _solve(obs, cols, chance, rho, {} if "ln_samples" in cols else {"k": k_prior})
+    if "ln_samples" in cols and law.params["ln_samples"] <= 0:
+        k_fit = law.params["ln_samples"]
+        law = _solve(obs, [c for c in cols if c != "ln_samples"], chance, rho, {"k": k_prior})
+        law = law.model_copy(update={"note": (f"the runs' top-1 does not grow with samples (fitted exponent "
+                                              f"{k_fit:.2g} <= 0): the exponent is the published law's; pilots "
+                                              "further from chance would identify it")})
+    pts = [FitPoint(run=o.run, samples_eff=law.samples_eff(o.features), encoder=o.features.encoder,
+                    image_tokens=o.features.image_tokens, achieved=o.top1, fitted=law.predict(o.features)[0])
+           for o in obs]
+    return law.model_copy(update={"points": pts})
+
+
+def _solve(obs, cols: list[str], chance: float, rho: float, fixed: dict) -> DatasetLaw:
     proto = DatasetLaw(chance=chance, rho=rho, columns=cols, theta=[0.0] * len(cols),
-                       cov=[[0.0] * len(cols)] * len(cols), sigma=0.0, dof=0, t=Z90,
-                       fixed={} if "ln_samples" in cols else {"k": k_prior}, points=[])
+                       cov=[[0.0] * len(cols)] * len(cols), sigma=0.0, dof=0, t=Z90, fixed=fixed, points=[])
     X = np.array([proto.row(o.features) for o in obs])
     p = np.array([o.top1 for o in obs])
     pc = np.clip(p, chance + MARGIN, CEILING - MARGIN)
     z = np.log((pc - chance) / (CEILING - pc)) - np.array([proto._z_fixed(o.features) for o in obs])
     w = np.array([1.0 / proto.slope(v) ** 2 for v in p])
-    xtwx = X.T @ (w[:, None] * X)
-    inv = np.linalg.pinv(xtwx)
+    inv = np.linalg.pinv(X.T @ (w[:, None] * X))
     theta = inv @ (X.T @ (w * z))
     resid = z - X @ theta
     dof = len(obs) - len(cols)
     binom = [v * (100 - v) / o.n_eval for v, o in zip(pc, obs) if o.n_eval > 0]  # points^2
     floor = float(np.mean(binom)) if binom else 0.0
     s2 = max(float(np.sum(w * resid ** 2)) / dof, floor) if dof > 0 else floor
-    law = proto.model_copy(update={
+    return proto.model_copy(update={
         "theta": [float(v) for v in theta], "cov": [[float(v) for v in row] for row in s2 * inv],
         "sigma": math.sqrt(s2), "dof": dof, "t": t90(dof) if dof > 0 else Z90,
         "note": None if dof > 0 else ("no degree of freedom left: the interval holds the evaluation's binomial "
                                       "noise and the parameters' uncertainty from it only"),
     })
-    pts = [FitPoint(run=o.run, samples_eff=law.samples_eff(o.features), encoder=o.features.encoder,
-                    image_tokens=o.features.image_tokens, achieved=o.top1, fitted=law.predict(o.features)[0])
-           for o in obs]
-    return law.model_copy(update={"points": pts})
 
 
 def with_finetune(f, stages: int):

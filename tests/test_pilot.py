@@ -71,6 +71,17 @@ def test_few_pilots_widen_the_interval():
     assert 10.0 <= lo < top < hi <= 100.0
 
 
+def test_pilots_that_do_not_grow_fall_back_to_the_published_exponent():
+    """Near chance the pilots' top-1 can fall with samples (demo pilots at 10% of its cost: 14.2, 10.75,
+    12.85%); a negative exponent would predict less from more samples."""
+    obs = [dl.Observation(f"r{i}", _feats(s), v, 2000) for i, (s, v) in enumerate([(700, 14.2), (1000, 10.75),
+                                                                                   (1400, 12.85)])]
+    law = dl.fit(obs, chance=10.0, rho=RHO, k_prior=0.41)
+    assert law.columns == ["1"] and law.fixed == {"k": 0.41} and law.dof == 2 and "does not grow" in law.note
+    tops = [law.predict(_feats(s))[0] for s in (1000, 10000, 100000)]
+    assert tops == sorted(tops) and tops[0] < tops[-1]
+
+
 def test_pilots_identify_encoder_size_when_they_differ():
     obs = [dl.Observation(f"r{i}", _feats(s, enc), _truth(_feats(s)) + d, 2000)
            for i, (s, enc, d) in enumerate([(4000, "demo", 0), (9000, "demo", 0), (20000, "demo", 0),
