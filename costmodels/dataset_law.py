@@ -118,6 +118,13 @@ class DatasetLaw(_Strict):
         var_mean = float(x @ np.array(self.cov) @ x)
         p = float(self.to_top1(z))
         sd = math.sqrt(var_mean + (self.sigma * self.slope(p)) ** 2)
+        top = math.log(max(pt.samples_eff for pt in self.points) / S_REF) if self.points else None
+        x = math.log(max(self.samples_eff(f), 1.0) / S_REF)
+        if "k" in self.fixed and top is not None and x > top:
+            # The exponent was not identified (fixed): beyond the runs, growth anywhere from none (the
+            # low end stays at the largest run's level) to the ceiling.
+            z_flat = z - self.fixed["k"] * (x - top)
+            return p, float(self.to_top1(z_flat - self.t * sd)), self.ceiling
         return p, float(self.to_top1(z - self.t * sd)), float(self.to_top1(z + self.t * sd))
 
     def notes(self, f) -> list[str]:

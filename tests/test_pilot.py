@@ -80,6 +80,9 @@ def test_pilots_that_do_not_grow_fall_back_to_the_published_exponent():
     assert law.columns == ["1"] and law.fixed == {"k": 0.41} and law.dof == 2 and "does not grow" in law.note
     tops = [law.predict(_feats(s))[0] for s in (1000, 10000, 100000)]
     assert tops == sorted(tops) and tops[0] < tops[-1]
+    # beyond the pilots an exponent they did not identify is doubt up to the ceiling, not a narrow guess
+    _, lo, hi = law.predict(_feats(30000))
+    assert hi == 100.0 and lo <= law.predict(_feats(1400))[0]
 
 
 def test_pilots_identify_encoder_size_when_they_differ():
