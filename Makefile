@@ -1,5 +1,5 @@
 # The two set-up commands of the README:
-#   make demo   set up, then plan -> run -> report the embedded CPU demo
+#   make demo   set up, then pilots -> calibrate -> predict -> run -> report the embedded CPU demo
 #   make test   set up, then run the test suite
 # Set-up installs the exact versions in requirements-lock.txt (the ones the suite last passed with), so
 # a new release of a dependency cannot change what a fresh clone gets. `make lock` refreshes that file.

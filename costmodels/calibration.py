@@ -15,7 +15,9 @@ Per hardware name, the wall time of a stage of ``samples`` samples is modelled a
 - ``fixed_s_per_stage``: seconds per stage outside the steady-state loop (warm-up, evaluation,
   checkpointing).
 
-Per dataset, ``offset`` is added (percentage points) to the accuracy law's zero-shot top-1.
+Per dataset, ``offset`` is added (percentage points) to the accuracy law's zero-shot top-1, unless
+the dataset has a fitted ``law`` (``costmodels/dataset_law.py``, from pilot runs): then that law
+predicts the dataset's top-1 and its interval (``accuracy_law``), and the offset is only reported.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from clipa import fs
+from clipa.costmodels.dataset_law import DatasetLaw
 from clipa.errors import UserError, load_yaml, validate
 
 FORMAT_VERSION = 1
@@ -51,6 +54,7 @@ class DatasetCalibration(_Strict):
     offset: float = Field(description="percentage points added to the accuracy law's top-1")
     runs: list[str] = Field(default_factory=list)
     residuals: list[float] = Field(default_factory=list, description="achieved - law (offset 0) per run, points")
+    law: Optional[DatasetLaw] = Field(None, description="the dataset's own law, fitted to these runs (pilots)")
 
 
 class Calibration(_Strict):
@@ -65,9 +69,19 @@ class Calibration(_Strict):
         return h.utilisation if h else None
 
     def offset(self, dataset: str) -> float:
-        """Percentage points to add to the accuracy law's top-1 on ``dataset`` (0 if never calibrated)."""
+        """Percentage points to add to the accuracy law's top-1 on ``dataset`` (0 if never calibrated, or
+        when the dataset has its own fitted law, which replaces the published one's prediction)."""
         d = self.datasets.get(dataset)
-        return d.offset if d else 0.0
+        return d.offset if d and d.law is None else 0.0
+
+    def accuracy_law(self, base):
+        """``base`` (an accuracy_law.AccuracyLaw) with the fitted dataset laws predicting their datasets."""
+        laws = {name: d.law for name, d in self.datasets.items() if d.law is not None}
+        if not laws:
+            return base
+        from clipa.costmodels.calibrated_law import CalibratedLaw
+
+        return CalibratedLaw(base, laws)
 
     def overhead_s_per_sample(self, hw_name: str) -> float:
         h = self.hardware.get(hw_name)

@@ -99,6 +99,8 @@ def predict_recipe(rec: recipe_mod.Recipe, hw_name: Optional[str] = None, prices
     hw = resolve_hardware(rec, hw_name, prices)
     enc = rec.encoder.spec
     law = law or accuracy_law.default()
+    if calibration is not None:  # a dataset the user's pilots fitted is predicted by its own law
+        law = calibration.accuracy_law(law)
     offset = calibration.offset(rec.dataset.name) if calibration is not None else 0.0
 
     rates = [stage_rate(enc, StageShape.of(st), hw, grad_checkpointing=rec.train.grad_checkpointing,

@@ -63,6 +63,8 @@ class Context:
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise UserError(f"--objective: {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.calibration is not None:  # a dataset the user's pilots fitted is predicted by its own law
+            self.law = self.calibration.accuracy_law(self.law)
 
     @property
     def offset(self) -> float:

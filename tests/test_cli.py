@@ -52,8 +52,8 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, name, args, needle):
 
 def test_predict_refuses_planning_flags(tmp_path):
     rec = Path(recipe.__file__).parent.parent / "recipes" / "demo.yaml"
-    _one_line_error(_cli("clipa-plan", "--predict", rec, "--out", tmp_path / "x.yaml"), 2,
-                    "--out: does not apply to --predict")
+    _one_line_error(_cli("clipa-plan", "--predict", rec, "--name", "x", "--out", tmp_path / "x.yaml"), 2,
+                    "--name: does not apply to --predict")
     assert not (tmp_path / "x.yaml").exists()
     _one_line_error(_cli("clipa-plan", "--predict", rec, "--budget", "100"), 2, "--budget: does not apply to --predict")
 

@@ -8,6 +8,8 @@ Examples:
     clipa-plan --budget 10000 --train-data 'shards/{00000..41455}.tar' --val val/ --classnames cls.txt --templates tpl.txt
     clipa-plan --predict recipes/published/clipa_v2_h14_datacomp_70_224.yaml --json
     clipa-plan --fit-report
+    clipa-plan --pilot --budget 10000 --hw a100x8 --train-data 'shards/{00000..41455}.tar' --out pilots/
+    clipa-plan --pilot --dataset demo --hw cpu --pilot-share 0.2 --out runs/pilots   # the demo's pilots
 
 With --train-data (and --val/--classnames/--templates) the recipe launches as is: clipa-run RECIPE.
 """
@@ -37,8 +39,10 @@ BUDGET, DATA, SEARCH, OUTPUT, MODES = ("Budget and hardware", "Your data (writte
 # What each mode accepts besides the shared flags; anything else given on the command line is an error.
 _PLAN_ONLY = ("budget", "device_hours", "pricing", "deadline", "dataset", "objective", "risk", "out", "name",
               "train_data", "train_samples", "val", "classnames", "templates")
-_PREDICT_OK = {"predict", "hw", "prices", "calibration", "as_json"}
+_PREDICT_OK = {"predict", "hw", "prices", "calibration", "as_json", "out"}
 _FIT_REPORT_OK = {"fit_report", "plot", "as_json"}
+_PILOT_OK = {"pilot", "target", "pilot_share", "budget", "device_hours", "hw", "pricing", "deadline", "prices", "calibration",
+             "dataset", "objective", "out", "as_json", "train_data", "train_samples", "val", "classnames", "templates"}
 
 
 @app.command(help=__doc__)
@@ -70,7 +74,9 @@ def plan(
                                   rich_help_panel=SEARCH),
     risk: bool = typer.Option(False, "--risk", hidden=True, help="old spelling of --objective low (the default)",
                               rich_help_panel=SEARCH),
-    out: Optional[Path] = typer.Option(None, help=f"where to write the recipe (default: {DEFAULT_OUT})", rich_help_panel=OUTPUT),
+    out: Optional[Path] = typer.Option(None, help=f"where to write the recipe (default: {DEFAULT_OUT}); with --predict, "
+                                       "the recipe with its predictions; with --pilot, the suite's folder (default: "
+                                       "pilots/)", rich_help_panel=OUTPUT),
     name: Optional[str] = typer.Option(None, help="recipe name (default: derived from the plan)", rich_help_panel=OUTPUT),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables", rich_help_panel=OUTPUT),
     predict: Optional[Path] = typer.Option(None, help="predict an existing recipe instead of planning", rich_help_panel=MODES),
@@ -78,6 +84,14 @@ def plan(
                                     rich_help_panel=MODES),
     plot: Optional[Path] = typer.Option(None, help="--fit-report: where to write the plot (default: fit_report.png)",
                                         rich_help_panel=MODES),
+    pilot: bool = typer.Option(False, "--pilot", help="write a pilot suite instead: small copies of the target run "
+                               "(--target, else the plan for this budget) costing at most --pilot-share of the budget",
+                               rich_help_panel=MODES),
+    target: Optional[Path] = typer.Option(None, help="--pilot: the recipe the pilots prepare (default: the plan "
+                                          "for the budget; the shipped demo for --dataset demo)", rich_help_panel=MODES),
+    pilot_share: float = typer.Option(0.10, help="--pilot: the pilots' total predicted cost is at most this share "
+                                      "of the budget (the target's own cost when no budget is given)",
+                                      rich_help_panel=MODES),
     version: bool = version_option(),
 ) -> None:
     given = {k for k in ctx.params if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
@@ -90,6 +104,8 @@ def plan(
         show(console, plot or Path("fit_report.png"), as_json=as_json)
         return
     not_with("--plot", "plot" in given, "without --fit-report")
+    for flag in ("target", "pilot_share"):
+        not_with("--" + flag.replace("_", "-"), flag in given and not pilot, "without --pilot")
     if hw is not None and not hw.strip():
         raise UserError("--hw: empty; give a hardware name such as a100x8")
     from clipa.costmodels import calibration as calib_mod
@@ -97,17 +113,34 @@ def plan(
     from clipa.planner import present
 
     cal = calib_mod.load(calibration) if calibration else None
+    if pilot:
+        _only(given, _PILOT_OK, "to --pilot")
+        from clipa.cli import plan_pilot
+
+        for flag, v in (("--budget", budget), ("--device-hours", device_hours), ("--pilot-share", pilot_share)):
+            finite(flag, v)
+        if dataset not in recipe_mod.DATASETS:  # custom too: pilots are how your own data gets a law
+            raise UserError(f"--dataset: unknown dataset {dataset!r}; known: {', '.join(recipe_mod.DATASETS)}")
+        plan_pilot.run(console, target=target, dataset=dataset, hw=hw, budget=budget, device_hours=device_hours,
+                       share=pilot_share, prices=prices, cal=cal, out=out, as_json=as_json,
+                       plan_kwargs={"deadline_days": deadline, "objective": _objective(objective, risk), "pricing": pricing},
+                       with_data=lambda r: _with_data(r, train_data, train_samples, val, classnames, templates))
+        return
     if predict is not None:
         _only(given, _PREDICT_OK, "to --predict (it prices an existing recipe)")
         rec = load_recipe(predict)
         rec = rec.model_copy(update={"predictions": predict_recipe(rec, hw, prices, cal)})
+        if out is not None:  # the recipe with these predictions: clipa-run keeps them for the report
+            recipe_mod.dump(rec, out)
         _emit(console, rec, str(predict), as_json, f"Predictions for {predict}")
         return
 
     if budget is None and device_hours is None:
         raise UserError("give a budget: --budget DOLLARS or --device-hours HOURS")
-    if dataset not in DATASETS:
-        raise UserError(f"--dataset: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    calibrated = cal is not None and dataset in cal.datasets and cal.datasets[dataset].law is not None
+    if dataset not in DATASETS and not calibrated:
+        raise UserError(f"--dataset: unknown dataset {dataset!r}; known: {', '.join(DATASETS)} (custom: with a "
+                        "--calibration fitted on pilots of it)")
     for flag, v in (("--budget", budget), ("--device-hours", device_hours), ("--deadline", deadline)):
         finite(flag, v)
     from clipa.planner import compare

@@ -2,13 +2,16 @@
 
 With no RUN_DIR, reports the latest run under ./runs. Two or more runs are also put side by side.
 With --calibrate, fits the throughput model (per hardware) and the accuracy law's offset (per
-dataset) to the runs and writes a calibration file for `clipa-plan --calibration FILE`.
+dataset) to the runs and writes a calibration file for `clipa-plan --calibration FILE`; a dataset no
+published run saw (the demo, your own) gets its own accuracy law, fitted to the runs (pilots from
+`clipa-plan --pilot`), with intervals for how few they are.
 
 Examples:
 
     clipa-report                              # the latest run under ./runs
     clipa-report runs/a runs/b --no-plots     # side by side, tables only
     clipa-report --calibrate runs/a           # then: clipa-plan --calibration runs/calibration.yaml ...
+    clipa-report --calibrate runs/pilots/* --no-plots --calibration-out runs/pilots/calibration.yaml
 """
 from __future__ import annotations
 
@@ -42,8 +45,14 @@ def _calibrate(runs, out: Path) -> None:
         t.add_row(name, f"{h.utilisation:.4f}", f"{h.overhead_s_per_sample:.3g}", f"{h.fixed_s_per_stage:.1f}",
                   str(h.points), f"{100 * h.rel_rmse:.1f}%", h.note or "")
     console.print(t)
+    from clipa.report.calibrate_accuracy import describe
+
     for ds, d in cal.datasets.items():
-        console.print(f"accuracy offset for {ds}: {d.offset:+.2f} points (from {len(d.runs)} run(s))")
+        if d.law is not None:
+            for line in describe(ds, d.law):
+                console.print(line, soft_wrap=True)
+        else:
+            console.print(f"accuracy offset for {ds}: {d.offset:+.2f} points (from {len(d.runs)} run(s))")
     t = Table(title="wall time on the calibration runs", title_justify="left")
     for col in ("run", "predicted (before)", "predicted (calibrated)", "achieved"):
         t.add_column(col, justify="right")

@@ -8,6 +8,7 @@ Examples:
     clipa-run R.yaml --nproc 8 --nnodes 4 --node-rank 0 --rdzv-endpoint host0:29500
     clipa-run R.yaml --backend jax --tpu my-v4-64 --zone us-central2-b --run-dir gs://my-bucket/run --dry-run
     clipa-run R.yaml --slurm --nodes 4 --gpus-per-node 8 --partition gpu --time 2-00:00:00 --dry-run
+    clipa-run pilots/suite.yaml --run-dir runs/pilots  # a pilot suite: each pilot in runs/pilots/NAME
 
 The same command again resumes an unfinished run. Ctrl-C (exit 130) and SIGTERM (exit 143) save a
 checkpoint first.
@@ -33,7 +34,8 @@ WHERE, TORCH, SLURM, JAX, DEBUG = ("Where to run", "PyTorch (torchrun)", "PyTorc
 @app.command(help=__doc__)
 def run(
     ctx: typer.Context,
-    recipe: Path = typer.Argument(..., help="recipe YAML (from clipa-plan, or written by hand)"),
+    recipe: Path = typer.Argument(..., help="recipe YAML (from clipa-plan, or written by hand), or a pilot suite "
+                                  "(clipa-plan --pilot)"),
     backend: str = typer.Option("torch", help="torch | jax", rich_help_panel=WHERE),
     run_dir: Optional[str] = typer.Option(None, help="run directory (default: runs/NAME, the recipe's name): a path, or "
                                           "a URL every host sees (gs://BUCKET/RUN, needs gcsfs); an unfinished one is "
@@ -61,7 +63,10 @@ def run(
     version: bool = version_option(),
 ) -> None:
     from clipa import backends
+    from clipa import suite as suite_mod
 
+    if suite_mod.is_suite(recipe):
+        return _suite(ctx, recipe, backends.get(backend), run_dir, device, dry_run, max_samples)
     rec = load_recipe(recipe)
     bk = backends.get(backend)
     given = {k for k in ctx.params if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
@@ -89,6 +94,19 @@ def run(
             nodes=nodes, gpus_per_node=gpus_per_node, partition=partition, time=time)))
     code = bk.launch(recipe, rec, run_dir, opts)
     raise typer.Exit(code)
+
+
+def _suite(ctx, path: Path, bk, root, device, dry_run, max_samples) -> None:
+    """A suite file (clipa-plan --pilot): its pilots one after the other in this process (clipa/cli/run_suite.py)."""
+    from clipa import backends
+    from clipa.cli.run_suite import run_suite
+
+    given = {k for k in ctx.params if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
+    extra = sorted(given - {"recipe", "backend", "run_dir", "device", "dry_run", "max_samples"})
+    if extra:
+        not_with("--" + extra[0].replace("_", "-"), True, "to a pilot suite (its pilots run one by one in this process)")
+    opts = backends.LaunchOptions(device=device, dry_run=dry_run, max_samples=max_samples)
+    raise typer.Exit(run_suite(path, bk, root, opts, _check_before_claiming, _frozen_predictions))
 
 
 def _check_before_claiming(rec, run_dir: Path) -> None:

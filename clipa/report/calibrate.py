@@ -19,7 +19,9 @@ stages, averaged over runs.
 Why a per-sample term at all: for tiny models on CPU, data loading and augmentation cost about as
 much per sample as the matmuls, so a FLOPs-only model fitted on one resolution mispredicts another.
 
-Accuracy, per dataset: the offset is the mean of (achieved top-1 - law's top-1 with offset 0).
+Accuracy, per dataset: the offset is the mean of (achieved top-1 - law's top-1 with offset 0). A
+dataset no published run saw (the demo, a user's own) also gets its own law, fitted to the runs'
+final top-1 (calibrate_accuracy.py, costmodels/dataset_law.py): that law then predicts it.
 """
 from __future__ import annotations
 
@@ -167,5 +169,13 @@ def calibrate(runs: Sequence[Run], base: Optional[cal_mod.Calibration] = None) -
     for ds, items in by_ds.items():
         res = [x for _, x in items]
         cal.datasets[ds] = cal_mod.DatasetCalibration(offset=sum(res) / len(res), runs=[str(r.path) for r, _ in items],
-                                                      residuals=res)
+                                                      residuals=res, law=_dataset_law(ds, [r for r, _ in items]))
     return cal
+
+
+def _dataset_law(ds: str, runs: Sequence[Run]):
+    """A dataset no published run saw gets its own law, fitted to these runs (calibrate_accuracy.py)."""
+    from clipa.costmodels.accuracy_model import DATASETS
+    from clipa.report import calibrate_accuracy
+
+    return None if ds in DATASETS else calibrate_accuracy.fit(runs)

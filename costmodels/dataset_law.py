@@ -1,0 +1,217 @@
+"""The accuracy law on a dataset no published run saw, fitted to the user's own pilot runs.
+
+The published law (accuracy_law.py) knows LAION and DataComp; on a user's data (and the demo's) its
+dataset terms are unknown. Pilots identify them. The form keeps the law's samples term and adds the
+floor every small run sits on, chance:
+
+    top1 = c + (A - c) / (1 + exp(-z)),     z = b + k * ln(S_eff / S_REF)  [+ e * ln n] [+ g * ln T0]
+
+- c: chance (100 / classes of the evaluation set), A: the ceiling, 100 (the published mixture's
+  heavier form, "nofloor", 0.65 of its weight, has none below 100; pilots far below it cannot fit one);
+- k: the dataset's data-efficiency exponent: for large S_eff the error is (A - c) exp(-b) (S_eff /
+  S_REF)**-k, the published law's C * S**-beta with beta = k; b: the dataset's scale (S_eff at which
+  half the way from chance to A is done: S_REF exp(-b / k));
+- S_eff = pre-training samples + rho x fine-tune samples (rho: the published law's, a fine-tune sample
+  at full resolution counts rho pre-training samples);
+- e (encoder size, n = vision weights / L/16's) and g (pre-training image tokens) only when the pilots
+  differ in them, and only while a degree of freedom is left for the residuals.
+
+z is linear in the parameters, so the fit is weighted least squares on z_i = logit of each pilot's
+top-1, weights 1 / (dz/dtop1)^2: equal noise in points (the demo's final top-1 moves by about 2
+points with the seed at 27% and at 82%: recipes/demo.yaml, README), so a pilot near chance, where
+the logit is steep, counts little. The 80% interval is the classical prediction interval of a new
+run, in z, with Student's t at the residual degrees of freedom: with 3 pilots and 2 parameters,
+t(0.90, 1 dof) = 3.08 where the normal would say 1.28 (how few pilots there are). The residual
+variance is never below the evaluation's binomial variance p (1 - p) / images. Mapped back through
+the logistic, the interval is bounded by chance and the ceiling and is asymmetric.
+
+numpy + pydantic only (predictions happen at planning time); the fit is in ``fit``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from clipa.costmodels import accuracy_model as am
+
+S_REF = 1e6  # samples: where b is read (ln S_eff / S_REF near 0 for pilots of 10^5..10^7 samples)
+CEILING = 100.0
+LEVEL = 0.80
+# Student's t quantile at 0.90 (a central 80% interval) by degrees of freedom (standard table values,
+# e.g. NIST/SEMATECH e-Handbook 1.3.6.7.2); beyond 30 the normal's 1.2816.
+T90 = {1: 3.078, 2: 1.886, 3: 1.638, 4: 1.533, 5: 1.476, 6: 1.440, 7: 1.415, 8: 1.397, 9: 1.383, 10: 1.372,
+       12: 1.356, 15: 1.341, 20: 1.325, 30: 1.310}
+Z90 = 1.2816
+MARGIN = 1.0  # points: a top-1 within this of chance or the ceiling is read at that distance (logit finite)
+
+
+def t90(dof: int) -> float:
+    """t quantile at 0.90 for ``dof`` >= 1 degrees of freedom (the next smaller table entry: conservative)."""
+    if dof < 1:
+        raise ValueError("no degree of freedom")
+    return Z90 if dof > 30 else T90[max(d for d in T90 if d <= dof)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class FitPoint(_Strict):
+    run: str
+    samples_eff: float
+    encoder: str
+    image_tokens: int
+    achieved: float = Field(description="top-1, percent")
+    fitted: float = Field(description="the fitted law at this point, percent")
+
+
+class DatasetLaw(_Strict):
+    """A fitted dataset law (stored in the calibration file under datasets.NAME.law)."""
+
+    chance: float = Field(ge=0, lt=100, description="percent: 100 / classes of the evaluation set")
+    ceiling: float = CEILING
+    rho: float = Field(gt=0, description="a fine-tune sample counts rho pre-training samples (the published law's)")
+    columns: list[str] = Field(description="1 | ln_samples | ln_encoder | ln_image_tokens")
+    theta: list[float]
+    cov: list[list[float]] = Field(description="covariance of theta (z units)")
+    sigma: float = Field(ge=0, description="residual standard deviation, points")
+    dof: int = Field(ge=0, description="residual degrees of freedom (points - parameters)")
+    t: float = Field(gt=0, description="the interval's quantile: Student's t at dof (normal when dof is 0)")
+    fixed: dict[str, float] = Field(default_factory=dict, description="parameters the pilots could not identify")
+    points: list[FitPoint]
+    note: Optional[str] = None
+
+    @property
+    def params(self) -> dict[str, float]:
+        return {**dict(zip(self.columns, self.theta)), **self.fixed}
+
+    # -- prediction ------------------------------------------------------------------------------
+
+    def samples_eff(self, f) -> float:
+        return f.samples + self.rho * sum(s.samples for s in f.finetune)
+
+    def row(self, f) -> np.ndarray:
+        vals = {"1": 1.0, "ln_samples": math.log(max(self.samples_eff(f), 1.0) / S_REF),
+                "ln_encoder": am.enc_info(f.encoder)[0], "ln_image_tokens": math.log(max(f.image_tokens, 1))}
+        return np.array([vals[c] for c in self.columns])
+
+    def _z_fixed(self, f) -> float:
+        x = math.log(max(self.samples_eff(f), 1.0) / S_REF)
+        return self.fixed.get("k", 0.0) * x
+
+    def to_top1(self, z):
+        return self.chance + (self.ceiling - self.chance) / (1.0 + np.exp(-np.asarray(z, float)))
+
+    def slope(self, p: float) -> float:
+        """dz / dtop1 at top-1 ``p`` (percent), ``p`` kept MARGIN inside (chance, ceiling)."""
+        p = min(max(p, self.chance + MARGIN), self.ceiling - MARGIN)
+        return (self.ceiling - self.chance) / ((p - self.chance) * (self.ceiling - p))
+
+    def predict(self, f) -> tuple[float, float, float]:
+        """(top-1, low, high) in percent: the fit's mean and the 80% prediction interval of a new run."""
+        x = self.row(f)
+        z = float(x @ np.array(self.theta)) + self._z_fixed(f)
+        var_mean = float(x @ np.array(self.cov) @ x)
+        p = float(self.to_top1(z))
+        sd = math.sqrt(var_mean + (self.sigma * self.slope(p)) ** 2)
+        top = math.log(max(pt.samples_eff for pt in self.points) / S_REF) if self.points else None
+        x = math.log(max(self.samples_eff(f), 1.0) / S_REF)
+        if "k" in self.fixed and top is not None and x > top:
+            # The exponent was not identified (fixed): beyond the runs, growth anywhere from none (the
+            # low end stays at the largest run's level) to the ceiling.
+            z_flat = z - self.fixed["k"] * (x - top)
+            return p, float(self.to_top1(z_flat - self.t * sd)), self.ceiling
+        return p, float(self.to_top1(z - self.t * sd)), float(self.to_top1(z + self.t * sd))
+
+    def notes(self, f) -> list[str]:
+        """The axes on which ``f`` lies outside the pilots (the law is fitted only on them)."""
+        pts = self.points
+        out = []
+        top = max(p.samples_eff for p in pts)
+        s = self.samples_eff(f)
+        if s > top * 1.05:
+            out.append(f"samples {s:,.0f} (pre-training + {self.rho:.2g} x fine-tune) beyond the largest pilot's "
+                       f"{top:,.0f} ({s / top:.1f}x)")
+        encs = sorted({p.encoder for p in pts})
+        if f.encoder not in encs:
+            out.append(f"encoder {f.encoder}: no pilot on it (pilots: {', '.join(encs)})")
+        toks = sorted({p.image_tokens for p in pts})
+        if f.image_tokens not in toks:
+            out.append(f"pre-training image tokens {f.image_tokens}: pilots had {', '.join(map(str, toks))}")
+        return out
+
+
+# -- the fit --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One run's final top-1 on the dataset: its features (accuracy_law.RunFeatures), the top-1 (percent)
+    and the number of evaluation images (0: unknown)."""
+
+    run: str
+    features: object
+    top1: float
+    n_eval: int = 0
+
+
+def _columns(obs: Sequence[Observation]) -> list[str]:
+    cols = ["1", "ln_samples"]
+    for name, key in (("ln_encoder", lambda o: o.features.encoder), ("ln_image_tokens", lambda o: o.features.image_tokens)):
+        if len({key(o) for o in obs}) > 1:
+            cols.append(name)
+    while len(cols) > 1 and len(obs) - len(cols) < 1:
+        cols.pop()  # the last added first: keep a degree of freedom for the residuals
+    return cols
+
+
+def fit(obs: Sequence[Observation], *, chance: float, rho: float, k_prior: float) -> DatasetLaw:
+    """Weighted least squares in z. ``k_prior`` (the published law's beta) stands in for the exponent
+    when the runs cannot identify it: a single run, or pilots whose top-1 does not grow with samples
+    (all near chance: a fitted exponent <= 0 would predict less from more samples, which no run does)."""
+    if not obs:
+        raise ValueError("no observations")
+    cols = _columns(obs)
+    law = _solve(obs, cols, chance, rho, {} if "ln_samples" in cols else {"k": k_prior})
+    if "ln_samples" in cols and law.params["ln_samples"] <= 0:
+        k_fit = law.params["ln_samples"]
+        law = _solve(obs, [c for c in cols if c != "ln_samples"], chance, rho, {"k": k_prior})
+        law = law.model_copy(update={"note": (f"the runs' top-1 does not grow with samples (fitted exponent "
+                                              f"{k_fit:.2g} <= 0): the exponent is the published law's; pilots "
+                                              "further from chance would identify it")})
+    pts = [FitPoint(run=o.run, samples_eff=law.samples_eff(o.features), encoder=o.features.encoder,
+                    image_tokens=o.features.image_tokens, achieved=o.top1, fitted=law.predict(o.features)[0])
+           for o in obs]
+    return law.model_copy(update={"points": pts})
+
+
+def _solve(obs, cols: list[str], chance: float, rho: float, fixed: dict) -> DatasetLaw:
+    proto = DatasetLaw(chance=chance, rho=rho, columns=cols, theta=[0.0] * len(cols),
+                       cov=[[0.0] * len(cols)] * len(cols), sigma=0.0, dof=0, t=Z90, fixed=fixed, points=[])
+    X = np.array([proto.row(o.features) for o in obs])
+    p = np.array([o.top1 for o in obs])
+    pc = np.clip(p, chance + MARGIN, CEILING - MARGIN)
+    z = np.log((pc - chance) / (CEILING - pc)) - np.array([proto._z_fixed(o.features) for o in obs])
+    w = np.array([1.0 / proto.slope(v) ** 2 for v in p])
+    inv = np.linalg.pinv(X.T @ (w[:, None] * X))
+    theta = inv @ (X.T @ (w * z))
+    resid = z - X @ theta
+    dof = len(obs) - len(cols)
+    binom = [v * (100 - v) / o.n_eval for v, o in zip(pc, obs) if o.n_eval > 0]  # points^2
+    floor = float(np.mean(binom)) if binom else 0.0
+    s2 = max(float(np.sum(w * resid ** 2)) / dof, floor) if dof > 0 else floor
+    return proto.model_copy(update={
+        "theta": [float(v) for v in theta], "cov": [[float(v) for v in row] for row in s2 * inv],
+        "sigma": math.sqrt(s2), "dof": dof, "t": t90(dof) if dof > 0 else Z90,
+        "note": None if dof > 0 else ("no degree of freedom left: the interval holds the evaluation's binomial "
+                                      "noise and the parameters' uncertainty from it only"),
+    })
+
+
+def with_finetune(f, stages: int):
+    """``f`` cut after its first ``stages`` fine-tune stages (per-stage predictions)."""
+    return replace(f, finetune=f.finetune[:stages])

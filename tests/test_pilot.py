@@ -1,0 +1,189 @@
+"""Pilot suites and the dataset law they calibrate (issue 9, section 4): the suite's cost bound, the fit
+recovering known parameters with intervals that cover them, --calibration changing the prediction
+and the plan, and one-line errors."""
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from clipa import recipe as recipe_mod
+from clipa import suite as suite_mod
+from clipa.cli._common import run_app
+from clipa.cli.plan import app as plan_app
+from clipa.cli.run import app as run_app_
+from clipa.costmodels import calibration as cal_mod
+from clipa.costmodels import dataset_law as dl
+from clipa.costmodels.accuracy_law import FinetuneStage, RunFeatures
+from clipa.costmodels.predict import predict_recipe
+from clipa.planner import pilot
+
+DEMO = "recipes/demo.yaml"
+PUBLISHED = "recipes/published/clipa_v2_h14_datacomp_70_224.yaml"
+
+# A known dataset law: chance 10%, exponent k, half-way at S50 effective samples.
+RHO, K, S50 = 2.5, 1.8, 20_000.0
+B = -K * math.log(S50 / dl.S_REF)
+
+
+def _feats(s: float, encoder: str = "demo") -> RunFeatures:
+    return RunFeatures(encoder, "demo", 16, 12, float(s), "resize", "syntax", (FinetuneStage(64, 64, s / 4, 32),))
+
+
+def _truth(f: RunFeatures) -> float:
+    se = f.samples + RHO * sum(x.samples for x in f.finetune)
+    return 10 + 90 / (1 + math.exp(-(B + K * math.log(se / dl.S_REF))))
+
+
+def _synthetic(rng, sd: float, sizes=(4000, 6000, 9000, 13500, 20000)) -> dl.DatasetLaw:
+    obs = [dl.Observation(f"run{i}", _feats(s), _truth(_feats(s)) + rng.normal(0, sd), 2000)
+           for i, s in enumerate(sizes)]
+    return dl.fit(obs, chance=10.0, rho=RHO, k_prior=0.4)
+
+
+def test_fit_recovers_known_parameters_and_its_intervals_cover_them():
+    rng = np.random.default_rng(0)
+    law = _synthetic(rng, 0.0)  # noise-free: the parameters themselves
+    assert law.columns == ["1", "ln_samples"] and law.dof == 3
+    assert law.params["ln_samples"] == pytest.approx(K, abs=1e-6)
+    assert law.params["1"] == pytest.approx(B, abs=1e-6)
+    # With noise (2 points sd, above the 2,000-image binomial floor): the 80% intervals of the exponent
+    # and of a new run 1.6x beyond the largest point cover the truth about 80% of the time.
+    n, k_in, pred_in = 300, 0, 0
+    for _ in range(n):
+        law = _synthetic(rng, 2.0)
+        k_in += abs(law.params["ln_samples"] - K) <= law.t * math.sqrt(law.cov[1][1])
+        _, lo, hi = law.predict(_feats(32768))
+        pred_in += lo <= _truth(_feats(32768)) + rng.normal(0, 2.0) <= hi
+    assert 0.72 <= k_in / n <= 0.92 and 0.72 <= pred_in / n <= 0.92, (k_in / n, pred_in / n)
+
+
+def test_few_pilots_widen_the_interval():
+    """Three pilots leave one degree of freedom: Student's t (3.08) instead of the normal's 1.28."""
+    rng = np.random.default_rng(1)
+    five = _synthetic(rng, 1.0)
+    three = _synthetic(rng, 1.0, sizes=(4000, 9000, 20000))
+    assert three.dof == 1 and three.t == pytest.approx(3.078)
+    w = lambda law: law.predict(_feats(32768))[2] - law.predict(_feats(32768))[1]  # noqa: E731
+    assert w(three) > w(five)
+    top, lo, hi = three.predict(_feats(32768))
+    assert 10.0 <= lo < top < hi <= 100.0
+
+
+def test_pilots_that_do_not_grow_fall_back_to_the_published_exponent():
+    """Near chance the pilots' top-1 can fall with samples (demo pilots at 10% of its cost: 14.2, 10.75,
+    12.85%); a negative exponent would predict less from more samples."""
+    obs = [dl.Observation(f"r{i}", _feats(s), v, 2000) for i, (s, v) in enumerate([(700, 14.2), (1000, 10.75),
+                                                                                   (1400, 12.85)])]
+    law = dl.fit(obs, chance=10.0, rho=RHO, k_prior=0.41)
+    assert law.columns == ["1"] and law.fixed == {"k": 0.41} and law.dof == 2 and "does not grow" in law.note
+    tops = [law.predict(_feats(s))[0] for s in (1000, 10000, 100000)]
+    assert tops == sorted(tops) and tops[0] < tops[-1]
+    # beyond the pilots an exponent they did not identify is doubt up to the ceiling, not a narrow guess
+    _, lo, hi = law.predict(_feats(30000))
+    assert hi == 100.0 and lo <= law.predict(_feats(1400))[0]
+
+
+def test_pilots_identify_encoder_size_when_they_differ():
+    obs = [dl.Observation(f"r{i}", _feats(s, enc), _truth(_feats(s)) + d, 2000)
+           for i, (s, enc, d) in enumerate([(4000, "demo", 0), (9000, "demo", 0), (20000, "demo", 0),
+                                            (9000, "test", -3), (20000, "test", -4)])]
+    law = dl.fit(obs, chance=10.0, rho=RHO, k_prior=0.4)
+    assert "ln_encoder" in law.columns and law.dof == 2
+    assert law.predict(_feats(9000, "test"))[0] < law.predict(_feats(9000, "demo"))[0]
+
+
+def _calibration(tmp_path, law: dl.DatasetLaw):
+    cal = cal_mod.Calibration(datasets={"demo": cal_mod.DatasetCalibration(offset=50.0, runs=["r"], law=law)})
+    return cal_mod.save(cal, tmp_path / "cal.yaml")
+
+
+def test_calibration_changes_the_prediction_and_the_plan(tmp_path, capsys):
+    path = _calibration(tmp_path, _synthetic(np.random.default_rng(2), 1.0))
+    cal = cal_mod.load(path)
+    rec = recipe_mod.load(DEMO)
+    before, after = predict_recipe(rec), predict_recipe(rec, calibration=cal)
+    assert before.predicted_top1 == pytest.approx(10.0)
+    assert after.predicted_top1 == pytest.approx(_truth(_feats(32768)), abs=4.0)
+    lo, hi = after.predicted_top1_interval
+    assert lo < after.predicted_top1 < hi and hi - lo < 30
+    assert after.cost_model_version.endswith("+calibrated")
+    assert any("beyond the largest pilot" in e for e in after.extrapolation)
+    assert run_app(plan_app, ["--predict", DEMO, "--calibration", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["predicted_top1"] == pytest.approx(after.predicted_top1, abs=0.01)
+    # --out keeps the recipe with that prediction: clipa-run then reports against it
+    assert run_app(plan_app, ["--predict", DEMO, "--calibration", str(path), "--out", str(tmp_path / "d.yaml")]) == 0
+    kept = recipe_mod.load(tmp_path / "d.yaml").predictions
+    assert kept.cost_model_version.endswith("+calibrated") and kept.predicted_top1 == pytest.approx(after.predicted_top1, abs=0.01)
+    # the planner on the calibrated dataset: the dataset law, not the prior, scores its plans
+    from clipa.planner.run import make_plan
+
+    plain = make_plan(budget_usd=None, device_hours=2000, hw_name="a100x8", dataset="demo", quiet=True)
+    calib = make_plan(budget_usd=None, device_hours=2000, hw_name="a100x8", dataset="demo", quiet=True, calibration=cal)
+    assert plain.recipe.predictions.predicted_top1 == pytest.approx(10.0)
+    assert calib.recipe.predictions.predicted_top1 > 50.0
+
+
+@pytest.mark.parametrize("target,hw,share", [(PUBLISHED, "a100x8", 0.10), (DEMO, "cpu", 0.2), (PUBLISHED, "h100x8", 0.05)])
+def test_suite_costs_at_most_its_share(tmp_path, target, hw, share):
+    rec = recipe_mod.load(target)
+    budget = 3 * predict_recipe(rec, hw).device_hours
+    pilots = pilot.design(rec, budget, share, hw_name=hw)
+    total = sum(p.recipe.predictions.device_hours for p in pilots)
+    assert total <= share * budget * (1 + 1e-9)
+    assert total >= 0.8 * share * budget  # it uses the share, not a sliver of it
+    assert len({p.recipe.stages[0].samples for p in pilots}) == len(pilots) >= 3
+    for p in pilots:  # the target's shape at fewer samples
+        assert [s.image_size for s in p.recipe.stages] == [s.image_size for s in rec.stages]
+        assert p.recipe.encoder == rec.encoder
+    path = pilot.write(pilots, rec, tmp_path / "s", budget_device_hours=budget, budget_usd=None, share=share)
+    s = suite_mod.load(path)
+    assert s.predicted_device_hours <= share * budget * (1 + 1e-9)
+
+
+def test_pilot_cli_writes_a_suite_within_the_share(tmp_path, capsys):
+    out = tmp_path / "pilots"
+    assert run_app(plan_app, ["--pilot", "--budget", "2000", "--hw", "a100x8", "--dataset", "laion-400m",
+                              "--out", str(out), "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    s = suite_mod.load(out / "suite.yaml")
+    # $2000 at $1.575 per A100-hour (costmodels/data/cloud_prices.csv) = 1,269.8 device-hours
+    assert s.budget_device_hours == pytest.approx(2000 / 1.575)
+    assert s.predicted_device_hours <= 0.10 * s.budget_device_hours * (1 + 1e-9)
+    assert [p.name for p in s.pilots] == [p["name"] for p in obj["pilots"]]
+    assert suite_mod.is_suite(out / "suite.yaml") and not suite_mod.is_suite(out / s.pilots[0].recipe)
+
+
+@pytest.mark.parametrize("args,word", [
+    (["--pilot", "--dataset", "demo", "--hw", "cpu", "--pilot-share", "0"], "--pilot-share"),
+    (["--pilot", "--dataset", "demo", "--hw", "cpu", "--pilot-share", "1.5"], "--pilot-share"),
+    (["--pilot", "--target", "missing.yaml"], "missing.yaml"),
+    (["--pilot", "--hw", "a100x8,h100x8", "--budget", "100"], "--hw"),
+    (["--pilot", "--dataset", "laion-400m"], "budget"),
+    (["--target", DEMO, "--budget", "100"], "--target"),
+    (["--pilot", "--fit-report"], "--fit-report"),
+    (["--pilot", "--dataset", "demo", "--hw", "cpu", "--gpu-hours", "1e-9"], "smallest pilots"),
+])
+def test_pilot_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch, args, word):
+    monkeypatch.chdir(tmp_path)
+    assert run_app(plan_app, args + ["--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and word in err and "Traceback" not in err
+
+
+def test_run_suite_errors_are_one_line_exit_2(tmp_path, capsys):
+    rec = recipe_mod.load(DEMO)
+    pilots = pilot.design(rec, 1.0, 0.1, hw_name="cpu")
+    path = pilot.write(pilots, rec, tmp_path / "s", budget_device_hours=1.0, budget_usd=None, share=0.1)
+    assert run_app(run_app_, [str(path), "--nproc", "2"]) == 2
+    assert "--nproc" in capsys.readouterr().err
+    (tmp_path / "s" / pilots[1].recipe.name).with_suffix(".yaml").unlink()
+    assert run_app(run_app_, [str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not found" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"pilots": [{"name": "x"}]}))
+    assert run_app(run_app_, [str(bad)]) == 2
+    assert "bad.yaml: name: Field required" in capsys.readouterr().err

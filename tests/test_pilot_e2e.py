@@ -1,0 +1,65 @@
+"""A tiny pilot suite end to end on CPU: clipa-plan --pilot writes it, one clipa-run trains all its pilots
+(one process, shared demo data), clipa-report --calibrate fits the dataset law and the throughput, and
+clipa-plan --predict --calibration predicts the target with the fitted law."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clipa import rundir
+from clipa import suite as suite_mod
+from clipa.cli._common import run_app
+from clipa.cli.plan import app as plan_app
+from clipa.cli.report import app as report_app
+from clipa.costmodels import calibration as cal_mod
+
+TARGET = {
+    "name": "tiny", "encoder": {"name": "test"},
+    "dataset": {"name": "demo", "train_samples": 512, "workers": 0},
+    "hardware": {"name": "cpu"},
+    "stages": [
+        {"name": "pre", "samples": 1536, "global_batch": 32, "image_size": 32, "text_len": 12,
+         "text_reduction": "syntax", "optimizer": {"lr": 1e-3}, "schedule": {"warmup_samples": 64}},
+        {"name": "ft", "samples": 384, "global_batch": 32, "image_size": 48, "text_len": 32,
+         "optimizer": {"lr": 1e-3}, "pos_embed": "learned"},
+    ],
+    "train": {"seed": 0, "precision": "fp32", "log_every_steps": 4, "compute_threads": 1},
+}
+
+
+@pytest.mark.slow
+def test_pilot_suite_runs_in_one_command_and_calibrates(tmp_path, capsys):
+    pytest.importorskip("torch")
+    target = tmp_path / "tiny.yaml"
+    target.write_text(yaml.safe_dump(TARGET))
+    suite_dir, root = tmp_path / "suite", tmp_path / "pilots"
+    assert run_app(plan_app, ["--pilot", "--target", str(target), "--hw", "cpu", "--pilot-share", "0.6",
+                              "--out", str(suite_dir)]) == 0
+    suite = suite_mod.load(suite_dir / "suite.yaml")
+    assert len(suite.pilots) == 3
+    cmd = [sys.executable, "-m", "clipa.cli.run", str(suite_dir / "suite.yaml"), "--run-dir", str(root),
+           "--device", "cpu"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stderr[-3000:]
+    dirs = [root / e.name for e in suite.pilots]
+    assert all((d / rundir.ACHIEVED).is_file() for d in dirs)
+    assert (root / "data" / "DONE").is_file() and not any((d / "data").exists() for d in dirs)  # generated once
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # resumable: all finished
+    assert again.returncode == 0 and again.stderr.count("already finished") == 3
+
+    cal_path = tmp_path / "cal.yaml"
+    assert run_app(report_app, [*map(str, dirs), "--no-plots", "--calibrate", "--calibration-out", str(cal_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy law for dataset 'demo': fitted on 3 run(s)" in printed
+    cal = cal_mod.load(cal_path)
+    law = cal.datasets["demo"].law
+    assert law is not None and len(law.points) == 3 and law.dof == 1 and law.chance == pytest.approx(10.0)
+    assert cal.utilisation("cpu") is not None
+    assert run_app(plan_app, ["--predict", str(target), "--calibration", str(cal_path), "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    lo, hi = pred["predicted_top1_interval"]
+    assert 10.0 <= lo <= pred["predicted_top1"] <= hi <= 100.0
+    assert any("beyond the largest pilot" in e for e in pred["extrapolation"])  # the dataset law's own notes
