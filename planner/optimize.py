@@ -74,6 +74,12 @@ def plan(ctx: Context, *, progress=None, **_ignored) -> Optional[Result]:
     """The best plan under ``ctx.budget``, or None if nothing in the space fits.
 
     ``progress`` (optional callable) is called with the number of points costed since its last call."""
+    pts = _costed_points(ctx, progress)
+    return _Search(ctx, pts).run() if pts else None
+
+
+def _costed_points(ctx: Context, progress) -> list[tuple]:
+    """(point, costed) of every point of the space that fits the budget."""
     pts = []
     space = ss.points(tuple(ctx.encoders))
     for k, p in enumerate(space):
@@ -84,92 +90,106 @@ def plan(ctx: Context, *, progress=None, **_ignored) -> Optional[Result]:
             progress(1000)
     if progress is not None:
         progress(len(space) % 1000)
-    if not pts:
-        return None
-    law = ctx.law
-    # Points that differ only in their batch (or in a cost-free way) share the law's features.
-    index: dict = {}
-    fid = [index.setdefault((p.encoder, p.side, p.image_reduction, p.text_len, p.text_reduction, p.finetune,
-                             c.samples), len(index)) for p, c in pts]
-    first = {}
-    for k, i in enumerate(fid):
-        first.setdefault(i, k)
-    feats = [features(pts[first[i]][0], pts[first[i]][1].samples, ctx.dataset) for i in range(len(index))]
-    mean = law.mean(feats) + ctx.offset
-    # Upper bound of each point's objective: no interval is narrower than the forms' residual spread.
-    floor = law.z * law.sd_floor if ctx.objective == "low" else 0.0
-    bound = np.clip(mean - np.where([f.dataset in DATASETS for f in feats], floor, 0.0), 0.1, 100.0)
-    if ctx.objective == "low":  # priors (demo, custom) have intervals of their own: bound by them exactly
-        for i, f in enumerate(feats):
-            if f.dataset not in DATASETS:
-                bound[i] = law.predict(f, ctx.offset).low
-    scorer = _Scorer(ctx, feats)
-    by_feat: dict[int, list[int]] = {}
-    for k, i in enumerate(fid):
-        by_feat.setdefault(i, []).append(k)
-    order = sorted(range(len(feats)), key=lambda i: (-bound[i], min(by_feat[i])))
+    return pts
 
-    def rank(k: int) -> tuple:  # larger is better: objective, then cheaper, then earlier point
-        p, c = pts[k]
-        return (scorer.objective(fid[k]), -c.device_hours, -k)
 
-    state = {"best": None, "groups": {}, "inside": None}
+class _Search:
+    """The bounded exhaustive search over costed points (the module docstring says why it is exact).
 
-    def absorb(i: int) -> None:
-        for k in by_feat[i]:
-            r = rank(k)
-            if state["best"] is None or r > rank(state["best"]):
-                state["best"] = k
-            g = (pts[k][0].encoder, pts[k][0].side)
-            if g not in state["groups"] or r > rank(state["groups"][g]):
-                state["groups"][g] = k
-            if not scorer.pred[i][3] and (state["inside"] is None or r > rank(state["inside"])):
-                state["inside"] = k
+    Points that differ only in their batch (or in a cost-free way) share the law's features: ``fid[k]``
+    is point k's distinct-features index, ``bound[i]`` the most its objective can be."""
 
-    def thresholds() -> tuple[float, float]:
+    def __init__(self, ctx: Context, pts: list[tuple]):
+        self.ctx, self.pts, law = ctx, pts, ctx.law
+        index: dict = {}
+        self.fid = [index.setdefault((p.encoder, p.side, p.image_reduction, p.text_len, p.text_reduction,
+                                      p.finetune, c.samples), len(index)) for p, c in pts]
+        self.by_feat: dict[int, list[int]] = {}
+        for k, i in enumerate(self.fid):
+            self.by_feat.setdefault(i, []).append(k)
+        self.feats = [features(*self._first(i), ctx.dataset) for i in range(len(index))]
+        self.mean = law.mean(self.feats) + ctx.offset
+        self.bound = self._bounds()
+        self.scorer = _Scorer(ctx, self.feats)
+        self.order = sorted(range(len(self.feats)), key=lambda i: (-self.bound[i], self.by_feat[i][0]))
+        self.best: Optional[int] = None
+        self.groups: dict[tuple, int] = {}  # (encoder, side) -> its best point
+        self.inside: Optional[int] = None
+
+    def _first(self, i: int) -> tuple:
+        p, c = self.pts[self.by_feat[i][0]]
+        return p, c.samples
+
+    def _bounds(self) -> np.ndarray:
+        """Upper bound of each point's objective: no interval is narrower than the forms' residual spread."""
+        law, feats = self.ctx.law, self.feats
+        floor = law.z * law.sd_floor if self.ctx.objective == "low" else 0.0
+        bound = np.clip(self.mean - np.where([f.dataset in DATASETS for f in feats], floor, 0.0), 0.1, 100.0)
+        if self.ctx.objective == "low":  # priors (demo, custom) have intervals of their own: bound by them exactly
+            for i, f in enumerate(feats):
+                if f.dataset not in DATASETS:
+                    bound[i] = law.predict(f, self.ctx.offset).low
+        return bound
+
+    def rank(self, k: int) -> tuple:
+        """Larger is better: objective, then cheaper, then earlier point."""
+        return (self.scorer.objective(self.fid[k]), -self.pts[k][1].device_hours, -k)
+
+    def _better(self, k: int, than: Optional[int]) -> bool:
+        return than is None or self.rank(k) > self.rank(than)
+
+    def score(self, batch: list[int]) -> None:
+        self.scorer.run(batch)
+        for i in batch:
+            for k in self.by_feat[i]:
+                if self._better(k, self.best):
+                    self.best = k
+                g = (self.pts[k][0].encoder, self.pts[k][0].side)
+                if self._better(k, self.groups.get(g)):
+                    self.groups[g] = k
+                if not self.scorer.pred[i][3] and self._better(k, self.inside):
+                    self.inside = k
+
+    def thresholds(self) -> tuple[float, float]:
         """(objective the winner and runners-up must be certified at, the inside plan's)."""
-        if state["best"] is None:
+        if self.best is None:
             return -np.inf, -np.inf
-        best = scorer.objective(fid[state["best"]])
-        bg = (pts[state["best"]][0].encoder, pts[state["best"]][0].side)
-        others = sorted((scorer.objective(fid[k]) for g, k in state["groups"].items() if g != bg), reverse=True)
+        obj = self.scorer.objective
+        bg = (self.pts[self.best][0].encoder, self.pts[self.best][0].side)
+        others = sorted((obj(self.fid[k]) for g, k in self.groups.items() if g != bg), reverse=True)
         alt = others[N_ALTERNATIVES - 1] if len(others) >= N_ALTERNATIVES else -np.inf
-        inside = scorer.objective(fid[state["inside"]]) if state["inside"] is not None else -np.inf
-        return min(best, alt), inside
+        inside = obj(self.fid[self.inside]) if self.inside is not None else -np.inf
+        return min(obj(self.fid[self.best]), alt), inside
 
-    # Phase 1: the winner and the runners-up. Phase 2: the best plan inside the fitted data, among
-    # the points that could be inside (an encoder and sample count within the CLIPA runs').
-    pos = 0
-    while pos < len(order):
-        cut, _ = thresholds()
-        if bound[order[pos]] < cut - 1e-9:
-            break
-        batch = [i for i in order[pos:pos + CHUNK] if bound[i] >= cut - 1e-9]
-        scorer.run(batch)
-        for i in batch:
-            absorb(i)
-        pos += CHUNK
-    could = [i for i in order[pos:] if law.support.could_be_inside(feats[i])]
-    for k in range(0, len(could), CHUNK):
-        _, cut = thresholds()
-        batch = [i for i in could[k:k + CHUNK] if bound[i] >= cut - 1e-9]
-        if not batch:
-            break
-        scorer.run(batch)
-        for i in batch:
-            absorb(i)
+    def run(self) -> Result:
+        # Phase 1: the winner and the runners-up. Phase 2: the best plan inside the fitted data, among
+        # the points that could be inside (an encoder and sample count within the CLIPA runs').
+        order, bound, pos = self.order, self.bound, 0
+        while pos < len(order):
+            cut, _ = self.thresholds()
+            if bound[order[pos]] < cut - 1e-9:
+                break
+            self.score([i for i in order[pos:pos + CHUNK] if bound[i] >= cut - 1e-9])
+            pos += CHUNK
+        could = [i for i in order[pos:] if self.ctx.law.support.could_be_inside(self.feats[i])]
+        for k in range(0, len(could), CHUNK):
+            _, cut = self.thresholds()
+            batch = [i for i in could[k:k + CHUNK] if bound[i] >= cut - 1e-9]
+            if not batch:
+                break
+            self.score(batch)
+        best = self.make(self.best)
+        bg = (best.point.encoder, best.point.side)
+        alts = sorted((k for g, k in self.groups.items() if g != bg), key=self.rank, reverse=True)[:N_ALTERNATIVES]
+        return Result(best=best, best_inside=None if self.inside is None else self.make(self.inside),
+                      alternatives=[self.make(k) for k in alts],
+                      pareto=_front(self.ctx, self.pts, self.fid, self.feats, self.mean, self.scorer),
+                      n_evaluated=len(self.pts), n_predicted=len(self.scorer.pred))
 
-    def make(k: int) -> Plan:
-        p, c = pts[k]
-        top, low, high, notes = scorer.pred[fid[k]]
+    def make(self, k: int) -> Plan:
+        p, c = self.pts[k]
+        top, low, high, notes = self.scorer.pred[self.fid[k]]
         return Plan.of(p, c, top, low, high, notes)
-
-    best = make(state["best"])
-    bg = (best.point.encoder, best.point.side)
-    alts = sorted((k for g, k in state["groups"].items() if g != bg), key=rank, reverse=True)[:N_ALTERNATIVES]
-    return Result(best=best, best_inside=None if state["inside"] is None else make(state["inside"]),
-                  alternatives=[make(k) for k in alts], pareto=_front(ctx, pts, fid, feats, mean, scorer),
-                  n_evaluated=len(pts), n_predicted=len(scorer.pred))
 
 
 def _front(ctx: Context, pts, fid, feats, mean, scorer: _Scorer) -> list[Plan]:

@@ -20,6 +20,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import typer
@@ -97,6 +98,7 @@ def plan(
     given = {k for k in ctx.params if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
     # Piped output (logs, CI) is 100 columns wide: tables wider than that are printed on their side.
     console = Console() if sys.stdout.isatty() else Console(width=100)
+    a = SimpleNamespace(**ctx.params)  # the flags by name, for the mode functions below
     if fit_report:
         _only(given, _FIT_REPORT_OK, "to --fit-report")
         from clipa.planner.fit_report import show
@@ -109,72 +111,100 @@ def plan(
     if hw is not None and not hw.strip():
         raise UserError("--hw: empty; give a hardware name such as a100x8")
     from clipa.costmodels import calibration as calib_mod
-    from clipa.costmodels.predict import predict_recipe
-    from clipa.planner import present
 
     cal = calib_mod.load(calibration) if calibration else None
     if pilot:
-        _only(given, _PILOT_OK, "to --pilot")
-        from clipa.cli import plan_pilot
+        _pilot(console, a, given, cal)
+    elif predict is not None:
+        _predict(console, a, given, cal)
+    else:
+        _plan(ctx, console, a, given, cal)
 
-        for flag, v in (("--budget", budget), ("--device-hours", device_hours), ("--pilot-share", pilot_share)):
-            finite(flag, v)
-        if dataset not in recipe_mod.DATASETS:  # custom too: pilots are how your own data gets a law
-            raise UserError(f"--dataset: unknown dataset {dataset!r}; known: {', '.join(recipe_mod.DATASETS)}")
-        plan_pilot.run(console, target=target, dataset=dataset, hw=hw, budget=budget, device_hours=device_hours,
-                       share=pilot_share, prices=prices, cal=cal, out=out, as_json=as_json,
-                       plan_kwargs={"deadline_days": deadline, "objective": _objective(objective, risk), "pricing": pricing},
-                       with_data=lambda r: _with_data(r, train_data, train_samples, val, classnames, templates))
-        return
-    if predict is not None:
-        _only(given, _PREDICT_OK, "to --predict (it prices an existing recipe)")
-        rec = load_recipe(predict)
-        rec = rec.model_copy(update={"predictions": predict_recipe(rec, hw, prices, cal)})
-        if out is not None:  # the recipe with these predictions: clipa-run keeps them for the report
-            recipe_mod.dump(rec, out)
-        _emit(console, rec, str(predict), as_json, f"Predictions for {predict}")
-        return
 
-    if budget is None and device_hours is None:
+def _pilot(console: Console, a: SimpleNamespace, given: set, cal) -> None:
+    """--pilot: write the pilot suite of the target run."""
+    _only(given, _PILOT_OK, "to --pilot")
+    from clipa.cli import plan_pilot
+
+    for flag, v in (("--budget", a.budget), ("--device-hours", a.device_hours), ("--pilot-share", a.pilot_share)):
+        finite(flag, v)
+    if a.dataset not in recipe_mod.DATASETS:  # custom too: pilots are how your own data gets a law
+        raise UserError(f"--dataset: unknown dataset {a.dataset!r}; known: {', '.join(recipe_mod.DATASETS)}")
+    plan_pilot.run(console, target=a.target, dataset=a.dataset, hw=a.hw, budget=a.budget, device_hours=a.device_hours,
+                   share=a.pilot_share, prices=a.prices, cal=cal, out=a.out, as_json=a.as_json,
+                   plan_kwargs={"deadline_days": a.deadline, "objective": _objective(a.objective, a.risk),
+                                "pricing": a.pricing},
+                   with_data=lambda r: _with_data(r, a))
+
+
+def _predict(console: Console, a: SimpleNamespace, given: set, cal) -> None:
+    """--predict: price an existing recipe (and write it with its predictions with --out)."""
+    _only(given, _PREDICT_OK, "to --predict (it prices an existing recipe)")
+    from clipa.costmodels.predict import predict_recipe
+
+    rec = load_recipe(a.predict)
+    rec = rec.model_copy(update={"predictions": predict_recipe(rec, a.hw, a.prices, cal)})
+    if a.out is not None:  # the recipe with these predictions: clipa-run keeps them for the report
+        recipe_mod.dump(rec, a.out)
+    _emit(console, rec, str(a.predict), a.as_json, f"Predictions for {a.predict}")
+
+
+def _plan(ctx: typer.Context, console: Console, a: SimpleNamespace, given: set, cal) -> None:
+    """The plan for a budget on each --hw, the best one written as a recipe."""
+    if a.budget is None and a.device_hours is None:
         raise UserError("give a budget: --budget DOLLARS or --device-hours HOURS")
-    calibrated = cal is not None and dataset in cal.datasets and cal.datasets[dataset].law is not None
-    if dataset not in DATASETS and not calibrated:
-        raise UserError(f"--dataset: unknown dataset {dataset!r}; known: {', '.join(DATASETS)} (custom: with a "
+    calibrated = cal is not None and a.dataset in cal.datasets and cal.datasets[a.dataset].law is not None
+    if a.dataset not in DATASETS and not calibrated:
+        raise UserError(f"--dataset: unknown dataset {a.dataset!r}; known: {', '.join(DATASETS)} (custom: with a "
                         "--calibration fitted on pilots of it)")
-    for flag, v in (("--budget", budget), ("--device-hours", device_hours), ("--deadline", deadline)):
+    for flag, v in (("--budget", a.budget), ("--device-hours", a.device_hours), ("--deadline", a.deadline)):
         finite(flag, v)
     from clipa.planner import compare
 
     # Several --hw names (a,b,c): the best plan on each, side by side; the recipe is the pick's.
-    cmp = compare.plan_all(compare.hardware_list(hw), pricing=pricing, budget_usd=budget, device_hours=device_hours,
-                           dataset=dataset, deadline_days=deadline, objective=_objective(objective, risk), prices=prices,
-                           calibration=cal, name=name, quiet=as_json)
-    result = cmp.result
-    rec = _with_data(result.recipe, train_data, train_samples, val, classnames, templates)
+    cmp = compare.plan_all(compare.hardware_list(a.hw), pricing=a.pricing, budget_usd=a.budget,
+                           device_hours=a.device_hours, dataset=a.dataset, deadline_days=a.deadline,
+                           objective=_objective(a.objective, a.risk), prices=a.prices, calibration=cal, name=a.name,
+                           quiet=a.as_json)
+    rec = _with_data(cmp.result.recipe, a)
     rec = rec.model_copy(update={"provenance": recipe_mod.Provenance(
         command=_command_line(ctx, given), clipa_version=__version__,
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-        budget_usd=budget, device_hours=device_hours, hardware=hw or "a100x8")})
-    path = recipe_mod.dump(rec, out or DEFAULT_OUT, header=_todo(rec))
-    if as_json:
-        obj = recipe_mod.round_figures(present.prediction_json(rec, str(path)))  # as the recipe file has them
-        obj["alternatives"] = [present.plan_json(p) for p in result.search.alternatives]
-        obj["pareto"] = [present.plan_json(p) for p in result.search.pareto]
-        obj["notes"] = cmp.best.notes + _data_warnings(rec)
-        obj.update(present.plan_context_json(result))
-        if len(cmp.options) > 1:
-            obj["hardware_comparison"] = compare.json_rows(cmp)
-        print(json.dumps(obj, indent=2))
-        return
+        budget_usd=a.budget, device_hours=a.device_hours, hardware=a.hw or "a100x8")})
+    path = recipe_mod.dump(rec, a.out or DEFAULT_OUT, header=_todo(rec))
+    if a.as_json:
+        _plan_json(cmp, rec, path)
+    else:
+        _print_plan(console, a, cmp, rec, path)
+
+
+def _plan_json(cmp, rec: recipe_mod.Recipe, path: Path) -> None:
+    from clipa.planner import compare, present
+
+    result = cmp.result
+    obj = recipe_mod.round_figures(present.prediction_json(rec, str(path)))  # as the recipe file has them
+    obj["alternatives"] = [present.plan_json(p) for p in result.search.alternatives]
+    obj["pareto"] = [present.plan_json(p) for p in result.search.pareto]
+    obj["notes"] = cmp.best.notes + _data_warnings(rec)
+    obj.update(present.plan_context_json(result))
+    if len(cmp.options) > 1:
+        obj["hardware_comparison"] = compare.json_rows(cmp)
+    print(json.dumps(obj, indent=2))
+
+
+def _print_plan(console: Console, a: SimpleNamespace, cmp, rec: recipe_mod.Recipe, path: Path) -> None:
+    from clipa.planner import compare, present
+
+    result = cmp.result
     present.print_tables(console, present.stage_table(rec, f"Best plan: {rec.name}"))
-    present.print_plan_context(console, result, budget, device_hours)
+    present.print_plan_context(console, result, a.budget, a.device_hours)
     present.print_tables(
         console,
         present.plans_table(result.search.alternatives, "Top alternatives"),
         present.plans_table(present.thin(result.search.pareto, 12), "Accuracy/cost Pareto front (sampled)"),
     )
     if len(cmp.options) > 1:
-        present.print_tables(console, compare.table(cmp, f"Best plan per hardware ({pricing} prices)"))
+        present.print_tables(console, compare.table(cmp, f"Best plan per hardware ({a.pricing} prices)"))
     for note in cmp.best.notes:
         console.print(note, soft_wrap=True, highlight=False)
     for warning in _data_warnings(rec):
@@ -200,8 +230,9 @@ def _only(given: set, allowed: set, mode: str) -> None:
         not_with("--" + extra[0].replace("_", "-").replace("as-json", "json"), True, mode)
 
 
-def _with_data(rec, train, train_samples, val, classnames, templates):
+def _with_data(rec, a: SimpleNamespace):
     """The dataset paths the user gave, checked now (one line naming the flag) rather than at launch."""
+    train, train_samples, val, classnames, templates = a.train_data, a.train_samples, a.val, a.classnames, a.templates
     for flag, path in (("--val", val), ("--classnames", classnames), ("--templates", templates)):
         if path is not None and not Path(path).exists():
             raise UserError(f"{flag}: {path} not found")
