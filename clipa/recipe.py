@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import (AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+from pydantic import (AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator,
                       model_validator)
 
 from clipa import encoders, fs, reductions

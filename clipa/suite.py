@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from clipa.errors import UserError
+from clipa import fs
+from clipa.errors import UserError, load_yaml, validate
 
 
 class _Strict(BaseModel):
@@ -54,16 +55,7 @@ def is_suite(path: Path) -> bool:
 
 def load(path: str | Path) -> Suite:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-        suite = Suite.model_validate(data if isinstance(data, dict) else {})
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: not a valid suite file ({str(e).splitlines()[0]})") from None
-    except ValidationError as e:
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: not found or not a YAML mapping (a suite from clipa-plan --pilot)") from None
-        first = e.errors()[0]
-        raise UserError(f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    suite = validate(Suite, load_yaml(path, "suite file (from clipa-plan --pilot)"), str(path), "suite file")
     for p in suite.pilots:
         if not (path.parent / p.recipe).is_file():
             raise UserError(f"{path}: pilots[{p.name}].recipe: {path.parent / p.recipe} not found")
@@ -71,12 +63,6 @@ def load(path: str | Path) -> Suite:
 
 
 def dump(suite: Suite, path: str | Path, header: str = "") -> Path:
-    """Write atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     comment = "".join(f"# {line}\n" for line in header.splitlines())
-    tmp.write_text(comment + yaml.safe_dump(suite.model_dump(mode="json", exclude_none=True), sort_keys=False),
-                   encoding="utf-8")
-    tmp.replace(path)
-    return path
+    fs.write_atomic(path, comment + yaml.safe_dump(suite.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    return Path(path)
