@@ -66,7 +66,7 @@ def _logn(enc: str) -> float:
 
 
 def _encs(names) -> str:
-    return " and ".join(sorted(set(names), key=_logn))
+    return " and ".join(sorted(set(names), key=lambda n: (_logn(n), n)))  # name breaks ties: set order is per-process
 
 
 def _same_ft(a, b) -> bool:
