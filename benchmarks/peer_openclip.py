@@ -147,6 +147,14 @@ def run_openclip(cfg: Path, paths: dict, samples: int, seed: int, logs: Path, na
             "threads": threads if threads is not None else f"{os.cpu_count()} (torch default)"}
 
 
+def samples_for_wall(wall_s: float, run: dict) -> int:
+    """OpenCLIP samples that take ``wall_s`` end to end, from an earlier OpenCLIP ``run``: its start-up
+    (wall minus samples at its steady rate) plus samples at that rate. An end-to-end rate alone would
+    charge a short run's start-up to every sample (a 256-sample probe sized seed 0 to 86 s for 257 s)."""
+    startup = max(0.0, run["wall_s"] - run["samples"] / run["steady"])
+    return max(4 * BATCH, int((wall_s - startup) * run["steady"]) // BATCH * BATCH)
+
+
 def top1(model, paths: dict, image_size: int, text_len: int) -> float:
     """The one evaluator: clipa's zero-shot protocol on an OpenCLIP model."""
     import numpy as np
@@ -222,9 +230,9 @@ def main(argv=None) -> int:
         print(f"ratio clipa / OpenCLIP: end to end {c['e2e'] / o['e2e']:.2f}x, steady {c['steady'] / o['steady']:.2f}x")
         print(f"ratio clipa / OpenCLIP at clipa's threads: end to end {c['e2e'] / om['e2e']:.2f}x, "
               f"steady {c['steady'] / om['steady']:.2f}x", flush=True)
-        oc_rate = om["e2e"]
+        oc_last = om
     else:
-        oc_rate = None
+        oc_last = None
 
     if not a.skip_accuracy:
         rows = []
@@ -232,12 +240,11 @@ def main(argv=None) -> int:
             rec = demo_recipe(paths, seed, scale)
             c = run_clipa(rec, work / "runs" / f"demo-{seed}")
             threads = c["threads"] or 1
-            if oc_rate is None:     # a first OpenCLIP run to measure its rate
-                probe = run_openclip(cfg, paths, 8 * BATCH, seed, work / "oc", "probe", threads=threads)
-                oc_rate = probe["e2e"]
-            n = max(4 * BATCH, int(c["wall_s"] * oc_rate) // BATCH * BATCH)
+            if oc_last is None:     # a first OpenCLIP run to measure its start-up and rate
+                oc_last = run_openclip(cfg, paths, 64 * BATCH, seed, work / "oc", "probe", threads=threads)
+            n = samples_for_wall(c["wall_s"], oc_last)
             o = run_openclip(cfg, paths, n, seed, work / "oc", f"wall-{seed}", threads=threads)
-            oc_rate = o["e2e"]       # the next seed is sized from the latest measurement
+            oc_last = o              # the next seed is sized from the latest measurement
             last = rec["stages"][-1]
             t_c = top1(openclip_model_of_clipa(work / "runs" / f"demo-{seed}"), paths, last["image_size"],
                        last["text_len"])
