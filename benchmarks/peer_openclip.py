@@ -151,6 +151,8 @@ def samples_for_wall(wall_s: float, run: dict) -> int:
     """OpenCLIP samples that take ``wall_s`` end to end, from an earlier OpenCLIP ``run``: its start-up
     (wall minus samples at its steady rate) plus samples at that rate. An end-to-end rate alone would
     charge a short run's start-up to every sample (a 256-sample probe sized seed 0 to 86 s for 257 s)."""
+    if not run["steady"] > 0:  # a run too short to log a rate: its end-to-end rate, start-up included
+        return max(4 * BATCH, int(wall_s * run["e2e"]) // BATCH * BATCH)
     startup = max(0.0, run["wall_s"] - run["samples"] / run["steady"])
     return max(4 * BATCH, int((wall_s - startup) * run["steady"]) // BATCH * BATCH)
 
