@@ -221,8 +221,8 @@ class _Run:
         batches = pipeline.train_batches(self.dataset, st, self.recipe.encoder.spec,
                                          batch_size=st.global_batch // tr.world, rank=tr.rank, world_size=tr.world,
                                          seed=cfg.seed, start_sample=pos.samples_drawn, stats=self.stats)
-        ckpt_every = rs.every(cfg.checkpoint_every_samples, st.global_batch)
-        eval_every = rs.every(cfg.eval_every_samples, st.global_batch)
+        ckpt_every = st.every(cfg.checkpoint_every_samples)
+        eval_every = st.every(cfg.eval_every_samples)
         win = _Window()
         with rs.progress_bar(tr.is_main, self.console) as bar:
             task = bar.add_task(st.name, total=st.steps, completed=pos.step, info="")

@@ -110,11 +110,6 @@ def stage_record(st: Stage, top1: Optional[float], wall: float, n_devices: int, 
                 samples_per_s=sps, mfu=mfu(st, sps))
 
 
-def every(samples: Optional[int], global_batch: int) -> int:
-    """An interval in samples -> optimizer steps (at least 1); 0 when ``samples`` is unset."""
-    return max(1, round(samples / global_batch)) if samples else 0
-
-
 def merge_counts(a: dict, b: dict) -> dict:
     """Two name -> count dicts summed."""
     out = dict(a)

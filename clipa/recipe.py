@@ -144,6 +144,16 @@ class Stage(_Strict):
     def steps(self) -> int:
         return math.ceil(self.samples / self.global_batch)
 
+    def every(self, samples: Optional[int]) -> int:
+        """An interval in samples -> optimizer steps (at least 1); 0 when ``samples`` is unset."""
+        return max(1, round(samples / self.global_batch)) if samples else 0
+
+    def evaluations(self, eval_every_samples: Optional[int]) -> int:
+        """Zero-shot evaluations the training loop runs in this stage: one at its end, plus one every
+        ``eval_every_samples`` before it (backends/loop.py)."""
+        every = self.every(eval_every_samples)
+        return 1 + ((self.steps - 1) // every if every else 0)
+
     @property
     def warmup_steps(self) -> int:
         """Warmup in optimizer steps: warmup samples / global batch, rounded (Python's round), at most

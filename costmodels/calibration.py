@@ -5,15 +5,21 @@ when the path ends in ``.json``), loaded with ``yaml.safe_load`` and validated (
 
 Per hardware name, the wall time of a stage of ``samples`` samples is modelled as
 
-    wall_s = samples * (flops_s_per_sample(u) + overhead_s_per_sample) + fixed_s_per_stage
+    wall_s = samples * (flops_s_per_sample(u) + overhead_s_per_sample)
+             + evaluations * eval_s_per_gflop * image_forward_gflop + fixed_s_per_stage
 
 - ``u`` (``utilisation``): the fraction of the hardware's peak FLOP/s the training step reaches on
   the FLOPs model's count; it replaces the throughput model's default (``throughput.stage_time``).
 - ``overhead_s_per_sample``: machine-seconds per sample that do not scale with model FLOPs (data
   decoding, augmentation, tokenisation, host-side Python). On accelerators fed by async loaders it
   is small; on CPU for tiny models it dominates, which is why it is a separate term.
-- ``fixed_s_per_stage``: seconds per stage outside the steady-state loop (warm-up, evaluation,
-  checkpointing).
+- ``eval_s_per_gflop``: seconds of one zero-shot evaluation per GFLOP of one image's forward pass at
+  the stage's resolution. An evaluation encodes the whole eval set at that resolution, so its time
+  follows the image tower's FLOPs (measured on the demo: 1.4 s at 32 px, 7.0 s at 80 px), not a
+  constant; the size of the calibration runs' eval set is folded in, so it holds for recipes that
+  evaluate on the same set.
+- ``fixed_s_per_stage``: seconds per stage outside the steady-state loop and the evaluations
+  (warm-up, checkpointing, the stage's start).
 
 Per dataset, ``offset`` is added (percentage points) to the accuracy law's zero-shot top-1, unless
 the dataset has a fitted ``law`` (``costmodels/dataset_law.py``, from pilot runs): then that law
@@ -43,7 +49,10 @@ class _Strict(BaseModel):
 class HardwareCalibration(_Strict):
     utilisation: float = Field(gt=0, le=1, description="achieved fraction of peak FLOP/s on the FLOPs model")
     overhead_s_per_sample: float = Field(0.0, ge=0, description="machine-seconds per sample not explained by FLOPs")
-    fixed_s_per_stage: float = Field(0.0, ge=0, description="seconds per stage outside the steady-state loop")
+    eval_s_per_gflop: float = Field(0.0, ge=0, description="seconds of one evaluation per GFLOP of one image's "
+                                    "forward pass at the stage's resolution (the calibration runs' eval set)")
+    fixed_s_per_stage: float = Field(0.0, ge=0, description="seconds per stage outside the steady-state loop "
+                                     "and the evaluations")
     points: int = Field(ge=1, description="(configuration, throughput) points the fit used")
     rel_rmse: float = Field(ge=0, description="relative RMS error of the fit on its own points")
     runs: list[str] = Field(default_factory=list, description="run directories it was fitted on")
@@ -86,6 +95,10 @@ class Calibration(_Strict):
     def overhead_s_per_sample(self, hw_name: str) -> float:
         h = self.hardware.get(hw_name)
         return h.overhead_s_per_sample if h else 0.0
+
+    def eval_s_per_gflop(self, hw_name: str) -> float:
+        h = self.hardware.get(hw_name)
+        return h.eval_s_per_gflop if h else 0.0
 
     def fixed_s_per_stage(self, hw_name: str) -> float:
         h = self.hardware.get(hw_name)

@@ -46,6 +46,12 @@ def vision_forward_flops(enc: Encoder, image_tokens: int, patch_tokens: Optional
     return patch + _blocks_flops(image_tokens, v.width, v.depth, v.mlp_dim) + head
 
 
+def eval_image_flops(enc: Encoder, image_size: int) -> float:
+    """Forward FLOPs of one image in a zero-shot evaluation at ``image_size`` px: every patch token, no
+    mask (the evaluation sees whole images, backends/*/evaluate.py)."""
+    return vision_forward_flops(enc, enc.vision.tokens(image_size))
+
+
 def text_forward_flops(enc: Encoder, text_len: int) -> float:
     """Forward FLOPs of the text tower for one caption of ``text_len`` tokens (incl. start/end).
 

@@ -10,7 +10,7 @@ from clipa import recipe as recipe_mod, rundir
 from clipa.backends import runstate as rs
 from clipa.costmodels import hardware
 from clipa.errors import UserError
-from clipa.recipe import HardwareSpec
+from clipa.recipe import HardwareSpec, Stage
 
 
 def _recipe(name, usd_per_hour=None, pricing="on-demand"):
@@ -79,7 +79,10 @@ def test_progress_round_trips_through_a_checkpoints_json_and_keeps_its_field_nam
 
 
 def test_intervals_and_counts():
-    assert rs.every(None, 8) == 0 and rs.every(3, 8) == 1 and rs.every(100, 8) == 12
+    st = Stage(name="s", samples=100, global_batch=8, image_size=32, text_len=8, optimizer={"lr": 1e-3})
+    assert st.every(None) == 0 and st.every(3) == 1 and st.every(100) == 12
+    # 13 steps: the end-of-stage evaluation, plus one every 4 steps before the last (steps 4, 8, 12)
+    assert st.evaluations(None) == 1 and st.evaluations(32) == 4 and st.evaluations(104) == 1
     assert rs.merge_counts({"a": 1}, {"a": 2, "b": 1}) == {"a": 3, "b": 1}
 
 

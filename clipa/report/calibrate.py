@@ -14,7 +14,11 @@ warm-up, and any interval with an evaluation in it; the median interval, robust 
 separate ``u`` from ``c``; a single configuration cannot, and then everything is put on the FLOPs
 term (c = 0) and the file says so. What the loop does not explain (warm-up, evaluation,
 checkpointing, start-up) becomes ``fixed_s_per_stage``: (run wall time - modelled loop time) /
-stages, averaged over runs.
+stages, averaged over runs. Evaluations are the exception: each is timed in the metrics (from the
+training line at its step to its own line) and fitted as ``eval_s_per_gflop``, seconds per GFLOP of
+one image's forward pass at the stage's resolution, because an evaluation encodes the whole eval set
+at that resolution (demo: 1.4 s at 32 px, 7.0 s at 80 px) and a constant would carry the
+calibration's resolutions to a recipe at others.
 
 Why a per-sample term at all: for tiny models on CPU, data loading and augmentation cost about as
 much per sample as the matmuls, so a FLOPs-only model fitted on one resolution mispredicts another.
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from clipa import rundir
-from clipa.costmodels import calibration as cal_mod
+from clipa.costmodels import calibration as cal_mod, flops
 from clipa.errors import UserError
 from clipa.report.load import Run
 
@@ -116,19 +120,40 @@ def fit_throughput(pts: Sequence[Point]) -> tuple[float, float, float, Optional[
     return u, c, math.sqrt(err / len(pts)), note
 
 
-def fixed_seconds(runs: Sequence[Run], u: float, c: float, hw) -> float:
-    """Mean over finished runs of (wall time - modelled loop time) / stages, at least 0."""
+def eval_points(run: Run) -> list[tuple[float, float]]:
+    """(GFLOPs of one image's evaluation forward pass, measured seconds) per evaluation: the time from
+    the training line logged at the evaluation's step to the evaluation's line (the loop writes the
+    one, evaluates, then writes the other)."""
+    enc = run.recipe.encoder.spec
+    out = []
+    for st in run.recipe.stages:
+        train_at = {m.step: m.time_s for m in run.stage_lines(st.name)}
+        for e in run.stage_lines(st.name, "eval"):
+            if e.step in train_at and e.time_s > train_at[e.step]:
+                out.append((flops.eval_image_flops(enc, st.image_size) / 1e9, e.time_s - train_at[e.step]))
+    return out
+
+
+def fit_eval(pts: Sequence[tuple[float, float]]) -> float:
+    """argmin over e >= 0 of sum((e * g / d - 1)^2): seconds of one evaluation per image-forward GFLOP."""
+    den = sum((g / d) ** 2 for g, d in pts)
+    return sum(g / d for g, d in pts) / den if den > 0 else 0.0
+
+
+def fixed_seconds(runs: Sequence[Run], u: float, c: float, e: float, hw) -> float:
+    """Mean over finished runs of (wall time - modelled loop and evaluation time) / stages, at least 0."""
     vals = []
     for r in runs:
         if not r.achieved:
             continue
         done = {s.name for s in r.achieved.stages}
-        loop = 0.0
+        modelled = 0.0
         for st in r.recipe.stages:
             if st.name in done:
                 t1, d = model_seconds_per_sample(r, st, hw)
-                loop += st.samples * (max(t1 / u, d) + c)
-        vals.append((r.achieved.wall_seconds - loop) / max(1, len(r.achieved.stages)))
+                modelled += st.samples * (max(t1 / u, d) + c)
+        modelled += e * sum(g for g, _ in eval_points(r))
+        vals.append((r.achieved.wall_seconds - modelled) / max(1, len(r.achieved.stages)))
     return max(0.0, sum(vals) / len(vals)) if vals else 0.0
 
 
@@ -158,8 +183,9 @@ def calibrate(runs: Sequence[Run], base: Optional[cal_mod.Calibration] = None) -
         hw = hardware.get(hw_name)
         pts = [p for r in rs for p in points(r, hw)]
         u, c, rel, note = fit_throughput(pts)
+        e = fit_eval([p for r in rs for p in eval_points(r)])
         cal.hardware[hw_name] = cal_mod.HardwareCalibration(
-            utilisation=u, overhead_s_per_sample=c, fixed_s_per_stage=fixed_seconds(rs, u, c, hw),
+            utilisation=u, overhead_s_per_sample=c, eval_s_per_gflop=e, fixed_s_per_stage=fixed_seconds(rs, u, c, e, hw),
             points=len(pts), rel_rmse=rel, runs=[str(r.path) for r in rs], note=note)
     by_ds: dict[str, list[tuple[Run, float]]] = {}
     for r in finished:
