@@ -70,12 +70,10 @@ def model_seconds_per_sample(run: Run, stage, hw) -> tuple[float, float]:
     """(compute seconds per sample at 100% of peak, data-bound seconds per sample), whole machine."""
     from clipa.costmodels import throughput
 
-    enc = run.recipe.encoder.spec
-    # The same FLOPs predict_recipe counts (patch embedding on every patch, masked or not), so the
-    # fitted utilisation means the same thing in the fit and in the prediction.
-    st = throughput.stage_time(enc, stage.image_tokens(enc), stage.text_len, 1.0, hw, image_size=stage.image_size,
-                               grad_checkpointing=run.recipe.train.grad_checkpointing, utilisation=1.0,
-                               patch_tokens=enc.vision.tokens(stage.image_size))
+    # The FLOPs predict.stage_rate counts, through the same function, so the fitted utilisation means
+    # the same thing in the fit and in the prediction.
+    fps = flops.stage_train_flops(run.recipe.encoder.spec, stage, recompute=run.recipe.train.grad_checkpointing)
+    st = throughput.time_of(fps, 1.0, hw, image_size=stage.image_size, utilisation=1.0)
     return 1.0 / st.compute_samples_per_s, 1.0 / st.data_samples_per_s
 
 
