@@ -272,7 +272,7 @@ class _Run:
                         weights_meta(self.recipe, self.recipe.stages[-1]))
         achieved = rs.achieved(self.recipe, backend=self.tr.backend, device=self.tr.device_name,
                                n_devices=self.tr.n_devices, prog=self.pos, wall=self.elapsed(), skipped=skipped,
-                               reasons=reasons, dataset=self.dataset)
+                               reasons=reasons, dataset=self.dataset, zs=self.zs)
         rundir.write_achieved(self.run_dir, achieved)
         self.log.say(f"finished: {self.run_dir}/{rundir.ACHIEVED} ({achieved.summary()})")
         self.log.versus_prediction(achieved, self.run_dir)

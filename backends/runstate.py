@@ -84,8 +84,9 @@ def mfu_fn(recipe: Recipe, n_devices: int) -> MfuFn:
 
 
 def achieved(recipe: Recipe, *, backend: str, device: str, n_devices: int, prog: RunProgress, wall: float,
-             skipped: int, reasons: dict, dataset: DatasetSpec) -> rundir.Achieved:
-    """The run's achieved.json: ``wall`` seconds over all processes of the run on ``n_devices`` devices."""
+             skipped: int, reasons: dict, dataset: DatasetSpec, zs=None) -> rundir.Achieved:
+    """The run's achieved.json: ``wall`` seconds over all processes of the run on ``n_devices`` devices;
+    ``zs``: the zero-shot set it was evaluated on (data.zeroshot.ZeroShotSet), None if none."""
     hw = hardware.get(recipe.hardware.name, pricing=recipe.hardware.pricing)
     usd_per_hour = recipe.hardware.usd_per_hour  # the recipe's own price wins over the cost models'
     if usd_per_hour is None:
@@ -96,6 +97,7 @@ def achieved(recipe: Recipe, *, backend: str, device: str, n_devices: int, prog:
     return rundir.Achieved(
         backend=backend, device=device, hardware=recipe.hardware.name, n_devices=n_devices,
         eval_set="demo-heldout" if recipe.dataset.name == "demo" else Path(dataset.val or "none").name,
+        eval_classes=len(zs.classnames) if zs else None, eval_images=zs.n_images if zs else None,
         top1=prog.history[-1]["top1"] if prog.history else None, wall_seconds=wall,
         device_hours=wall * n_devices / 3600, cost_usd=cost, usd_per_hour=usd_per_hour, skipped_samples=skipped,
         skipped_reasons=reasons, stages=[rundir.StageAchieved(**h) for h in prog.history],

@@ -61,6 +61,10 @@ class Achieved(BaseModel):
     hardware: str  # the recipe's hardware name
     n_devices: int
     eval_set: str  # "demo-heldout", "imagenet-val", ...
+    # The evaluation set's size, so that the run directory alone says what chance is (a calibration read
+    # from another directory, or after the data moved, cannot read the recipe's relative paths).
+    eval_classes: Optional[int] = None
+    eval_images: Optional[int] = None
     top1: Optional[float]  # final zero-shot top-1, percent
     wall_seconds: float
     device_hours: float

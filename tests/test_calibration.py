@@ -3,6 +3,8 @@
 The run directories here are written by the test with timings generated from a chosen utilisation
 and overhead, so the fit must recover them; the slow test in test_calibration_e2e.py trains for real.
 """
+import json
+
 import pytest
 import yaml
 from report_rundirs import demo_recipe, write_run
@@ -128,6 +130,21 @@ def test_calibrate_then_predict_another_recipe(tmp_path):
     assert pred.wall_hours * 3600 == pytest.approx(b.achieved.wall_seconds, rel=0.02)
     # one run, one parameter (the exponent is the published law's): the same samples, the run's own top-1
     assert pred.predicted_top1 == pytest.approx(30.0, abs=1e-3)
+
+
+def test_a_run_whose_evaluation_set_is_unknown_is_refused_not_read_as_imagenet(tmp_path, capsys):
+    """Chance sets the dataset law's floor: read as ImageNet's 0.1% instead of the demo's 10%, the demo's
+    pilots predicted 33.6% [13.8, 61.7] instead of 44.8% [15.9, 86.6] (the run achieved 83.1%). A run
+    that records neither its classes (achieved.json, older runs) nor readable paths is refused."""
+    a = _timed_run(tmp_path / "a", demo_recipe("a"), 0.02, 0.004, 5.0, top1=30.0)
+    ach = json.loads((a / rundir.ACHIEVED).read_text())
+    assert ach["eval_classes"] == 10
+    del ach["eval_classes"], ach["eval_images"]
+    (a / rundir.ACHIEVED).write_text(json.dumps(ach))
+    assert run_app(app, [str(a), "--no-plots", "--calibrate", "--calibration-out", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "evaluation set" in err and str(a) in err
+    assert not (tmp_path / "c.yaml").exists()
 
 
 def test_cli_writes_a_file_the_planner_can_load(tmp_path, capsys):

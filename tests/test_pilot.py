@@ -94,6 +94,24 @@ def test_pilots_identify_encoder_size_when_they_differ():
     assert law.predict(_feats(9000, "test"))[0] < law.predict(_feats(9000, "demo"))[0]
 
 
+def test_pilots_whose_fine_tune_lost_flag_a_longer_one():
+    """The demo's pilots: the fine-tune lowered every pilot's top-1 (21.1 -> 19.15, 20.5 -> 16.5,
+    17.85 -> 15.85%), while the full run's gained 17.5 points; the law cannot see that coming."""
+    pilots = [(2912, 21.1, 19.15), (2176, 20.5, 16.5), (1472, 17.85, 15.85)]
+    obs = [dl.Observation(f"r{i}", _feats(s), final, 2000, pre) for i, (s, pre, final) in enumerate(pilots)]
+    law = dl.fit(obs, chance=10.0, rho=RHO, k_prior=0.41)
+    assert [p.finetune_gain for p in law.points] == pytest.approx([-1.95, -4.0, -2.0])
+    assert law.points[0].finetune_samples == 728  # _feats: a fine-tune of a quarter of the samples
+    note = [n for n in law.notes(_feats(32768)) if n.startswith("fine-tune")]
+    assert note == ["fine-tune of 8,192 samples: every pilot's fine-tune (at most 728) lowered its top-1 "
+                    "(-4.0 to -2.0 points): what a fine-tune 11.3x longer gains is not identified"]
+    # no note within the pilots' fine-tune lengths, nor when a pilot's fine-tune gained
+    assert not [n for n in law.notes(_feats(2912)) if n.startswith("fine-tune")]
+    gained = dl.fit(obs[:2] + [dl.Observation("r2", _feats(1472), 15.85, 2000, 14.0)], chance=10.0, rho=RHO,
+                    k_prior=0.41)
+    assert not [n for n in gained.notes(_feats(32768)) if n.startswith("fine-tune")]
+
+
 def _calibration(tmp_path, law: dl.DatasetLaw):
     cal = cal_mod.Calibration(datasets={"demo": cal_mod.DatasetCalibration(offset=50.0, runs=["r"], law=law)})
     return cal_mod.save(cal, tmp_path / "cal.yaml")

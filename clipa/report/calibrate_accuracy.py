@@ -3,7 +3,8 @@
 Each finished run with a final zero-shot top-1 is one observation: its recipe's features (samples,
 fine-tune, encoder, tokens) and that top-1, the stable figure (the demo's pre-training top-1 moves by
 15 points with the seed, its final top-1 by 1.9: recipes/demo.yaml). Chance and the binomial floor
-of the residual variance come from the run's own evaluation set (classnames and val images).
+of the residual variance come from the run's own evaluation set (its classes and images, recorded in
+achieved.json).
 """
 from __future__ import annotations
 
@@ -12,37 +13,58 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from clipa.costmodels import dataset_law
+from clipa.errors import UserError
 from clipa.report.load import Run
 
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp")
 
 
-def _eval_set(run: Run) -> tuple[Optional[int], int]:
-    """(classes, images) of the run's zero-shot evaluation set as the run resolved it (None, 0: unknown)."""
+def _eval_set(run: Run) -> tuple[int, int]:
+    """(classes, images) of the run's zero-shot evaluation set: as achieved.json records them, else (runs
+    finished before it did) read from the recipe's paths; UserError when neither says, because chance
+    moves the whole law (the demo's pilots: 44.8% [15.9, 86.6] with chance 10%, 33.6% [13.8, 61.7]
+    with ImageNet's 0.1%)."""
+    a = run.achieved
+    if a.eval_classes:
+        return a.eval_classes, a.eval_images or 0
     ds = run.recipe.dataset
-    classes = None
+    classes = 0
     if ds.classnames and Path(ds.classnames).is_file():
-        classes = sum(1 for line in Path(ds.classnames).read_text().splitlines() if line.strip()) or None
-    images = 0
-    if ds.val and Path(ds.val).is_dir():
-        images = sum(1 for p in Path(ds.val).rglob("*") if p.suffix.lower() in IMAGE_EXT)
+        classes = sum(1 for line in Path(ds.classnames).read_text().splitlines() if line.strip())
+    elif ds.val and Path(ds.val).is_dir():
+        classes = sum(1 for p in Path(ds.val).iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"{run.path}: its evaluation set ({ds.classnames or ds.val or 'none recorded'}) cannot be "
+                        "read from here and achieved.json does not record its classes; run clipa-report from "
+                        "the directory the run was launched in")
+    images = sum(1 for p in Path(ds.val).rglob("*") if p.suffix.lower() in IMAGE_EXT) if ds.val else 0
     return classes, images
 
 
-def observations(runs: Sequence[Run]) -> tuple[list[dataset_law.Observation], Optional[int]]:
-    """The runs' observations and the number of classes of their evaluation set (None: unknown)."""
+def _pretrain_top1(run: Run, f) -> Optional[float]:
+    """The top-1 after the last pre-training stage (before the fine-tune), None without a fine-tune."""
+    n_pre = len(run.recipe.stages) - len(f.finetune)
+    stages = run.achieved.stages
+    return stages[n_pre - 1].top1 if f.finetune and 0 < n_pre <= len(stages) else None
+
+
+def observations(runs: Sequence[Run]) -> tuple[list[dataset_law.Observation], int]:
+    """The runs' observations and the number of classes of their evaluation set (0: no observation);
+    UserError when the runs were evaluated on sets of different classes (one law, one chance level)."""
     from clipa.costmodels import accuracy_law
 
-    obs, classes = [], set()
+    obs, classes = [], {}
     for r in runs:
         if not r.finished or r.achieved.top1 is None:
             continue
         c, n = _eval_set(r)
-        classes.add(c)
-        obs.append(dataset_law.Observation(str(r.path), accuracy_law.features_from_recipe(r.recipe),
-                                           float(r.achieved.top1), n))
-    known = {c for c in classes if c}
-    return obs, (known.pop() if len(known) == 1 else None)
+        classes.setdefault(c, r.path)
+        f = accuracy_law.features_from_recipe(r.recipe)
+        obs.append(dataset_law.Observation(str(r.path), f, float(r.achieved.top1), n, _pretrain_top1(r, f)))
+    if len(classes) > 1:
+        raise UserError("runs evaluated on different sets (" + ", ".join(f"{p}: {c} classes" for c, p in
+                        classes.items()) + "): one dataset law needs one evaluation set")
+    return obs, next(iter(classes), 0)
 
 
 def fit(runs: Sequence[Run]) -> Optional[dataset_law.DatasetLaw]:
@@ -52,8 +74,7 @@ def fit(runs: Sequence[Run]) -> Optional[dataset_law.DatasetLaw]:
     obs, classes = observations(runs)
     if not obs:
         return None
-    # ImageNet-1k's chance when the evaluation set cannot be read (a user's val folder moved).
-    chance = 100.0 / classes if classes else accuracy_law.IN1K_CHANCE
+    chance = 100.0 / classes
     heavy = max(accuracy_law.default().components, key=lambda c: c.weight).params
     return dataset_law.fit(obs, chance=chance, rho=math.exp(heavy["lnrho"]), k_prior=heavy["beta"])
 
@@ -76,5 +97,6 @@ def describe(name: str, law: dataset_law.DatasetLaw) -> list[str]:
     lines.append(f"  residual sd {law.sigma:.2f} points" + (f"; {law.note}" if law.note else ""))
     for p in law.points:
         lines.append(f"  {Path(p.run).name}: {p.samples_eff:,.0f} effective samples, achieved {p.achieved:.2f}%, "
-                     f"fitted {p.fitted:.2f}%")
+                     f"fitted {p.fitted:.2f}%" + ("" if p.finetune_gain is None else
+                                                 f", its fine-tune {p.finetune_gain:+.2f} points"))
     return lines
