@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipa import fs
 from clipa import recipe as recipe_mod
 from clipa import rundir
 from clipa.errors import UserError
@@ -45,20 +46,22 @@ _BLOCK = {"norm1": "ln_1", "attn.qkv.weight": "attn.in_proj_weight", "attn.qkv.b
           "attn.proj": "attn.out_proj", "norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
 
 
-def export(run_dir: Path, out_dir: Path) -> Path:
-    """Write OUT_DIR/open_clip_config.json and open_clip_model.safetensors from RUN_DIR's final weights."""
-    from safetensors import safe_open
-    from safetensors.numpy import save_file
+def export(run_dir, out_dir: Path) -> Path:
+    """Write OUT_DIR/open_clip_config.json and open_clip_model.safetensors from RUN_DIR's final weights.
+    RUN_DIR may be a URL (a TPU pod's gs:// run directory, clipa/fs.py); OUT_DIR is local (OpenCLIP's
+    ``local-dir:`` loads from there)."""
+    from safetensors.numpy import load, save_file
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if fs.is_url(str(out_dir)):
+        raise UserError(f"{out_dir}: the export folder must be local (OpenCLIP loads it with local-dir:)")
+    run_dir, out_dir = fs.path(run_dir), Path(out_dir)
     if not (run_dir / rundir.RECIPE).is_file():
         raise UserError(f"{run_dir}: no {rundir.RECIPE}: not a clipa run directory")
     recipe = recipe_mod.load(run_dir / rundir.RECIPE)
     final = run_dir / rundir.CHECKPOINTS / FINAL
     if not final.is_file():
         raise UserError(f"{run_dir}: no {rundir.CHECKPOINTS}/{FINAL}: the run has not finished (clipa-run it again)")
-    with safe_open(str(final), framework="numpy") as f:
-        weights = {k: f.get_tensor(k) for k in f.keys()}
+    weights = load(final.read_bytes())
     cfg = config(recipe)
     state = _fit(convert(weights), cfg)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -125,6 +125,19 @@ def test_openclip_zero_shot_equals_clipa_in_a_process_without_clipa(trained):
     assert got["top1"] == pytest.approx(rundir.read_achieved(run_dir).top1, abs=1e-9)
 
 
+def test_export_from_a_url_run_directory_equals_the_local_export(trained, tmp_path):
+    """A TPU pod's run directory is a gs:// URL; file:// goes through the same fsspec layer (clipa/fs.py)."""
+    run_dir, local = trained
+    res = _export(f"file://{run_dir}", tmp_path / "from-url")
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = load_file(str(local / "open_clip_model.safetensors")), load_file(str(tmp_path / "from-url" /
+                                                                                "open_clip_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cfg = json.loads((tmp_path / "from-url" / "open_clip_config.json").read_text())
+    assert cfg["clipa"]["run_dir"] == f"file://{run_dir}"
+    assert cfg["model_cfg"] == json.loads((local / "open_clip_config.json").read_text())["model_cfg"]
+
+
 def _untrained_run(tmp_path, class_token: bool, final: bool = True):
     rec = recipe_mod.from_dict(tiny(stages=1, encoder={"name": "test", "class_token": class_token}))
     run_dir = tmp_path / "run"
