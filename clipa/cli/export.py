@@ -13,7 +13,6 @@ Examples:
 """
 from __future__ import annotations
 
-
 import typer
 from rich.console import Console
 
