@@ -33,7 +33,22 @@ LN_EPS = 1e-6
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = math.log(100.0)  # clamp on the log scale, as the PyTorch backend
 
-_dense_init = nn.initializers.truncated_normal(0.02)  # timm ViT init (trunc_normal_, std .02)
+# The PyTorch backend's initial distributions, so that a seed of either backend draws from the same ones
+# (tests/test_jax_parity.py compares them tensor by tensor):
+# - block linears: timm's trunc_normal_(std=.02) cuts at +-2 in absolute value, i.e. +-100 std, so it is
+#   a plain N(0, .02); Flax's truncated_normal(.02) cuts at +-2 std and gave std .0176;
+# - patch embedding: timm leaves PyTorch's Conv2d default, U(+-1/sqrt(fan_in)) for weight and bias
+#   (kaiming_uniform with a = sqrt(5)); Flax's default lecun_normal had 1.7x its std and a zero bias.
+_dense_init = nn.initializers.normal(0.02)
+_patch_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _patch_bias_init(fan_in: int):
+    bound = fan_in ** -0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
 
 
 def _proj_init(width: int):
@@ -119,8 +134,8 @@ class ImageTower(nn.Module):
         """image float [B, 3, H, W]; keep int [B, K] kept patch indices or None -> [B, embed_dim]."""
         s = self.spec
         x = jnp.transpose(image, (0, 2, 3, 1)).astype(self.dtype)  # NCHW -> NHWC
-        x = nn.Conv(s.width, (s.patch, s.patch), strides=(s.patch, s.patch), padding="VALID",
-                    dtype=self.dtype, name="patch_embed")(x)
+        x = nn.Conv(s.width, (s.patch, s.patch), strides=(s.patch, s.patch), padding="VALID", dtype=self.dtype,
+                    kernel_init=_patch_init, bias_init=_patch_bias_init(3 * s.patch * s.patch), name="patch_embed")(x)
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d)
         if self.learned_pos:
