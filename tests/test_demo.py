@@ -44,10 +44,11 @@ def test_demo_recipe_beats_three_times_chance(torch_demo):
 
 
 @pytest.mark.slow
-# The JAX backend is not yet seed-stable on this recipe: seeds 0 / 1 reached 69.5 / 89.45 % where PyTorch's
-# seeds 0 / 1 / 2 reached 83.1 / 83.0 / 81.2 % (README's demo section), so one JAX run can miss PyTorch's by
-# more than 5 points without a backend bug. Not strict: a pass still passes.
-@pytest.mark.xfail(reason="JAX demo top-1 moves by 20 points with the seed (69.5 vs 89.45 %)", strict=False)
+# The two backends draw different initial weights for one seed, and the demo's final top-1 moves by up to
+# 19 points with the draw (PyTorch seeds 0-4: 83.1 / 83.0 / 81.2 / 84.6 / 65.25 %; JAX seeds 0-2: 56.05 /
+# 87.05 / 77.95 %). Started from PyTorch's seed-0 weights, JAX reached 81.95 % (README's demo section), so a
+# miss here is the seed spread, not a backend bug. Not strict: a pass still passes.
+@pytest.mark.xfail(reason="the demo's final top-1 moves by up to 19 points with the initial draw", strict=False)
 def test_jax_demo_within_five_points_of_torch(torch_demo, tmp_path):
     _, t = torch_demo
     j = _run_demo(tmp_path / "jax", "jax")

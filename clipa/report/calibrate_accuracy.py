@@ -2,7 +2,7 @@
 
 Each finished run with a final zero-shot top-1 is one observation: its recipe's features (samples,
 fine-tune, encoder, tokens) and that top-1, the stable figure (the demo's pre-training top-1 moves by
-15 points with the seed, its final top-1 by 1.9: recipes/demo.yaml). Chance and the binomial floor
+15 points with the seed, its final top-1 by 1.9 over seeds 0-2 and 19 over seeds 0-4: recipes/demo.yaml). Chance and the binomial floor
 of the residual variance come from the run's own evaluation set (its classes and images, recorded in
 achieved.json).
 """
