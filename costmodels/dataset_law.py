@@ -18,8 +18,8 @@ floor every small run sits on, chance:
 
 z is linear in the parameters, so the fit is weighted least squares on z_i = logit of each pilot's
 top-1, weights 1 / (dz/dtop1)^2: equal noise in points (a seed moves the demo's final top-1 by
-about 2 points at 27% and, in 4 seeds of 5, at 82%: recipes/demo.yaml, README), so a pilot near chance, where
-the logit is steep, counts little. The 80% interval is the classical prediction interval of a new
+about 2 points at 27% and, in 4 seeds of 5, at 82%: recipes/demo.yaml, README), so a pilot near
+chance, where the logit is steep, counts little. The 80% interval is the classical prediction interval of a new
 run, in z, with Student's t at the residual degrees of freedom: with 3 pilots and 2 parameters,
 t(0.90, 1 dof) = 3.08 where the normal would say 1.28 (how few pilots there are). The residual
 variance is never below the evaluation's binomial variance p (1 - p) / images. Mapped back through

@@ -69,6 +69,7 @@ def write_run(run_dir: Path, rec, *, finished=True, top1=25.0, stage_wall=(45.0,
                   for i, st in enumerate(rec.stages)]
         rundir.write_achieved(run_dir, rundir.Achieved(
             backend="torch", device="cpu", hardware=rec.hardware.name, n_devices=1, eval_set="demo-heldout",
-            eval_classes=10, eval_images=2000, top1=top1, wall_seconds=total_wall, device_hours=total_wall / 3600, cost_usd=None if usd_per_hour is None else usd_per_hour * total_wall / 3600,
+            eval_classes=10, eval_images=2000, top1=top1, wall_seconds=total_wall, device_hours=total_wall / 3600,
+            cost_usd=None if usd_per_hour is None else usd_per_hour * total_wall / 3600,
             usd_per_hour=usd_per_hour, stages=stages))
     return run_dir

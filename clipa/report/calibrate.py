@@ -183,7 +183,8 @@ def calibrate(runs: Sequence[Run], base: Optional[cal_mod.Calibration] = None) -
         u, c, rel, note = fit_throughput(pts)
         e = fit_eval([p for r in rs for p in eval_points(r)])
         cal.hardware[hw_name] = cal_mod.HardwareCalibration(
-            utilisation=u, overhead_s_per_sample=c, eval_s_per_gflop=e, fixed_s_per_stage=fixed_seconds(rs, u, c, e, hw),
+            utilisation=u, overhead_s_per_sample=c, eval_s_per_gflop=e,
+            fixed_s_per_stage=fixed_seconds(rs, u, c, e, hw),
             points=len(pts), rel_rmse=rel, runs=[str(r.path) for r in rs], note=note)
     by_ds: dict[str, list[tuple[Run, float]]] = {}
     for r in finished:

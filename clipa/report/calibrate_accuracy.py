@@ -1,10 +1,10 @@
 """Fit the dataset law (``costmodels/dataset_law.py``) to finished runs on a dataset no published run saw.
 
 Each finished run with a final zero-shot top-1 is one observation: its recipe's features (samples,
-fine-tune, encoder, tokens) and that top-1, the stable figure (the demo's pre-training top-1 moves by
-15 points with the seed, its final top-1 by 1.9 over seeds 0-2 and 19 over seeds 0-4: recipes/demo.yaml). Chance and the binomial floor
-of the residual variance come from the run's own evaluation set (its classes and images, recorded in
-achieved.json).
+fine-tune, encoder, tokens) and that top-1, the steadier figure (the demo's pre-training top-1 moves
+by 15 points with the seed, its final top-1 by 1.9 over seeds 0-2 and 19 over seeds 0-4:
+recipes/demo.yaml). Chance and the binomial floor of the residual variance come from the run's own
+evaluation set (its classes and images, recorded in achieved.json).
 """
 from __future__ import annotations
 
