@@ -5,9 +5,7 @@ What a user's own data does to the accuracy law (its scale and its data-efficien
 samples seen: each is the target recipe with every stage's samples multiplied by one
 ``scale``, the scales in a fixed ratio (``RATIOS``). Keeping the target's shape (encoder, tokens,
 text length, the fine-tune after pre-training, batch, learning rate) keeps each pilot's figure the
-same kind of figure as the target's: the final top-1 after a fine-tune (on the demo the steadier of
-the two in 4 seeds of 5: 81.2-84.6%, where pre-training spans 15 points; seed 4's fine-tune stalled at
-65.25%: recipes/demo.yaml).
+same kind of figure as the target's: the final top-1 after a fine-tune.
 
 The largest scale is the largest one whose pilots' total predicted cost (``predict_recipe``, the
 one costing path) stays within ``share`` of the budget, found by bisection on the real rounded

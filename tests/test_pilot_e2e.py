@@ -56,7 +56,10 @@ def test_pilot_suite_runs_in_one_command_and_calibrates(tmp_path, capsys):
     assert "accuracy law for dataset 'demo': fitted on 3 run(s)" in printed
     cal = cal_mod.load(cal_path)
     law = cal.datasets["demo"].law
-    assert law is not None and len(law.points) == 3 and law.dof == 1 and law.chance == pytest.approx(10.0)
+    assert law is not None and len(law.points) == 3 and law.chance == pytest.approx(10.0)
+    # pilots this small sit near chance: the exponent is fitted (1 dof left) or, where their top-1 does
+    # not grow with samples, the published one stands in (2 dof, noted)
+    assert (law.dof, "k" in law.fixed) in ((1, False), (2, True)), (law.dof, law.fixed)
     assert cal.utilisation("cpu") is not None
     assert run_app(plan_app, ["--predict", str(target), "--calibration", str(cal_path), "--json"]) == 0
     pred = json.loads(capsys.readouterr().out)

@@ -37,13 +37,16 @@ POSITIONS = {"top": (0.5, 0.42), "bottom": (0.5, 0.58), "left": (0.42, 0.5), "ri
 # A caption: filler words + a noun phrase that always names the shape + sometimes its position. Colour,
 # size and position are named only some of the time (probabilities below): when they are always named,
 # 8 x 3 x 7 attribute combinations already tell the 64 captions of a batch apart and the contrastive
-# loss falls without the model ever looking at the shape (top-1 stayed at chance, measured).
+# loss falls without the model ever looking at the shape (top-1 stayed at chance, measured). At 0.5 / 0.3 /
+# 0.3 shape learning started at a different point of each seed's run: recipes/demo.yaml's final top-1 spanned
+# 65.25-84.6% over 5 seeds. At 0.2 / 0.1 / 0.1 the shape is most of what tells captions apart and seeds
+# 0 / 1 / 2 ended at 97.7 / 97.35 / 96.65 % (measured 2026-11-30, recipes/demo.yaml; README).
 OPENERS = ("well, here we can actually see", "so this is basically just", "i think that what we have got here is really",
            "honestly it looks like there is", "you can probably tell that the picture shows", "there is", "a picture of",
            "")
 WHERE = ("that is sitting near the {pos} of the picture", "which somebody put on the {pos}", "over at the {pos}",
          "located at the {pos}")
-P_COLOR, P_SIZE, P_POS = 0.5, 0.3, 0.3
+P_COLOR, P_SIZE, P_POS = 0.2, 0.1, 0.1
 # Zero-shot prompts in the captions' own words (a demo model has never seen "photo" or "drawing").
 TEMPLATES = ("a {}.", "a picture of a {}.", "there is a {} in the picture.", "here we can see a {}.",
              "this is basically just a {}.", "the picture shows one {}.")
