@@ -1,9 +1,7 @@
 """Fit the dataset law (``costmodels/dataset_law.py``) to finished runs on a dataset no published run saw.
 
 Each finished run with a final zero-shot top-1 is one observation: its recipe's features (samples,
-fine-tune, encoder, tokens) and that top-1, the steadier figure (the demo's pre-training top-1 moves
-by 15 points with the seed, its final top-1 by 1.9 over seeds 0-2 and 19 over seeds 0-4:
-recipes/demo.yaml). Chance and the binomial floor of the residual variance come from the run's own
+fine-tune, encoder, tokens) and that top-1, the figure the target run is judged by. Chance and the binomial floor of the residual variance come from the run's own
 evaluation set (its classes and images, recorded in achieved.json).
 """
 from __future__ import annotations
@@ -15,8 +13,6 @@ from typing import Optional, Sequence
 from clipa.costmodels import dataset_law
 from clipa.errors import UserError
 from clipa.report.load import Run
-
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def _eval_set(run: Run) -> tuple[int, int]:
@@ -37,7 +33,9 @@ def _eval_set(run: Run) -> tuple[int, int]:
         raise UserError(f"{run.path}: its evaluation set ({ds.classnames or ds.val or 'none recorded'}) cannot be "
                         "read from here and achieved.json does not record its classes; run clipa-report from "
                         "the directory the run was launched in")
-    images = sum(1 for p in Path(ds.val).rglob("*") if p.suffix.lower() in IMAGE_EXT) if ds.val else 0
+    from clipa.backends.data.zeroshot import IMAGE_SUFFIXES  # the images the evaluation counts
+
+    images = sum(1 for p in Path(ds.val).rglob("*") if p.suffix in IMAGE_SUFFIXES) if ds.val else 0
     return classes, images
 
 
