@@ -73,6 +73,15 @@ def test_version_and_help(name):
     assert h.returncode == 0 and "Examples" in h.stdout and "Traceback" not in h.stderr
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (/proc/PID/stat fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # already gone: the caller's poll() says so
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_ctrl_c_during_planning_exits_130_without_traceback(tmp_path):
     # The search is exact and takes about a second per hardware target: 28 targets keep it busy.
     many = ["a100x8", "a100-40gbx8", "h100x8"] + [f"tpu-{g}-{n}" for g, top in (("v4", 4096), ("v5e", 256), ("v3", 2048))
@@ -80,7 +89,11 @@ def test_ctrl_c_during_planning_exits_130_without_traceback(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", CLIS["clipa-plan"], "--budget", "10000", "--hw", ",".join(many),
                              "--out", str(tmp_path / "g.yaml")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV)
-    time.sleep(4)  # past the imports, inside the search
+    # Past the imports (about 1.5 CPU-s), inside the search (8-15 CPU-s): read from the child's own CPU
+    # time, not the clock, so that a loaded machine cannot move the signal into another phase.
+    while proc.poll() is None and _cpu_seconds(proc.pid) < 3.0:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the plan finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
