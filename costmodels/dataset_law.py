@@ -137,7 +137,7 @@ class DatasetLaw(_Strict):
         """The interval's high end under the other form the pilots cannot rule out: a logit growing
         linearly in samples, not in their log, as on a curve still taking off. On the demo, pilots at 0.2,
         0.3 and 0.5 of its samples (26.3, 37.6, 62.8%) fit the log form to 87.1% [75.0, 93.9] at full
-        length, which reached 97.7% (README); this form puts it at 96-97%. Same columns, weights and
+        length, which reached 97.7% (README); this form puts it at 97.1%. Same columns, weights and
         quantile as the fit; its residual variance no smaller than the fit's."""
         pts = self.points
         top = max(pt.samples_eff for pt in pts)
