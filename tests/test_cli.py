@@ -73,6 +73,13 @@ def test_version_and_help(name):
     assert h.returncode == 0 and "Examples" in h.stdout and "Traceback" not in h.stderr
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as in a terminal: a test run started in the background of a non-interactive shell (`cmd &`)
+    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler in the child (the
+    plan ran to the end with rc 0 in such a run)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a running process (/proc/PID/stat fields 14 and 15)."""
     try:
@@ -88,7 +95,7 @@ def test_ctrl_c_during_planning_exits_130_without_traceback(tmp_path):
                                                    for n in (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if n <= top]
     proc = subprocess.Popen([sys.executable, "-m", CLIS["clipa-plan"], "--budget", "10000", "--hw", ",".join(many),
                              "--out", str(tmp_path / "g.yaml")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV)
+                            text=True, env=ENV, preexec_fn=_default_sigint)
     # Past the imports (about 1.5 CPU-s), inside the search (8-15 CPU-s): read from the child's own CPU
     # time, not the clock, so that a loaded machine cannot move the signal into another phase.
     while proc.poll() is None and _cpu_seconds(proc.pid) < 3.0:
