@@ -34,7 +34,7 @@ class CalibratedLaw:
     def mean(self, feats: Sequence, family: Optional[Sequence[str]] = None) -> np.ndarray:
         out = np.array(self.base.mean(feats, family), float)
         for i in self._mine(feats):
-            out[i] = self.laws[feats[i].dataset].predict(feats[i])[0]
+            out[i] = self.laws[feats[i].dataset].mean(feats[i])
         return out
 
     def predict_many(self, feats: Sequence, offset: float = 0.0):

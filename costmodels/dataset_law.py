@@ -29,6 +29,7 @@ numpy + pydantic only (predictions happen at planning time); the fit is in ``fit
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
@@ -98,9 +99,7 @@ class DatasetLaw(_Strict):
         return f.samples + self.rho * sum(s.samples for s in f.finetune)
 
     def row(self, f) -> np.ndarray:
-        vals = {"1": 1.0, "ln_samples": math.log(max(self.samples_eff(f), 1.0) / S_REF),
-                "ln_encoder": am.enc_info(f.encoder)[0], "ln_image_tokens": math.log(max(f.image_tokens, 1))}
-        return np.array([vals[c] for c in self.columns])
+        return _row(self.columns, math.log(max(self.samples_eff(f), 1.0) / S_REF), f.encoder, f.image_tokens)
 
     def _z_fixed(self, f) -> float:
         x = math.log(max(self.samples_eff(f), 1.0) / S_REF)
@@ -111,13 +110,19 @@ class DatasetLaw(_Strict):
 
     def slope(self, p: float) -> float:
         """dz / dtop1 at top-1 ``p`` (percent), ``p`` kept MARGIN inside (chance, ceiling)."""
-        p = min(max(p, self.chance + MARGIN), self.ceiling - MARGIN)
-        return (self.ceiling - self.chance) / ((p - self.chance) * (self.ceiling - p))
+        return float(_slope(p, self.chance, self.ceiling))
+
+    def _z(self, x: np.ndarray, f) -> float:
+        return float(x @ np.array(self.theta)) + self._z_fixed(f)
+
+    def mean(self, f) -> float:
+        """The fit's top-1 (percent) without its interval: what the planner scores every search point by."""
+        return float(self.to_top1(self._z(self.row(f), f)))
 
     def predict(self, f) -> tuple[float, float, float]:
         """(top-1, low, high) in percent: the fit's mean and the 80% prediction interval of a new run."""
         x = self.row(f)
-        z = float(x @ np.array(self.theta)) + self._z_fixed(f)
+        z = self._z(x, f)
         var_mean = float(x @ np.array(self.cov) @ x)
         p = float(self.to_top1(z))
         sd = math.sqrt(var_mean + (self.sigma * self.slope(p)) ** 2)
@@ -139,29 +144,17 @@ class DatasetLaw(_Strict):
         0.3 and 0.5 of its samples (26.3, 37.6, 62.8%) fit the log form to 87.1% [75.0, 93.9] at full
         length, which reached 97.7% (README); this form puts it at 97.1%. Same columns, weights and
         quantile as the fit; its residual variance no smaller than the fit's."""
-        pts = self.points
-        top = max(pt.samples_eff for pt in pts)
-
-        def row(s_eff, encoder, tokens):
-            vals = {"1": 1.0, "ln_samples": s_eff / top, "ln_encoder": am.enc_info(encoder)[0],
-                    "ln_image_tokens": math.log(max(tokens, 1))}
-            return np.array([vals[c] for c in self.columns])
-
-        X = np.array([row(pt.samples_eff, pt.encoder, pt.image_tokens) for pt in pts])
-        pc = np.clip([pt.achieved for pt in pts], self.chance + MARGIN, self.ceiling - MARGIN)
-        z = np.log((pc - self.chance) / (self.ceiling - pc))
-        w = np.array([1.0 / self.slope(pt.achieved) ** 2 for pt in pts])
-        inv = np.linalg.pinv(X.T @ (w[:, None] * X))
-        theta = inv @ (X.T @ (w * z))
-        if theta[self.columns.index("ln_samples")] <= 0:
+        top = max(pt.samples_eff for pt in self.points)
+        fitted = _takeoff_fit(tuple(self.columns), tuple((pt.samples_eff / top, pt.encoder, pt.image_tokens,
+                                                          pt.achieved) for pt in self.points),
+                              self.chance, self.ceiling, self.sigma)
+        if fitted is None:
             return self.chance  # no growth with samples: nothing to add
-        dof = len(pts) - len(self.columns)
-        s2 = max(float(np.sum(w * (z - X @ theta) ** 2)) / dof if dof > 0 else 0.0, self.sigma ** 2)
-        x = row(self.samples_eff(f), f.encoder, f.image_tokens)
-        z_new = float(x @ theta)
-        p = float(self.to_top1(z_new))
-        sd = math.sqrt(float(x @ (s2 * inv) @ x) + (self.sigma * self.slope(p)) ** 2)
-        return float(self.to_top1(z_new + self.t * sd))
+        theta, cov = fitted
+        x = _row(self.columns, self.samples_eff(f) / top, f.encoder, f.image_tokens)
+        z = float(x @ theta)
+        sd = math.sqrt(float(x @ cov @ x) + (self.sigma * self.slope(float(self.to_top1(z)))) ** 2)
+        return float(self.to_top1(z + self.t * sd))
 
     def notes(self, f) -> list[str]:
         """The axes on which ``f`` lies outside the pilots (the law is fitted only on them)."""
@@ -194,6 +187,43 @@ class DatasetLaw(_Strict):
         return [f"fine-tune of {ft:,.0f} samples: every pilot's fine-tune (at most {longest:,}) lowered its "
                 f"top-1 ({min(gains):+.1f} to {max(gains):+.1f} points): what a fine-tune {ft / longest:.1f}x "
                 "longer gains is not identified"]
+
+
+def _row(columns: Sequence[str], samples_term: float, encoder: str, image_tokens: int) -> np.ndarray:
+    """One run's regressors, in ``columns`` order; ``samples_term`` is ln(S_eff / S_REF) in the law."""
+    vals = {"1": 1.0, "ln_samples": samples_term, "ln_encoder": am.enc_info(encoder)[0],
+            "ln_image_tokens": math.log(max(image_tokens, 1))}
+    return np.array([vals[c] for c in columns])
+
+
+def _slope(p, chance: float, ceiling: float):
+    """dz / dtop1 at top-1 ``p`` (percent, a number or an array), kept MARGIN inside (chance, ceiling)."""
+    p = np.clip(p, chance + MARGIN, ceiling - MARGIN)
+    return (ceiling - chance) / ((p - chance) * (ceiling - p))
+
+
+def _logit_wls(X: np.ndarray, top1: np.ndarray, chance: float, ceiling: float, offset=0.0):
+    """Weighted least squares of each run's logit (minus ``offset``) on ``X``, weights 1 / (dz/dtop1)^2:
+    (theta, (X' W X)^-1, the weighted residual sum of squares)."""
+    pc = np.clip(top1, chance + MARGIN, ceiling - MARGIN)
+    z = np.log((pc - chance) / (ceiling - pc)) - offset
+    w = 1.0 / _slope(pc, chance, ceiling) ** 2
+    inv = np.linalg.pinv(X.T @ (w[:, None] * X))
+    theta = inv @ (X.T @ (w * z))
+    return theta, inv, float(np.sum(w * (z - X @ theta) ** 2))
+
+
+@functools.lru_cache(maxsize=16)
+def _takeoff_fit(columns: tuple, points: tuple, chance: float, ceiling: float, sigma: float):
+    """The logit-linear-in-samples form fitted once per set of pilots (``points``: samples as a fraction of
+    the largest, encoder, tokens, top-1); (theta, covariance), or None when it does not grow with samples.
+    Cached: the planner asks the law for every point of its search."""
+    X = np.array([_row(columns, s, enc, tok) for s, enc, tok, _ in points])
+    theta, inv, rss = _logit_wls(X, np.array([p[3] for p in points], float), chance, ceiling)
+    if theta[columns.index("ln_samples")] <= 0:
+        return None
+    dof = len(points) - len(columns)
+    return theta, max(rss / dof if dof > 0 else 0.0, sigma ** 2) * inv
 
 
 # -- the fit --------------------------------------------------------------------------------------
@@ -247,17 +277,12 @@ def _solve(obs, cols: list[str], chance: float, rho: float, fixed: dict) -> Data
     proto = DatasetLaw(chance=chance, rho=rho, columns=cols, theta=[0.0] * len(cols),
                        cov=[[0.0] * len(cols)] * len(cols), sigma=0.0, dof=0, t=Z90, fixed=fixed, points=[])
     X = np.array([proto.row(o.features) for o in obs])
-    p = np.array([o.top1 for o in obs])
-    pc = np.clip(p, chance + MARGIN, CEILING - MARGIN)
-    z = np.log((pc - chance) / (CEILING - pc)) - np.array([proto._z_fixed(o.features) for o in obs])
-    w = np.array([1.0 / proto.slope(v) ** 2 for v in p])
-    inv = np.linalg.pinv(X.T @ (w[:, None] * X))
-    theta = inv @ (X.T @ (w * z))
-    resid = z - X @ theta
+    pc = np.clip([o.top1 for o in obs], chance + MARGIN, CEILING - MARGIN)
+    theta, inv, rss = _logit_wls(X, pc, chance, CEILING, np.array([proto._z_fixed(o.features) for o in obs]))
     dof = len(obs) - len(cols)
     binom = [v * (100 - v) / o.n_eval for v, o in zip(pc, obs) if o.n_eval > 0]  # points^2
     floor = float(np.mean(binom)) if binom else 0.0
-    s2 = max(float(np.sum(w * resid ** 2)) / dof, floor) if dof > 0 else floor
+    s2 = max(rss / dof, floor) if dof > 0 else floor
     return proto.model_copy(update={
         "theta": [float(v) for v in theta], "cov": [[float(v) for v in row] for row in s2 * inv],
         "sigma": math.sqrt(s2), "dof": dof, "t": t90(dof) if dof > 0 else Z90,
