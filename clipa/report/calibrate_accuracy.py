@@ -1,8 +1,9 @@
 """Fit the dataset law (``costmodels/dataset_law.py``) to finished runs on a dataset no published run saw.
 
 Each finished run with a final zero-shot top-1 is one observation: its recipe's features (samples,
-fine-tune, encoder, tokens) and that top-1, the figure the target run is judged by. Chance and the binomial floor of the residual variance come from the run's own
-evaluation set (its classes and images, recorded in achieved.json).
+fine-tune, encoder, tokens) and that top-1, the figure the target run is judged by. Chance and the
+binomial floor of the residual variance come from the run's own evaluation set (its classes and images,
+recorded in achieved.json).
 """
 from __future__ import annotations
 
