@@ -108,6 +108,24 @@ def test_ctrl_c_during_planning_exits_130_without_traceback(tmp_path):
     assert not (tmp_path / "g.yaml").exists()
 
 
+@pytest.mark.parametrize("name", ["clipa-plan", "clipa-run"])
+def test_ctrl_c_while_the_command_is_still_importing_exits_130_without_traceback(name):
+    # The console script a user types (not `python -m`): its entry point imports the command's module.
+    exe = Path(sys.executable).parent / name
+    args = ["--budget", "100", "--hw", "a100x8"] if name == "clipa-plan" else ["recipes/demo.yaml", "--dry-run"]
+    proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            cwd=Path(recipe.__file__).parent.parent, preexec_fn=_default_sigint)
+    # Past the interpreter's own start-up (its site imports, about 0.03 CPU-s: Python's, not clipa's), inside
+    # the imports of typer, numpy and the rest (about half a CPU-second).
+    while proc.poll() is None and _cpu_seconds(proc.pid) < 0.1:
+        time.sleep(0.002)
+    assert proc.poll() is None, "the command finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     from clipa.backends.data import demo_data
