@@ -26,6 +26,7 @@ DEFAULT_SHARE = 0.10  # issue 9: pilots cost at most 10% of the budget unless th
 # freedom for the interval. Close together rather than spread: a small pilot sits near chance, where
 # its top-1 says little (the fit weighs it accordingly), so the budget is better spent near the top.
 RATIOS = (1.0, 0.75, 0.5)
+LOG_LINES = 8  # training lines per stage at least, for the throughput calibration
 
 
 @dataclass
@@ -50,7 +51,12 @@ def scaled(target: recipe_mod.Recipe, scale: float, name: str) -> recipe_mod.Rec
         warm = min(st.schedule.warmup_samples, n // 2)
         stages.append(st.model_copy(update={"samples": n, "schedule": st.schedule.model_copy(
             update={"warmup_samples": warm})}))
-    train = target.train.model_copy(update={"checkpoint_every_samples": None, "eval_every_samples": None})
+    # Each stage logs at least LOG_LINES times: its steady rate is read between log lines
+    # (report/calibrate.steady_rate), and a pilot's few-step fine-tune at the target's cadence gave one.
+    steps = min(st.steps for st in stages)
+    log_every = max(1, min(target.train.log_every_steps, steps // LOG_LINES))
+    train = target.train.model_copy(update={"checkpoint_every_samples": None, "eval_every_samples": None,
+                                            "log_every_steps": log_every})
     return target.model_copy(update={"name": name, "stages": stages, "train": train, "predictions": None,
                                      "provenance": None, "notes": f"pilot of {target.name} at {scale:.4g}x its samples"})
 

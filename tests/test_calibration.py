@@ -85,7 +85,7 @@ def test_fit_recovers_utilisation_and_overhead():
 
 def test_steady_rate_skips_warmup_and_evaluations():
     L = rundir.MetricsLine
-    lines = [L(stage="s", step=10, samples=100, time_s=50.0),  # warm-up interval: ignored
+    lines = [L(stage="s", step=10, samples=100, time_s=50.0),  # the window before it holds the warm-up
              L(stage="s", step=20, samples=200, time_s=60.0),
              L(stage="s", step=30, samples=300, time_s=70.0),
              L(stage="s", step=40, samples=400, time_s=100.0),  # holds an evaluation: ignored
@@ -95,6 +95,10 @@ def test_steady_rate_skips_warmup_and_evaluations():
     # one interval slowed by a burst of load does not move it (the median of 10, 10, 2 samples/s)
     slow = lines + [L(stage="s", step=60, samples=600, time_s=160.0)]
     assert calibrate.steady_rate(slow, evals) == pytest.approx(10.0)
+    # a short stage logs twice: the interval after its first line is steady (a pilot's 17-step fine-tune
+    # used to fall back to its whole-stage rate, warm-up included: 60 samples/s against a steady 105)
+    assert calibrate.steady_rate(lines[:2], []) == pytest.approx(10.0)
+    assert calibrate.steady_rate(lines[:1], []) is None
 
 
 def _timed_run(path, rec, u, c, fixed, top1):

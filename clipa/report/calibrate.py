@@ -53,9 +53,11 @@ class Point:
 
 def steady_rate(lines: Sequence[rundir.MetricsLine], evals: Sequence[rundir.MetricsLine]) -> Optional[float]:
     """Median samples/s over the intervals between consecutive training lines, warm-up and evaluations
-    excluded. The median, not the total: a burst of load from another process (a shared machine)
-    slows a few intervals and should not move the fit."""
-    lines = sorted(lines, key=lambda m: m.step)[1:]  # the first interval holds warm-up / compilation
+    excluded. The warm-up (compilation, the first allocations, filling the data pipeline) is in the
+    window before a stage's first line, which no interval spans; an interval from that line on is
+    steady, and a short stage may have only that one. The median, not the total: a burst of load from
+    another process (a shared machine) slows a few intervals and should not move the fit."""
+    lines = sorted(lines, key=lambda m: m.step)
     eval_times = [e.time_s for e in evals]
     rates = sorted((b.samples - a.samples) / (b.time_s - a.time_s) for a, b in zip(lines, lines[1:])
                    if b.time_s > a.time_s and b.samples > a.samples
