@@ -89,6 +89,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _ctrl_c_at(proc: subprocess.Popen, cpu_s: float) -> None:
+    """SIGINT once the child has used ``cpu_s`` of its own CPU time (not the clock: a loaded machine cannot
+    move the signal into another phase); it must then exit 130 without a traceback."""
+    while proc.poll() is None and _cpu_seconds(proc.pid) < cpu_s:
+        time.sleep(0.002)
+    assert proc.poll() is None, "the command finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+
+
 def test_ctrl_c_during_planning_exits_130_without_traceback(tmp_path):
     # The search is exact and takes about a second per hardware target: 28 targets keep it busy.
     many = ["a100x8", "a100-40gbx8", "h100x8"] + [f"tpu-{g}-{n}" for g, top in (("v4", 4096), ("v5e", 256), ("v3", 2048))
@@ -96,15 +108,7 @@ def test_ctrl_c_during_planning_exits_130_without_traceback(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", CLIS["clipa-plan"], "--budget", "10000", "--hw", ",".join(many),
                              "--out", str(tmp_path / "g.yaml")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV, preexec_fn=_default_sigint)
-    # Past the imports (about 1.5 CPU-s), inside the search (8-15 CPU-s): read from the child's own CPU
-    # time, not the clock, so that a loaded machine cannot move the signal into another phase.
-    while proc.poll() is None and _cpu_seconds(proc.pid) < 3.0:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the plan finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err
+    _ctrl_c_at(proc, 3.0)  # past the imports (about 1.5 CPU-s), inside the search (8-15 CPU-s)
     assert not (tmp_path / "g.yaml").exists()
 
 
@@ -117,13 +121,7 @@ def test_ctrl_c_while_the_command_is_still_importing_exits_130_without_traceback
                             cwd=Path(recipe.__file__).parent.parent, preexec_fn=_default_sigint)
     # Past the interpreter's own start-up (its site imports, about 0.03 CPU-s: Python's, not clipa's), inside
     # the imports of typer, numpy and the rest (about half a CPU-second).
-    while proc.poll() is None and _cpu_seconds(proc.pid) < 0.1:
-        time.sleep(0.002)
-    assert proc.poll() is None, "the command finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err, err[-2000:]
+    _ctrl_c_at(proc, 0.1)
 
 
 @pytest.fixture(scope="module")
