@@ -5,6 +5,7 @@ Framework-free: both backends resolve datasets here before training.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from clipa import fs
@@ -87,3 +88,34 @@ def check_readable(train: str) -> None:
         raise UserError(f"dataset.train: {first} is not a readable tar shard ({e})") from None
     if member is None:
         raise UserError(f"dataset.train: {first} is an empty tar shard")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m clipa.backends.data.resolve RECIPE DIR OUT``: write RECIPE to OUT with its dataset paths
+    filled in, generating the demo data into DIR/data first when the recipe needs it. ``make demo`` uses it
+    so that the pilots and the demo run read one copy of the data, generated before either is timed, as a
+    user's own data exists before their pilots run."""
+    import argparse
+
+    from clipa import recipe as recipe_mod
+
+    ap = argparse.ArgumentParser(prog="python -m clipa.backends.data.resolve", description=main.__doc__.split(":")[0])
+    ap.add_argument("recipe", type=Path)
+    ap.add_argument("dir", type=Path, help="the demo data goes to DIR/data")
+    ap.add_argument("out", type=Path, help="the recipe with its dataset paths")
+    a = ap.parse_args(argv)
+    try:
+        rec = recipe_mod.load(a.recipe)
+        rec = rec.model_copy(update={"dataset": resolve(rec, a.dir, generate=True)})
+        recipe_mod.dump(rec, a.out, header=f"{a.recipe} with its dataset paths (python -m clipa.backends.data.resolve)")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # a half-written dataset has no DONE file and is generated again next time
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
