@@ -22,9 +22,10 @@ def main(run_dir, device: Optional[str] = None, max_samples: Optional[int] = Non
          resume: Optional[str] = None) -> int:
     """Train; returns 0 when finished or stopped at max_samples, raises UserError on user mistakes
     (Interrupted on SIGINT/SIGTERM, its message ending with ``resume``)."""
-    from clipa.backends import threads
+    from clipa.backends import allocator, threads
 
     threads.passive_openmp_wait()  # before torch loads OpenMP
+    allocator.keep_freed_memory()
     import torch
 
     from clipa.backends import loop
