@@ -114,7 +114,7 @@ class _Run:
         self.bad_before = dict(state.get(rs.SKIPPED_KEYS, {})) if state else {}  # bad samples found earlier
         self.stats = pipeline.DataStats(known=set(self.bad_before))
         ds = dataset
-        self.zs = zeroshot.load_zeroshot(ds.val, ds.classnames, ds.templates) if ds.val else None
+        self.zs = zeroshot.load_zeroshot(ds.val, ds.classnames, ds.templates, ds.val_images) if ds.val else None
 
     def _restore(self) -> tuple[Optional[str], Optional[dict]]:
         """The newest readable checkpoint (an unreadable one is reported and passed over), else a fresh model."""

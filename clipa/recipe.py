@@ -62,6 +62,8 @@ class DatasetSpec(_Strict):
     val: Optional[str] = Field(None, description="ImageNet-style val folder (val/CLASS/*.jpg)")
     classnames: Optional[str] = Field(None, description="file with one class name per line")
     templates: Optional[str] = Field(None, description="file with one prompt template per line, '{}' for the class")
+    val_images: Optional[int] = Field(None, ge=1, description="evaluate on at most this many `val` images: evenly "
+                                      "spaced over the sorted files, so each class keeps its share (default: all)")
     workers: int = Field(2, ge=0, description="data-loading worker processes per device")
 
 

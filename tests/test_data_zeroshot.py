@@ -66,6 +66,17 @@ def test_plain_names_default_templates_and_user_errors(tmp_path):
         load_zeroshot(val, None, tmp_path / "missing.txt")
 
 
+def test_val_images_takes_every_class_share_of_a_fixed_subset(tmp_path):
+    val = _val(tmp_path, ("a", "b", "c", "d"), 10)
+    whole = load_zeroshot(val)
+    sub = load_zeroshot(val, limit=20)
+    assert sub.n_images == len(sub.files) == 20 and whole.n_images == 40
+    assert set(sub.files) <= set(whole.files) and len(set(sub.files)) == 20
+    assert np.bincount(sub.labels).tolist() == [5, 5, 5, 5]
+    assert load_zeroshot(val, limit=20).files == sub.files  # the same subset every time
+    assert load_zeroshot(val, limit=400).files == whole.files
+
+
 def test_top1_with_prompt_ensembling():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 16))

@@ -181,6 +181,7 @@ def test_suite_costs_at_most_its_share(tmp_path, target, hw, share):
     for p in pilots:  # the target's shape at fewer samples
         assert [s.image_size for s in p.recipe.stages] == [s.image_size for s in rec.stages]
         assert p.recipe.encoder == rec.encoder
+        assert p.recipe.dataset.val_images == min(rec.dataset.val_images or pilot.VAL_IMAGES, pilot.VAL_IMAGES)
         # enough log lines in every stage for the throughput calibration's steady rate
         assert all(st.steps // p.recipe.train.log_every_steps >= pilot.LOG_LINES or p.recipe.train.log_every_steps == 1
                    for st in p.recipe.stages)

@@ -14,7 +14,9 @@ from clipa import suite as suite_mod
 from clipa.cli._common import run_app
 from clipa.cli.plan import app as plan_app
 from clipa.cli.report import app as report_app
+from clipa.backends.data import resolve
 from clipa.costmodels import calibration as cal_mod
+from clipa.planner import pilot
 
 TARGET = {
     "name": "tiny", "encoder": {"name": "test"},
@@ -47,6 +49,8 @@ def test_pilot_suite_runs_in_one_command_and_calibrates(tmp_path, capsys):
     dirs = [root / e.name for e in suite.pilots]
     assert all((d / rundir.ACHIEVED).is_file() for d in dirs)
     assert (root / "data" / "DONE").is_file() and not any((d / "data").exists() for d in dirs)  # generated once
+    # evaluated on pilot.VAL_IMAGES of the demo's held-out images, and calibrated with that count's noise
+    assert {rundir.read_achieved(d).eval_images for d in dirs} == {min(pilot.VAL_IMAGES, resolve.DEMO_VAL)}
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # resumable: all finished
     assert again.returncode == 0 and again.stderr.count("already finished") == 3
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -66,8 +66,10 @@ def _read_lines(path: Path, what: str) -> list[str]:
     return [ln.rstrip("\n\r") for ln in path.read_text().splitlines() if ln.strip()]
 
 
-def load_zeroshot(val_dir, classnames_file=None, templates_file=None) -> ZeroShotSet:
-    """Index ``val_dir``; UserError naming the path for a missing folder/file or a count mismatch."""
+def load_zeroshot(val_dir, classnames_file=None, templates_file=None, limit: Optional[int] = None) -> ZeroShotSet:
+    """Index ``val_dir``; UserError naming the path for a missing folder/file or a count mismatch.
+    ``limit``: at most this many images, evenly spaced over the files in class-folder order (every class
+    keeps its share, and the same subset every time)."""
     root = Path(val_dir)
     if not root.is_dir():
         raise UserError(f"{root}: zero-shot val folder not found")
@@ -101,6 +103,9 @@ def load_zeroshot(val_dir, classnames_file=None, templates_file=None) -> ZeroSho
                 labels.append(y)
     if not files:
         raise UserError(f"{root}: no images in the class folders")
+    if limit is not None and limit < len(files):
+        keep = np.linspace(0, len(files) - 1, limit).round().astype(int)  # distinct: the step is above 1
+        files, labels = [files[i] for i in keep], [labels[i] for i in keep]
     return ZeroShotSet(names, templates, len(files), files, labels)
 
 
