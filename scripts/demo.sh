@@ -5,7 +5,7 @@
 #   1. clipa-plan --pilot writes three pilots of that recipe (its shape at a fraction of its
 #      samples, at most PILOT_SHARE of its predicted cost), clipa-run trains them in one process,
 #   2. clipa-report --calibrate fits the demo dataset's accuracy law and this CPU's throughput to them,
-#   3. clipa-plan --predict recipes/demo.yaml --calibration predicts the demo run (top-1 with its 80%
+#   3. clipa-plan --predict runs/demo-data.yaml --calibration predicts the demo run (top-1 with its 80%
 #      interval, wall time) and writes the recipe with that prediction,
 #   4. clipa-run trains it on the same data and clipa-report compares what was predicted with what was
 #      achieved,
