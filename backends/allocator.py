@@ -8,8 +8,9 @@ minor page faults a step and a fifth of the CPU time spent in the kernel (`clipa
 spent 51 of its 271 CPU-s there, 2026-11-30).
 
 Fixing both thresholds (``keep_freed_memory``) keeps those pages: 100 steps of the demo's stages in one
-process, one thread (timed as tests/test_allocator.py runs them, 2026-11-30): 32 px 234 -> 291 samples/s, 64 px 101 -> 120,
-kernel time 2.6 s and 4.9 s -> 0, page faults per step 12,300 and 23,000 -> 0. Fixing only one of the
+process, one thread, the step tests/test_allocator.py runs (timed in a scratch script, 2026-11-30):
+32 px 234 -> 291 samples/s, 64 px 101 -> 120, kernel time 2.6 s and 4.9 s -> 0, page faults per step
+12,300 and 23,000 -> 0. Fixing only one of the
 two is worse than neither, because it stops glibc adjusting the other (trim only: 166 samples/s, mmap
 only: 214). The cost: the process keeps its largest heap, which the next step reuses.
 

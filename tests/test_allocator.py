@@ -11,8 +11,9 @@ import pytest
 
 from tiny_run import ENV
 
-# Ten training steps ("flag": none, only whether the thresholds were set) of the demo encoder at the demo's 32-px stage shape after five to warm up; prints
-# whether the thresholds were set and the minor page faults per step (ru_minflt).
+# Mode "default" or "keep": ten training steps of the demo encoder at the demo's 32-px stage shape, after
+# five to warm up; prints whether the thresholds were set and the minor page faults per step (ru_minflt).
+# Mode "flag": no steps, only whether they were set.
 STEPS = """
 import json, resource, sys
 from clipa.backends import allocator

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from clipa import recipe as recipe_mod
 
-    ap = argparse.ArgumentParser(prog="python -m clipa.backends.data.resolve", description=main.__doc__.split(":")[0])
+    ap = argparse.ArgumentParser(prog="python -m clipa.backends.data.resolve",
+                                 description="Write RECIPE to OUT with its dataset paths (the demo data into DIR/data).")
     ap.add_argument("recipe", type=Path)
     ap.add_argument("dir", type=Path, help="the demo data goes to DIR/data")
     ap.add_argument("out", type=Path, help="the recipe with its dataset paths")
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe_mod.dump(rec, a.out, header=f"{a.recipe} with its dataset paths (python -m clipa.backends.data.resolve)")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:  # a half-written dataset has no DONE file and is generated again next time
         print("interrupted", file=sys.stderr)
         return 130
