@@ -38,17 +38,6 @@ class Result:
     n_predicted: int  # distinct points whose interval was computed
 
 
-def pareto_front(plans: list[Plan]) -> list[Plan]:
-    """Plans no other plan beats on both cost (lower) and predicted top-1 (higher); cheapest first."""
-    front, best_acc = [], float("-inf")
-    # On one machine dollars are proportional to device-hours, which exist even without a price.
-    for p in sorted(plans, key=lambda p: (p.device_hours, -p.top1)):
-        if p.top1 > best_acc + 1e-9:
-            front.append(p)
-            best_acc = p.top1
-    return front
-
-
 class _Scorer:
     """Exact predictions of distinct run features, computed in chunks and kept."""
 
@@ -216,7 +205,10 @@ def _front(ctx: Context, pts, fid, feats, mean, scorer: _Scorer) -> list[Plan]:
 
 
 def _front_of(cands: list[tuple]) -> list[tuple]:
-    """pareto_front on (device-hours, -top-1, order, point, costed) tuples."""
+    """Candidates no other beats on both device-hours (lower) and top-1 (higher), cheapest first.
+
+    Candidates are (device-hours, -top-1, order, point, costed) tuples; on one machine dollars are
+    proportional to device-hours, which exist even without a price."""
     front, best = [], float("-inf")
     for cand in sorted(cands, key=lambda x: x[:3]):
         if -cand[1] > best + 1e-9:

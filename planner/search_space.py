@@ -100,14 +100,6 @@ class Point:
         full = (_full_size(patch) // patch) ** 2
         return 1.0 - (self.side ** 2) / full
 
-    def valid(self) -> bool:
-        enc = encoders.get(self.encoder)
-        full_side = _full_size(enc.vision.patch) // enc.vision.patch
-        if self.side > full_side:
-            return False
-        # A "mask" that keeps every token is just the unreduced baseline: count it once, as resize.
-        return not (self.masks and self.side == full_side)
-
 
 def _full_size(patch: int) -> int:
     return (FULL_RES // patch) * patch
