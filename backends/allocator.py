@@ -36,6 +36,12 @@ MMAP_BYTES = 32 << 20    # glibc's largest mmap threshold on 64-bit (DEFAULT_MMA
 _USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 
+def as_environment() -> dict[str, str]:
+    """The same two settings as glibc's environment variables, for a process clipa does not start itself
+    (benchmarks/peer_openclip.py runs OpenCLIP's trainer with them, so both trainers get one allocator)."""
+    return {"MALLOC_TRIM_THRESHOLD_": str(TRIM_BYTES), "MALLOC_MMAP_THRESHOLD_": str(MMAP_BYTES)}
+
+
 def keep_freed_memory() -> bool:
     """Set both thresholds for this process; False (and nothing set) without glibc, when the user set
     glibc's malloc variables, or with another allocator preloaded."""

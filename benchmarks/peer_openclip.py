@@ -7,8 +7,9 @@
    warm-up 640 samples then cosine to 0, fp32) and by OpenCLIP's trainer with the same encoder (clipa's
    ``demo`` shape written as an OpenCLIP model config by ``clipa.export.config``; clipa's tower carries a
    class token, as OpenCLIP's always does), optimiser, schedule, batch, crop range and shards, one after
-   the other; OpenCLIP twice: at torch's default threads (one per core, what its users get) and at the
-   compute-thread count clipa chose (backends/threads.py). Printed: end-to-end samples/s (samples / wall time of the whole command, start-up
+   the other; OpenCLIP three times: at torch's default threads (one per core, what its users get), at the
+   compute-thread count clipa chose (backends/threads.py), and at that count with glibc's malloc set as
+   clipa's torch worker sets it for itself (backends/allocator.py), so the last ratio compares the trainers. Printed: end-to-end samples/s (samples / wall time of the whole command, start-up
    included) of each and clipa / OpenCLIP, plus the steady rate from each trainer's own log lines.
 2. CLIPA at equal wall time: per seed, ``recipes/demo.yaml`` (32-px stage with syntax-reduced captions, then
    a 64-px fine-tune) is run by clipa; OpenCLIP trains at 64 px for as many samples as its measured
@@ -49,10 +50,14 @@ def load_avg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def env(threads=None) -> dict:
+def env(threads=None, allocator=False) -> dict:
     e = dict(os.environ, HF_HUB_OFFLINE="1")
     if threads is not None:       # OpenCLIP's trainer never sets torch's threads: torch reads this at start
         e["OMP_NUM_THREADS"] = str(threads)
+    if allocator:                 # glibc's thresholds as clipa's torch worker sets them (backends/allocator.py)
+        from clipa.backends import allocator as alloc
+
+        e.update(alloc.as_environment())
     return e
 
 
@@ -122,8 +127,9 @@ def openclip_config(work: Path) -> Path:
 
 
 def run_openclip(cfg: Path, paths: dict, samples: int, seed: int, logs: Path, name: str,
-                 threads=None) -> dict:
-    """OpenCLIP's trainer; ``threads``: torch's compute threads (None: torch's default, one per core)."""
+                 threads=None, allocator=False) -> dict:
+    """OpenCLIP's trainer; ``threads``: torch's compute threads (None: torch's default, one per core);
+    ``allocator``: with glibc's thresholds as clipa sets them for itself (else glibc's defaults)."""
     shutil.rmtree(logs / name, ignore_errors=True)
     logs.mkdir(parents=True, exist_ok=True)
     args = [PY, "-m", "benchmarks.openclip_launch", str(cfg),
@@ -135,7 +141,7 @@ def run_openclip(cfg: Path, paths: dict, samples: int, seed: int, logs: Path, na
             "--aug-cfg", "scale=(0.8,1.0)", "--logs", str(logs), "--name", name, "--save-frequency", "1",
             "--zeroshot-frequency", "0", "--log-every-n-steps", "10", "--report-to", ""]
     t0 = time.perf_counter()
-    p = subprocess.run(args, env=env(threads), capture_output=True, text=True, cwd=ROOT)
+    p = subprocess.run(args, env=env(threads, allocator), capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
     if p.returncode:
         raise RuntimeError(f"open_clip_train failed ({p.returncode}):\n{p.stderr[-3000:]}")
@@ -225,13 +231,19 @@ def main(argv=None) -> int:
         print(f"load average: {load_avg()}", flush=True)
         # The same trainer at clipa's thread count: separates the thread choice from the rest of the trainer.
         om = run_openclip(cfg, paths, samples, 0, work / "oc", "speed-matched", threads=c["threads"] or 1)
+        print(f"load average: {load_avg()}", flush=True)
+        # And with clipa's allocator settings too: what is left is the trainers themselves.
+        oa = run_openclip(cfg, paths, samples, 0, work / "oc", "speed-matched-alloc", threads=c["threads"] or 1,
+                          allocator=True)
         print(f"\nspeed, 64 px, batch {BATCH}, {samples} samples each, fp32, one at a time")
-        print(f"{'trainer':<22} {'wall s':>8} {'e2e samples/s':>14} {'steady samples/s':>17}  compute threads")
-        for label, r in (("clipa", c), ("OpenCLIP", o), ("OpenCLIP, clipa's threads", om)):
-            print(f"{label:<22} {r['wall_s']:>8.1f} {r['e2e']:>14.1f} {r['steady']:>17.1f}  {r['threads']}")
-        print(f"ratio clipa / OpenCLIP: end to end {c['e2e'] / o['e2e']:.2f}x, steady {c['steady'] / o['steady']:.2f}x")
-        print(f"ratio clipa / OpenCLIP at clipa's threads: end to end {c['e2e'] / om['e2e']:.2f}x, "
-              f"steady {c['steady'] / om['steady']:.2f}x", flush=True)
+        print(f"{'trainer':<40} {'wall s':>8} {'e2e samples/s':>14} {'steady samples/s':>17}  compute threads")
+        runs = (("clipa", c, None), ("OpenCLIP", o, ""), ("OpenCLIP, clipa's threads", om, " at clipa's threads"),
+                ("OpenCLIP, clipa's threads and allocator", oa, " at clipa's threads and allocator"))
+        for label, r, _ in runs:
+            print(f"{label:<40} {r['wall_s']:>8.1f} {r['e2e']:>14.1f} {r['steady']:>17.1f}  {r['threads']}")
+        for _, r, how in runs[1:]:
+            print(f"ratio clipa / OpenCLIP{how}: end to end {c['e2e'] / r['e2e']:.2f}x, "
+                  f"steady {c['steady'] / r['steady']:.2f}x", flush=True)
         oc_last = om
     else:
         oc_last = None
