@@ -13,7 +13,10 @@ So: decode demand (cores) = the rate compute could reach x the decode time per s
   sample (``costmodels.flops``): overstating it can only reserve a core too many, never starve decoding.
 
 Cores reserved = that demand rounded (half a core of decoding or more earns a core), at most one per
-worker and at most all but one core. Cores other processes are using right now are not ours: OpenMP
+worker and at most all but one core, decided for each stage: a stage whose decoding is light gets the
+core a heavier stage reserved (the demo on 2 cores: its 32-px pre-training reserves a core, its 64-px
+fine-tune need not, and with 2 compute threads instead of 1 it ran at 167 instead of 114 samples/s,
+2026-11-30). Cores other processes are using right now are not ours: OpenMP
 threads that outnumber the free cores spin against the other processes (one stage at 64 px ran 3.2x
 slower with 2 threads than with 1 while 4 other processes loaded this 2-core machine: 441 s vs 136 s
 for 3,200 samples, load average 5.6, measured 2026-11-30), so ``busy_cores`` samples /proc/stat.
@@ -122,13 +125,13 @@ def peak_samples_per_s(encoder, stage, cores: int) -> float:
     return cores * per_core / f
 
 
-def for_recipe(rec, run_dir, local_ranks: int = 1) -> Choice:
-    """The choice for a CPU training process of ``rec`` in ``run_dir``. The stage that needs most
-    decoding decides, so no stage is starved."""
+def for_recipe(rec, run_dir, local_ranks: int = 1) -> dict[str, Choice]:
+    """The choice for each stage (by name) of a CPU training process of ``rec`` in ``run_dir``."""
     override = getattr(rec.train, "compute_threads", None)
     cores = os.cpu_count() or 1
     if override is not None:
-        return choose(cores, local_ranks, rec.dataset.workers, 0.0, override=override)
+        c = choose(cores, local_ranks, rec.dataset.workers, 0.0, override=override)
+        return {st.name: c for st in rec.stages}
     try:
         from clipa.backends.data import resolve
 
@@ -137,21 +140,23 @@ def for_recipe(rec, run_dir, local_ranks: int = 1) -> Choice:
         dataset = None
     enc = rec.encoder.spec
     per_rank = max(1, cores // max(1, local_ranks))
-    demand = 0.0
+    busy = busy_cores()
+    out = {}
     for st in rec.stages:
         d = measure_decode_s(dataset, st, enc) if dataset is not None and rec.dataset.workers > 0 else None
         if d is None:
             d = modelled_decode_s(st.image_size)
-        demand = max(demand, peak_samples_per_s(enc, st, per_rank) * d)
-    return choose(cores, local_ranks, rec.dataset.workers, demand, busy=busy_cores())
+        out[st.name] = choose(cores, local_ranks, rec.dataset.workers, peak_samples_per_s(enc, st, per_rank) * d,
+                              busy=busy)
+    return out
 
 
 THREADS_FILE = "threads.json"
 
 
-def for_run(rec, run_dir, local_ranks: int = 1) -> Choice:
+def for_run(rec, run_dir, local_ranks: int = 1) -> dict[str, Choice]:
     """``for_recipe``, decided once per run directory: a resumed process (and every local rank) uses the
-    count the run started with, since the thread count changes float reduction order and a resume must
+    counts the run started with, since the thread count changes float reduction order and a resume must
     end with the same weights as an uninterrupted run. The first process to write the file wins."""
     import json
 
@@ -161,8 +166,11 @@ def for_run(rec, run_dir, local_ranks: int = 1) -> Choice:
         return for_recipe(rec, run_dir, local_ranks)
     path = fs.path(run_dir) / THREADS_FILE
     if not path.exists():
-        c = for_recipe(rec, run_dir, local_ranks)
-        fs.write_atomic(path, json.dumps({"threads": c.threads, "reserved": c.reserved, "reason": c.reason}),
-                        exclusive=True)
+        stages = {name: {"threads": c.threads, "reserved": c.reserved, "reason": c.reason}
+                  for name, c in for_recipe(rec, run_dir, local_ranks).items()}
+        fs.write_atomic(path, json.dumps({"stages": stages}), exclusive=True)
     d = json.loads(path.read_text())
-    return Choice(int(d["threads"]), int(d["reserved"]), math.nan, f"as this run started: {d['reason']}")
+    # A run started before the choice was made per stage has one count for all of them.
+    per_stage = d.get("stages") or {st.name: d for st in rec.stages}
+    return {st.name: Choice(int(per_stage[st.name]["threads"]), int(per_stage[st.name]["reserved"]), math.nan,
+                            f"as this run started: {per_stage[st.name]['reason']}") for st in rec.stages}

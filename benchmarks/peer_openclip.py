@@ -114,7 +114,8 @@ def run_clipa(rec: dict, run_dir: Path) -> dict:
     samples = sum(st["samples"] for st in rec["stages"])
     return {"wall_s": wall, "samples": samples, "e2e": samples / wall,
             "steady": statistics.median(rates[1:] or rates) if rates else float("nan"),
-            "threads": int(threads[0]) if threads else None}
+            # One line per stage when the counts differ: the last stage's (64 px, as OpenCLIP trains here).
+            "threads": int(threads[-1]) if threads else None}
 
 
 def openclip_config(work: Path) -> Path:

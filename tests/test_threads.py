@@ -1,5 +1,6 @@
 """backends/threads.py: compute threads from the decode demand, free cores and the recipe override."""
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,6 @@ def test_override_wins():
 
 
 def test_busy_cores_is_within_the_host():
-    import os
     assert 0.0 <= threads.busy_cores(0.05) <= (os.cpu_count() or 1) + 1e-9
 
 
@@ -56,8 +56,13 @@ def test_for_recipe_measures_the_runs_own_shards(tmp_path):
     st = rec.stages[-1]
     measured = threads.measure_decode_s(rec.dataset, st, rec.encoder.spec, batch_size=8, batches=1)
     assert measured is not None and 0 < measured < threads.modelled_decode_s(st.image_size)
-    c = threads.for_recipe(rec, tmp_path)
-    assert 1 <= c.threads <= 2 and c.decode_cores > 0
+    cs = threads.for_recipe(rec, tmp_path)
+    assert list(cs) == [s.name for s in rec.stages]
+    assert all(1 <= c.threads <= (os.cpu_count() or 1) and c.decode_cores > 0 for c in cs.values())
+    # Per stage: at 32 px compute can run about 4x as many samples/s as at 64 px (a quarter of the FLOPs)
+    # while a sample decodes in about the same time, so the pre-training stage's decoding weighs more.
+    pre, ft = cs.values()
+    assert pre.decode_cores > 2 * ft.decode_cores
 
 
 def test_recipe_override(tmp_path):
@@ -67,24 +72,60 @@ def test_recipe_override(tmp_path):
 
     d = yaml.safe_load((Path(__file__).parents[1] / "recipes" / "demo.yaml").read_text())
     d["train"]["compute_threads"] = 3
-    c = threads.for_recipe(recipe.Recipe.model_validate(d), tmp_path)
-    assert c.threads == 3 and "train.compute_threads" in c.reason
+    cs = threads.for_recipe(recipe.Recipe.model_validate(d), tmp_path)
+    assert [(c.threads, "train.compute_threads" in c.reason) for c in cs.values()] == [(3, True)] * len(d["stages"])
     d["train"]["compute_threads"] = 0
     with pytest.raises(Exception, match="compute_threads"):
         recipe.Recipe.model_validate(d)
 
 
 def test_the_choice_is_made_once_per_run_directory(tmp_path):
-    """A resumed process uses the thread count the run started with, whatever the load is now."""
-    import yaml
+    """A resumed process uses the thread counts the run started with, whatever the load is now."""
+    import json
 
     from clipa import recipe
 
-    rec = recipe.Recipe.model_validate(yaml.safe_load((Path(__file__).parents[1] / "recipes" / "demo.yaml").read_text()))
+    rec = recipe.load(Path(__file__).parents[1] / "recipes" / "demo.yaml")
     first = threads.for_run(rec, tmp_path)
     stored = tmp_path / threads.THREADS_FILE
-    assert stored.exists() and first.threads >= 1
-    other = 3 - first.threads if first.threads in (1, 2) else 1   # a count the machine would not pick now
-    stored.write_text(stored.read_text().replace(f'"threads": {first.threads}', f'"threads": {other}'))
+    assert stored.exists() and list(first) == [s.name for s in rec.stages]
+    d = json.loads(stored.read_text())
+    for name, c in first.items():   # counts the machine would not pick now
+        d["stages"][name]["threads"] = 3 - c.threads if c.threads in (1, 2) else 1
+    stored.write_text(json.dumps(d))
     again = threads.for_run(rec, tmp_path)
-    assert again.threads == other and "as this run started" in again.reason
+    assert [c.threads for c in again.values()] == [d["stages"][n]["threads"] for n in again]
+    assert all("as this run started" in c.reason for c in again.values())
+
+
+def test_a_run_started_with_one_count_resumes_with_it_in_every_stage(tmp_path):
+    """threads.json as runs wrote it before the choice was per stage."""
+    from clipa import recipe
+
+    rec = recipe.load(Path(__file__).parents[1] / "recipes" / "demo.yaml")
+    (tmp_path / threads.THREADS_FILE).write_text('{"threads": 2, "reserved": 0, "reason": "old"}')
+    assert {n: c.threads for n, c in threads.for_run(rec, tmp_path).items()} == {s.name: 2 for s in rec.stages}
+
+
+def test_the_trainer_sets_each_stages_count_when_the_stage_starts(tmp_path):
+    """The real torch trainer on the tiny recipe: stage 'pre' at 1 thread, 'ft' at 2, as given."""
+    import torch
+
+    from clipa import recipe
+    from clipa.backends.torch import dist as tdist
+    from clipa.backends.torch import launch
+    from clipa.backends.torch.trainer import TorchTrainer
+
+    rec = recipe.load(Path(__file__).parents[1] / "recipes" / "test.yaml")
+    launch.record_parallelism(tmp_path, rec, 1, "cpu")
+    before = torch.get_num_threads()
+    try:
+        tr = TorchTrainer(rec, tmp_path, tdist.init("cpu"), {"pre": 1, "ft": 2})
+        tr.restore(None)
+        seen = []
+        for k, st in enumerate(rec.stages):
+            tr.start_stage(k, st, 0)
+            seen.append(torch.get_num_threads())
+        assert seen == [1, 2]
+    finally:
+        torch.set_num_threads(before)

@@ -60,12 +60,14 @@ class TorchTrainer:
 
     backend = "torch"
 
-    def __init__(self, recipe: Recipe, run_dir, world: tdist.World):
+    def __init__(self, recipe: Recipe, run_dir, world: tdist.World, compute_threads: Optional[dict[str, int]] = None):
+        """``compute_threads``: torch's thread count for each stage, by name (CPU; None: leave torch's)."""
         for i, st in enumerate(recipe.stages):
             if st.global_batch % world.world_size:
                 raise UserError(f"stages[{i}].global_batch: {st.global_batch} is not divisible by "
                                 f"{world.world_size} processes")
         self.recipe, self.run_dir, self.w = recipe, fs.path(run_dir), world
+        self.compute_threads = compute_threads
         self.n_devices = self.world = world.world_size
         self.rank, self.is_main = world.rank, world.is_main
         self.device_name = torch.cuda.get_device_name(world.device) if world.device.type == "cuda" else "cpu"
@@ -110,6 +112,8 @@ class TorchTrainer:
         self._opt_state = None
 
     def start_stage(self, k: int, st: Stage, step: int) -> None:
+        if self.compute_threads:
+            torch.set_num_threads(self.compute_threads[st.name])
         if self.fsdp and self.ddp is not None:  # FSDP shards in place: go on from the full weights gathered
             self.model = self._build(self.st, self._weights)
         if self._opt_state is None:  # a fresh stage: adapt the previous stage's weights

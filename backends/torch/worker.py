@@ -37,16 +37,24 @@ def main(run_dir, device: Optional[str] = None, max_samples: Optional[int] = Non
     world = tdist.init(device)
     if world.device.type == "cpu":
         # Threads from the decode demand and the free cores (backends/threads.py): OpenMP threads beyond
-        # the cores left spin against the decoders and other processes. Chosen once per run (resumes match).
-        choice = threads.for_run(rec, run_dir, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        torch.set_num_threads(choice.threads)
-        print(f"cpu: {choice}", file=sys.stderr, flush=True)
+        # the cores left spin against the decoders and other processes. Chosen once per run (resumes match),
+        # per stage: the trainer sets each stage's count when the stage starts.
+        choices = threads.for_run(rec, run_dir, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        compute_threads = {name: c.threads for name, c in choices.items()}
+        torch.set_num_threads(compute_threads[rec.stages[0].name])
+        if len({str(c) for c in choices.values()}) == 1:
+            print(f"cpu: {choices[rec.stages[0].name]}", file=sys.stderr, flush=True)
+        else:
+            for name, c in choices.items():
+                print(f"cpu: {c} (stage {name})", file=sys.stderr, flush=True)
+    else:
+        compute_threads = None
     console = Console(stderr=True, soft_wrap=True)
     try:
         ds = resolve.resolve(rec, run_dir, generate=False)
         pipeline.start_workers(rec.dataset.workers)  # their start-up overlaps the model's construction
-        loop.run(rec, run_dir, ds, TorchTrainer(rec, run_dir, world), max_samples=max_samples, console=console,
-                 resume=resume)
+        loop.run(rec, run_dir, ds, TorchTrainer(rec, run_dir, world, compute_threads), max_samples=max_samples,
+                 console=console, resume=resume)
     finally:
         tdist.shutdown()
     return 0
