@@ -9,8 +9,9 @@
    class token, as OpenCLIP's always does), optimiser, schedule, batch, crop range and shards, one after
    the other; OpenCLIP three times: at torch's default threads (one per core, what its users get), at the
    compute-thread count clipa chose (backends/threads.py), and at that count with glibc's malloc set as
-   clipa's torch worker sets it for itself (backends/allocator.py), so the last ratio compares the trainers. Printed: end-to-end samples/s (samples / wall time of the whole command, start-up
-   included) of each and clipa / OpenCLIP, plus the steady rate from each trainer's own log lines.
+   clipa's torch worker sets it for itself (backends/allocator.py), so the last ratio compares the trainers.
+   Printed: end-to-end samples/s (samples / wall time of the whole command, start-up included) of each and
+   clipa / OpenCLIP, plus the steady rate from each trainer's own log lines.
 2. CLIPA at equal wall time: per seed, ``recipes/demo.yaml`` (32-px stage with syntax-reduced captions, then
    a 64-px fine-tune) is run by clipa; OpenCLIP trains at 64 px for as many samples as its measured
    end-to-end rate fits in that same wall time, at the compute-thread count clipa chose (so that the

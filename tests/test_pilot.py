@@ -169,6 +169,13 @@ def test_calibration_changes_the_prediction_and_the_plan(tmp_path, capsys):
     assert calib.recipe.predictions.predicted_top1 > 50.0
 
 
+@pytest.mark.parametrize("asked,evaluated", [(None, 1000), (300, 300), (5000, 1000)])
+def test_a_pilot_is_evaluated_on_at_most_1000_images_or_fewer_if_the_target_asks(asked, evaluated):
+    rec = recipe_mod.load(DEMO)
+    rec = rec.model_copy(update={"dataset": rec.dataset.model_copy(update={"val_images": asked})})
+    assert pilot.scaled(rec, 0.1, "p").dataset.val_images == evaluated
+
+
 @pytest.mark.parametrize("target,hw,share", [(PUBLISHED, "a100x8", 0.10), (DEMO, "cpu", 0.2), (PUBLISHED, "h100x8", 0.05)])
 def test_suite_costs_at_most_its_share(tmp_path, target, hw, share):
     rec = recipe_mod.load(target)
@@ -181,7 +188,7 @@ def test_suite_costs_at_most_its_share(tmp_path, target, hw, share):
     for p in pilots:  # the target's shape at fewer samples
         assert [s.image_size for s in p.recipe.stages] == [s.image_size for s in rec.stages]
         assert p.recipe.encoder == rec.encoder
-        assert p.recipe.dataset.val_images == min(rec.dataset.val_images or pilot.VAL_IMAGES, pilot.VAL_IMAGES)
+        assert rec.dataset.val_images is None and p.recipe.dataset.val_images == pilot.VAL_IMAGES
         # enough log lines in every stage for the throughput calibration's steady rate
         assert all(st.steps // p.recipe.train.log_every_steps >= pilot.LOG_LINES or p.recipe.train.log_every_steps == 1
                    for st in p.recipe.stages)
