@@ -10,6 +10,7 @@ shared files (metrics, weights files, achieved.json) to the run directory, a loc
 """
 from __future__ import annotations
 
+import errno
 import math
 import signal
 import time
@@ -24,7 +25,7 @@ from clipa import fs, rundir
 from clipa.backends import logline, runstate as rs
 from clipa.backends.schedule import lr_at
 from clipa.backends.stopping import StopSignals
-from clipa.errors import Interrupted
+from clipa.errors import Interrupted, NoRoom
 from clipa.recipe import DatasetSpec, Recipe, Stage
 
 
@@ -279,6 +280,10 @@ class _Run:
         return achieved
 
 
+# What a write fails with when the storage, not clipa, is at fault: no traceback for those.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
 def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, trainer: Trainer, *,
         max_samples: Optional[int] = None, console: Optional[Console] = None,
         resume: Optional[str] = None) -> Optional[rundir.Achieved]:
@@ -286,18 +291,42 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, trainer: Trainer, *
     achieved.json) or None (another process, or stopped at ``max_samples`` samples drawn in total).
 
     SIGINT/SIGTERM: a checkpoint at the next step boundary, then ``Interrupted`` (its message ends with
-    ``resume``, the command that continues the run; default: clipa-run on the run directory's recipe)."""
+    ``resume``, the command that continues the run; default: clipa-run on the run directory's recipe).
+    A full disk (or quota, or read-only filesystem) under the run directory: ``NoRoom``, naming the file, the
+    newest complete checkpoint and ``resume``; a failed write never removes a complete checkpoint."""
     resume = resume or rs.resume_command(fs.path(run_dir) / rundir.RECIPE, run_dir, trainer.backend)
+    r = None
     with StopSignals() as signals:
-        r = _Run(recipe, run_dir, dataset, trainer, console or Console(stderr=True, soft_wrap=True), max_samples,
-                 signals, resume)
-        stages = recipe.stages
-        while r.pos.stage < len(stages):
-            k, st = r.pos.stage, stages[r.pos.stage]
-            if r.pos.step >= st.steps:  # the checkpoint (or the stage just trained) closed this stage
-                r.pos.stage, r.pos.step, r.pos.stage_time_s = k + 1, 0, 0.0
-                trainer.close_stage()
-                continue
-            if not r.train_stage(k, st):
-                return None
-        return r.finish()
+        try:
+            r = _Run(recipe, run_dir, dataset, trainer, console or Console(stderr=True, soft_wrap=True),
+                     max_samples, signals, resume)
+            return _stages(r)
+        except OSError as e:
+            if e.errno not in _NO_ROOM:
+                raise
+            raise NoRoom(f"{e.filename or run_dir}: {e.strerror}; {_where(r)}; make room, then resume with: "
+                         f"{resume}") from None
+
+
+def _where(r: Optional[_Run]) -> str:
+    """Where a run stopped and what it can resume from, for an error line."""
+    if r is None:
+        return "training had not started"
+    stages = r.recipe.stages
+    at = (f"stage {stages[r.pos.stage].name!r} step {r.pos.step}" if r.pos.stage < len(stages)
+          else "the end of the last stage")
+    newest = f"the newest complete checkpoint is {r.last_ckpt}" if r.last_ckpt else "there is no checkpoint yet"
+    return f"training stopped at {at}, {newest}"
+
+
+def _stages(r: _Run) -> Optional[rundir.Achieved]:
+    stages = r.recipe.stages
+    while r.pos.stage < len(stages):
+        k, st = r.pos.stage, stages[r.pos.stage]
+        if r.pos.step >= st.steps:  # the checkpoint (or the stage just trained) closed this stage
+            r.pos.stage, r.pos.step, r.pos.stage_time_s = k + 1, 0, 0.0
+            r.tr.close_stage()
+            continue
+        if not r.train_stage(k, st):
+            return None
+    return r.finish()

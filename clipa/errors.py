@@ -29,6 +29,14 @@ class Interrupted(UserError):
         self.exit_code = 128 + signum
 
 
+class NoRoom(UserError):
+    """A write to the run directory failed for want of room (a full disk, a quota, a read-only filesystem):
+    not a bug, so no traceback, and not a mistake in a flag, so exit 1. The message names the file, the
+    newest complete checkpoint (the ones before the failed write are kept) and the command that resumes."""
+
+    exit_code = 1
+
+
 def load_yaml(path: Path, what: str, source: str = "") -> Any:
     """``yaml.safe_load`` of the file at ``path`` (``json.loads`` if it ends in .json: YAML 1.1 reads
     1e-05 as a string); a file that is missing, unreadable, not UTF-8 or not parseable is a one-line

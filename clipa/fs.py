@@ -182,6 +182,10 @@ def write_atomic(dest, data: Union[bytes, str], *, exclusive: bool = False) -> b
         except FileExistsError:
             return False
         return True
+    except OSError as e:
+        if e.filename in (None, str(tmp)):  # write() names no file: a full disk's message should name this one
+            e.filename = str(p)
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

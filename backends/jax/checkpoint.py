@@ -12,6 +12,8 @@ clipa/fs.py's ``orbax_dir``).
 """
 from __future__ import annotations
 
+import os
+import re
 from typing import Optional
 
 import jax
@@ -34,9 +36,18 @@ def save(mngr: ocp.CheckpointManager, n: int, state, meta: dict) -> None:
     """Save checkpoint ``n``, replacing one of that number (an unreadable one the run passed over)."""
     if n in mngr.all_steps():
         mngr.delete(n)
-    mngr.save(n, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-              force=True)
-    mngr.wait_until_finished()
+    try:
+        mngr.save(n, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                  force=True)
+        mngr.wait_until_finished()
+    except ValueError as e:
+        # TensorStore reports a failed write as a ValueError whose text ends with the OS error's number; as
+        # an OSError it reaches the run loop like the PyTorch backend's (a full disk: one line, not a traceback).
+        code = re.search(r"os_error_code='(\d+)'", str(e))
+        if code is None:
+            raise
+        mngr.close()
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), f"{mngr.directory}/{n}") from None
 
 
 def steps(mngr: ocp.CheckpointManager) -> list[int]:

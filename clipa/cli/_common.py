@@ -1,7 +1,8 @@
 """What every clipa command shares: one-line errors and the exit codes shells, CI and SLURM rely on.
 
     0    success                         2    a usage error or a mistake in a flag, file or field
-    1    a failure that is not the user's (a worker died, a bug: its traceback is printed)
+    1    a failure that is not the user's (a worker died, a bug: its traceback is printed; a full disk
+         under the run directory: one line, errors.NoRoom)
     130  interrupted by Ctrl-C           143  stopped by SIGTERM (both after a checkpoint, when training)
 """
 from __future__ import annotations
