@@ -50,6 +50,24 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, name, args, needle):
     _one_line_error(_cli(name, *args, cwd=tmp_path), 2, needle)
 
 
+@pytest.mark.parametrize("name,args,needle", [
+    ("clipa-plan", ["--budget", "10000", "--out", "{file}/plan.yaml"], "{file}: a file where a folder is needed"),
+    ("clipa-plan", ["--budget", "10000", "--out", "{dir}"], "{dir}: Is a directory"),
+    ("clipa-run", ["{recipe}", "--run-dir", "{file}/run"], "{file}/run: Not a directory"),
+    ("clipa-report", ["--calibrate", "{run}", "--no-plots", "--calibration-out", "{file}/c.yaml"],
+     "{file}: a file where a folder is needed"),
+    ("clipa-report", ["{run}", "--out", "{file}/report"], "{file}/report: Not a directory"),
+])
+def test_a_path_that_cannot_be_written_is_one_line_exit_2(tmp_path, name, args, needle):
+    from report_rundirs import demo_recipe, write_run
+
+    paths = {"file": tmp_path / "a-file", "dir": tmp_path, "recipe": Path(recipe.__file__).parents[1] / "recipes"
+             / "test.yaml", "run": tmp_path / "run"}
+    paths["file"].write_text("x")
+    write_run(paths["run"], demo_recipe())
+    _one_line_error(_cli(name, *(a.format(**paths) for a in args), cwd=tmp_path), 2, needle.format(**paths))
+
+
 def test_predict_refuses_planning_flags(tmp_path):
     rec = Path(recipe.__file__).parent.parent / "recipes" / "demo.yaml"
     _one_line_error(_cli("clipa-plan", "--predict", rec, "--name", "x", "--out", tmp_path / "x.yaml"), 2,

@@ -1,13 +1,16 @@
 """What every clipa command shares: one-line errors and the exit codes shells, CI and SLURM rely on.
 
-    0    success                         2    a usage error or a mistake in a flag, file or field
+    0    success                         2    a usage error or a mistake in a flag, file or field (a path
+                                              that cannot be read or written too)
     1    a failure that is not the user's (a worker died, a bug: its traceback is printed; a full disk
          under the run directory: one line, errors.NoRoom)
     130  interrupted by Ctrl-C           143  stopped by SIGTERM (both after a checkpoint, when training)
 """
 from __future__ import annotations
 
+import errno
 import math
+import os
 import sys
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -42,6 +45,16 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:
         return 130
     except typer.Abort:
         return 130  # typer turns Ctrl-C at a prompt into Abort
+    except OSError as e:
+        if e.filename is None:
+            raise
+        # A path that cannot be read or written (an --out in /proc, a directory where a file goes, no
+        # permission): the user's path or their machine's, never a traceback. A full disk is not a usage error.
+        why = e.strerror
+        if isinstance(e, FileExistsError) and not os.path.isdir(e.filename):  # mkdir where a file is
+            why = "a file where a folder is needed"
+        err_console.print(f"[red]error:[/red] {e.filename}: {why}", soft_wrap=True, markup=True)
+        return 1 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 2
     except typer.TyperException as e:  # typer's own click: unknown option, missing argument, bad value
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         err_console.print(f"[red]error:[/red] {_one_line(message)} (see {prog} --help)", soft_wrap=True)
