@@ -162,10 +162,24 @@ def count_skipped(found: dict) -> tuple[int, dict]:
     return sum(reasons.values()), reasons
 
 
-def resume_command(recipe_path: Path, run_dir: Path, backend: str) -> str:
-    """The command line that continues a stopped run (printed when a signal stops it)."""
-    cmd = ["clipa-run", str(recipe_path), "--run-dir", str(run_dir)]
-    return shlex.join(cmd + (["--backend", backend] if backend != "torch" else []))
+# The launch flags that shape a run: a resume with other values would train differently (or not start).
+_SHAPE_FLAGS = ("nproc", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_id", "device", "tpu", "zone", "project")
+
+
+def resume_command(recipe_path: Path, run_dir: Path, backend: str, opts=None) -> str:
+    """The command line that continues a stopped run (printed when a signal or a full disk stops it): the
+    same recipe, run directory, backend and, from ``opts`` (LaunchOptions), the same processes, nodes and
+    device. --max-samples is left out: the resumed run goes on to the end."""
+    from clipa.backends.base import LaunchOptions
+
+    cmd = ["clipa-run", str(recipe_path), "--run-dir", str(run_dir)] + (["--backend", backend] if backend != "torch"
+                                                                          else [])
+    default = LaunchOptions()
+    for name in _SHAPE_FLAGS:
+        value = getattr(opts, name, None)
+        if value is not None and value != getattr(default, name):
+            cmd += [f"--{name.replace('_', '-')}", str(value)]
+    return shlex.join(cmd)
 
 
 def print_skipped(console: Console, skipped: int, reasons: dict) -> None:

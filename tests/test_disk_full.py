@@ -86,3 +86,15 @@ def test_full_disk_on_the_jax_backend_says_the_same(tmp_path_factory, tmp_path):
     assert "the newest complete checkpoint is checkpoint " in line, line
     assert f"resume with: clipa-run {rec} --run-dir {mnt / 'run'} --backend jax" in line, line
     assert (tmp_path / "out" / "run" / "checkpoints" / "10" / "commit_success.txt").is_file()
+
+
+def test_full_disk_in_a_two_process_run_names_the_command_as_launched(tmp_path_factory, tmp_path):
+    """Under torchrun the main worker says it, and its resume command keeps clipa-run's launch flags."""
+    prefix = _namespace()
+    rec = recipe(tmp_path, make_data(tmp_path_factory), "full2", pre=256, lr2=1e-4, checkpoint_every_samples=160)
+    mnt = tmp_path / "mnt"
+    full = _on_full_disk(prefix, mnt, tmp_path / "out", cmd(rec, mnt / "run", "--nproc", "2"))
+    assert full.returncode != 0, full.stderr[-3000:]
+    line = next((x for x in full.stderr.splitlines() if x.startswith("error: ")), None)
+    assert line is not None and "No space left on device" in line, full.stderr[-3000:]
+    assert line.endswith(f"resume with: clipa-run {rec} --run-dir {mnt / 'run'} --nproc 2 --device cpu"), line

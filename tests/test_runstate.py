@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 from dataclasses import asdict, fields
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,15 @@ def test_no_framework_import():
     code = ("import sys, clipa.backends.runstate, clipa.backends.data.resolve; "
             "sys.exit(any(m.split('.')[0] in ('torch', 'jax') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_the_resume_command_keeps_the_launch_shape_and_quotes_paths():
+    from clipa.backends.base import LaunchOptions
+
+    opts = LaunchOptions(nproc=8, nnodes=2, node_rank=1, rdzv_endpoint="h0:29500", device="cuda", max_samples=10)
+    assert rs.resume_command(Path("r s.yaml"), Path("runs/x"), "torch", opts) == (
+        "clipa-run 'r s.yaml' --run-dir runs/x --nproc 8 --nnodes 2 --node-rank 1 --rdzv-endpoint h0:29500 "
+        "--device cuda")
+    assert rs.resume_command(Path("r.yaml"), Path("d"), "jax", LaunchOptions(tpu="v4", zone="z")) == (
+        "clipa-run r.yaml --run-dir d --backend jax --tpu v4 --zone z")
+    assert rs.resume_command(Path("r.yaml"), Path("d"), "torch") == "clipa-run r.yaml --run-dir d"

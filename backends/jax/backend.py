@@ -67,5 +67,5 @@ def train(recipe: Recipe, run_dir: Path, opts: LaunchOptions, recipe_path: Path)
     ds = resolve.resolve(recipe, run_dir, generate=True)
     pipeline.start_workers(recipe.dataset.workers)  # their start-up overlaps the model's construction
     loop.run(recipe, run_dir, ds, JaxTrainer(recipe, run_dir), max_samples=opts.max_samples, console=console,
-             resume=resume_command(recipe_path, run_dir, "jax"))
+             resume=resume_command(recipe_path, run_dir, "jax", opts))
     return 0

@@ -1,6 +1,7 @@
 """TorchBackend: ``launch(recipe_path, recipe, run_dir, opts)`` trains a recipe into a run directory."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from rich.console import Console
@@ -21,16 +22,16 @@ class TorchBackend:
 
         console = Console(stderr=True, soft_wrap=True)
         run_dir = fs.path(run_dir)
-        cmd = launch.command(run_dir, opts)
+        resume = resume_command(recipe_path, run_dir, self.name, opts)
+        cmd = launch.command(run_dir, opts, resume)
         if opts.dry_run:
-            print(" ".join(cmd))
+            print(shlex.join(cmd))
             return 0
         # Node 0 writes recipe.yaml; the other nodes' workers start after torchrun's rendezvous, so after it.
         if not prepare_run_dir(recipe, run_dir, "torch", console, is_main=opts.node_rank == 0):
             return 0
         resolve.resolve(recipe, run_dir, generate=True)  # missing paths fail here, before any worker starts
         launch.record_parallelism(run_dir, recipe, opts.nproc * opts.nnodes, opts.device)
-        resume = resume_command(recipe_path, run_dir, self.name)
         if opts.nproc * opts.nnodes == 1:
             return worker.main(run_dir, opts.device, opts.max_samples, resume)
         return launch.run(cmd, resume)

@@ -61,8 +61,9 @@ def read_parallelism(run_dir: Path, processes: int) -> str:
 WORKER = "clipa.backends.torch.worker"
 
 
-def worker_args(run_dir: Path, opts: LaunchOptions) -> list[str]:
-    args = ["--run-dir", str(run_dir)]
+def worker_args(run_dir: Path, opts: LaunchOptions, resume: Optional[str] = None) -> list[str]:
+    """The worker's flags; ``resume``: the command a stopped worker prints (clipa-run's, with its flags)."""
+    args = ["--run-dir", str(run_dir)] + (["--resume", resume] if resume else [])
     if opts.device:
         args += ["--device", opts.device]
     if opts.max_samples is not None:
@@ -70,10 +71,10 @@ def worker_args(run_dir: Path, opts: LaunchOptions) -> list[str]:
     return args
 
 
-def command(run_dir: Path, opts: LaunchOptions) -> list[str]:
+def command(run_dir: Path, opts: LaunchOptions, resume: Optional[str] = None) -> list[str]:
     """An argument list (never a shell string): torchrun for several processes, else the worker alone."""
     if opts.nproc * opts.nnodes == 1:
-        return [sys.executable, "-m", WORKER, *worker_args(run_dir, opts)]
+        return [sys.executable, "-m", WORKER, *worker_args(run_dir, opts, resume)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(opts.nproc),
            "--nnodes", str(opts.nnodes)]
     if opts.nnodes > 1 or opts.rdzv_endpoint:
@@ -82,7 +83,7 @@ def command(run_dir: Path, opts: LaunchOptions) -> list[str]:
                 "--rdzv-id", opts.rdzv_id or "clipa", "--node-rank", str(opts.node_rank)]
     else:
         cmd += ["--standalone"]
-    return cmd + ["-m", WORKER, *worker_args(run_dir, opts)]
+    return cmd + ["-m", WORKER, *worker_args(run_dir, opts, resume)]
 
 
 def run(cmd: list[str], resume: str) -> int:

@@ -65,9 +65,10 @@ def cli(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--run-dir", required=True)  # a local path or a URL (clipa/fs.py)
     p.add_argument("--device", default=None)
     p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--resume", default=None)  # the clipa-run command that continues the run, as launched
     a = p.parse_args(argv)
     try:
-        return main(a.run_dir, a.device, a.max_samples)
+        return main(a.run_dir, a.device, a.max_samples, a.resume)
     except UserError as e:
         Console(stderr=True, highlight=False).print(f"[red]error:[/red] {e}", soft_wrap=True)
         return e.exit_code
