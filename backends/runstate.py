@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shlex
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -20,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from clipa import fs, rundir
 from clipa import recipe as recipe_mod
 from clipa.backends import tracking
-from clipa.costmodels import flops, hardware
+from clipa.costmodels import flops, hardware, memory
 from clipa.errors import UserError
 from clipa.recipe import DatasetSpec, Recipe, Stage
 
@@ -212,6 +213,41 @@ class _NoBar:
 _CHECKPOINT_GLOBS = {"torch": "ckpt-*", "jax": "[0-9]*"}
 
 
+KEEP_LAST = 2  # resumable checkpoints each backend keeps; stage-end weights files are always kept
+
+
+def checkpoint_bytes(recipe: Recipe) -> tuple[int, int, int]:
+    """(the most RUN_DIR/checkpoints holds, one resumable checkpoint, one weights file), in bytes. Weights
+    are fp32 and a checkpoint holds them with AdamW's two moments; KEEP_LAST checkpoints stay while the next
+    is written, beside a weights file per stage and the final one. On the tiny test run the estimate of what a
+    finished run keeps matches its files to 0.2% (tests/test_disk_full.py)."""
+    enc = recipe.encoder.spec
+    weights = 4 * max(memory.param_count(enc, st.image_size) for st in recipe.stages)  # learned positions: the most
+    ckpt = 3 * weights
+    return (KEEP_LAST + 1) * ckpt + (len(recipe.stages) + 1) * weights, ckpt, weights
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def warn_if_no_room(recipe: Recipe, run_dir, console: Console) -> None:
+    """Say before training when a local run directory has less free space than its checkpoints still need: a
+    write that does not fit stops the run (``clipa.errors.NoRoom``), maybe hours in. A warning, not an
+    error: other files may be deleted meanwhile."""
+    if not isinstance(run_dir, Path):
+        return  # an object store has no free space to ask
+    need, ckpt, weights = checkpoint_bytes(recipe)
+    d = run_dir / rundir.CHECKPOINTS
+    have = sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) if d.is_dir() else 0
+    free = shutil.disk_usage(run_dir).free
+    if free < need - have:
+        console.print(f"[yellow]warning:[/yellow] {run_dir}: {_size(free)} free, but its checkpoints need up to "
+                      f"{_size(need - have)} more ({KEEP_LAST + 1} checkpoints of {_size(ckpt)} while one is "
+                      f"written, {len(recipe.stages) + 1} weights files of {_size(weights)}); a write that does "
+                      f"not fit stops the run", soft_wrap=True)
+
+
 def prepare_run_dir(recipe: Recipe, run_dir, backend: str, console: Console, *, is_main: bool = True) -> bool:
     """Whether there is anything to train: False (said on ``console``) when the run finished; recipe.yaml
     written for a new run (by the main process only: the others of a pod read the same shared directory).
@@ -235,10 +271,12 @@ def prepare_run_dir(recipe: Recipe, run_dir, backend: str, console: Console, *, 
         if (run_dir / rundir.ACHIEVED).exists():
             console.print(f"{run_dir}: already finished ({rundir.ACHIEVED} exists); nothing to do")
             return False
-        return True
-    run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if is_main:
+            recipe_mod.dump(recipe, existing)
     if is_main:
-        recipe_mod.dump(recipe, existing)
+        warn_if_no_room(recipe, run_dir, console)
     return True
 
 

@@ -13,6 +13,9 @@ from safetensors.torch import load_file
 
 from tiny_run import ENV, cmd, make_data, recipe, run
 
+from clipa import recipe as recipe_mod
+from clipa.backends import runstate as rs
+
 # Each prefix makes a mount namespace where a tmpfs can be mounted: unprivileged (a user namespace), or as root.
 _NAMESPACES = (["unshare", "--user", "--map-root-user", "--mount"], ["unshare", "--mount"])
 # The tiny run's checkpoint is 40.7 MB (13.5 MB weights + 27.1 MB optimizer state) and the first stage's
@@ -44,11 +47,20 @@ def test_full_disk_is_one_line_keeps_checkpoints_and_resumes(tmp_path_factory, t
     rec = recipe(tmp_path, data, "full", pre=256, lr2=1e-4, checkpoint_every_samples=160)  # a checkpoint at step 10
     ref = run(rec, tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr[-2000:]
+    # The room estimated before a run starts, against what the finished reference keeps: the last two
+    # checkpoints and three weights files (the estimate adds the checkpoint being written).
+    need, ckpt, _ = rs.checkpoint_bytes(recipe_mod.load(rec))
+    kept = sum(f.stat().st_size for f in (tmp_path / "ref" / "checkpoints").rglob("*") if f.is_file())
+    assert need - ckpt == pytest.approx(kept, rel=0.002)
+    assert "warning" not in ref.stderr
 
     mnt, out = tmp_path / "mnt", tmp_path / "out"
     full = _on_full_disk(prefix, mnt, out, cmd(rec, mnt / "run"))
     assert full.returncode == 1, full.stderr[-3000:]
     assert "Traceback" not in full.stderr, full.stderr[-3000:]
+    # Said before training: 64 MB (67 MB) is not enough.
+    assert f"warning: {mnt / 'run'}: 67 MB free, but its checkpoints need up to {need / 1e6:.0f} MB more" in \
+        full.stderr, full.stderr[:2000]
     last = full.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "No space left on device" in last, last
     assert f"{mnt / 'run' / 'checkpoints'}/ckpt-0000-000000016/" in last, last  # the file that did not fit

@@ -20,9 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from clipa import fs, rundir
-from clipa.backends.runstate import CorruptCheckpoint
-
-KEEP_LAST = 2  # resumable checkpoints kept (as the PyTorch backend)
+from clipa.backends.runstate import KEEP_LAST, CorruptCheckpoint
 
 
 def manager(run_dir) -> ocp.CheckpointManager:

@@ -22,9 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes, save as save_bytes
 
 from clipa import fs, rundir
-from clipa.backends.runstate import CorruptCheckpoint
+from clipa.backends.runstate import KEEP_LAST, CorruptCheckpoint
 
-KEEP_LAST = 2  # resumable checkpoints kept; stage-end weights are always kept
 _CKPT = re.compile(r"^ckpt-(\d{4})-(\d{9})$")
 
 
