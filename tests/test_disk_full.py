@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
-from tiny_run import ENV, cmd, make_data, recipe, run
+from tiny_run import ENV, cmd, make_data, recipe, run, tiny
 
 from clipa import recipe as recipe_mod
 from clipa.backends import runstate as rs
@@ -110,3 +111,23 @@ def test_full_disk_in_a_two_process_run_names_the_command_as_launched(tmp_path_f
     line = next((x for x in full.stderr.splitlines() if x.startswith("error: ")), None)
     assert line is not None and "No space left on device" in line, full.stderr[-3000:]
     assert line.endswith(f"resume with: clipa-run {rec} --run-dir {mnt / 'run'} --nproc 2 --device cpu"), line
+
+
+def test_full_disk_in_a_pilot_suite_says_how_to_resume_the_suite(tmp_path_factory, tmp_path):
+    """A suite's pilots take their data from the suite: the command to resume is the suite's."""
+    from clipa.cli._common import run_app
+    from clipa.cli.plan import app as plan_app
+
+    prefix = _namespace()
+    target = tmp_path / "t.yaml"
+    target.write_text(yaml.safe_dump(tiny(name="t", dataset={"name": "demo", "train_samples": 512, "workers": 0})))
+    suite = tmp_path / "suite"
+    assert run_app(plan_app, ["--pilot", "--target", str(target), "--hw", "cpu", "--pilot-share", "0.6",
+                              "--out", str(suite)]) == 0
+    mnt = tmp_path / "mnt"
+    full = _on_full_disk(prefix, mnt, tmp_path / "out", cmd(suite / "suite.yaml", mnt / "run"))
+    assert full.returncode == 1, full.stderr[-3000:]
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "No space left on device" in last, last
+    assert last.endswith(f"make room, then resume the suite with: clipa-run {suite / 'suite.yaml'} --run-dir "
+                         f"{mnt / 'run'} --device cpu"), last

@@ -9,7 +9,6 @@ every pilot reads it: the same images the target run will be trained and judged 
 from __future__ import annotations
 
 import resource
-import shlex
 import time
 from pathlib import Path
 from typing import Optional
@@ -19,7 +18,7 @@ from rich.console import Console
 from clipa import recipe as recipe_mod
 from clipa import rundir
 from clipa import suite as suite_mod
-from clipa.errors import Interrupted
+from clipa.errors import Interrupted, NoRoom
 
 
 def _cpu_s() -> float:
@@ -60,9 +59,12 @@ def run_suite(path: Path, backend, root: Optional[Path], opts, check, freeze) ->
         console.print(f"pilot {i + 1}/{len(recs)}: {p.name} ({p.scale:.4g}x the target's samples) -> {run_dir}")
         try:
             code = backend.launch(rpath, rec, run_dir, opts)
-        except Interrupted as e:  # resume the suite, not the pilot alone (its data paths come from the suite)
-            again = shlex.join(["clipa-run", str(path), "--run-dir", str(root)])
-            raise Interrupted(e.signum, f"{str(e).split('; resume with:')[0]}; resume the suite with: {again}") from None
+        except (Interrupted, NoRoom) as e:  # resume the suite, not the pilot alone (its data comes from the suite)
+            from clipa.backends.runstate import resume_command
+
+            said = f"{str(e).rsplit('resume with: ', 1)[0]}resume the suite with: " \
+                   f"{resume_command(path, root, backend.name, opts)}"
+            raise (Interrupted(e.signum, said) if isinstance(e, Interrupted) else NoRoom(said)) from None
         if code:
             return code
     if not opts.dry_run:
