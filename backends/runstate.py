@@ -237,15 +237,26 @@ def warn_if_no_room(recipe: Recipe, run_dir, console: Console) -> None:
     error: other files may be deleted meanwhile."""
     if not isinstance(run_dir, Path):
         return  # an object store has no free space to ask
-    need, ckpt, weights = checkpoint_bytes(recipe)
+    need = checkpoint_bytes(recipe)[0]
     d = run_dir / rundir.CHECKPOINTS
     have = sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) if d.is_dir() else 0
     free = shutil.disk_usage(run_dir).free
     if free < need - have:
         console.print(f"[yellow]warning:[/yellow] {run_dir}: {_size(free)} free, but its checkpoints need up to "
-                      f"{_size(need - have)} more ({KEEP_LAST + 1} checkpoints of {_size(ckpt)} while one is "
-                      f"written, {len(recipe.stages) + 1} weights files of {_size(weights)}); a write that does "
-                      f"not fit stops the run", soft_wrap=True)
+                      f"{_size(need - have)} more ({checkpoint_parts(recipe)}); a write that does not fit stops "
+                      f"the run", soft_wrap=True)
+
+
+def checkpoint_parts(recipe: Recipe) -> str:
+    """What ``checkpoint_bytes`` counts, in words (the room warning and clipa-plan say it)."""
+    _, ckpt, weights = checkpoint_bytes(recipe)
+    return (f"{KEEP_LAST + 1} checkpoints of {_size(ckpt)} while one is written, {len(recipe.stages) + 1} "
+            f"weights files of {_size(weights)}")
+
+
+def storage_line(recipe: Recipe) -> str:
+    """One line for a plan: the most a run directory holds, so a user can size the disk before launching."""
+    return f"disk: the run directory holds up to {_size(checkpoint_bytes(recipe)[0])} ({checkpoint_parts(recipe)})"
 
 
 def prepare_run_dir(recipe: Recipe, run_dir, backend: str, console: Console, *, is_main: bool = True) -> bool:

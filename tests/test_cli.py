@@ -214,6 +214,17 @@ def test_piped_plan_tables_fit_100_columns_without_cutting_digits(tmp_path):
     assert "…" not in r.stdout  # rich's ellipsis: a cut cell
 
 
+def test_plan_says_how_much_disk_the_run_directory_needs(tmp_path):
+    """The figure clipa-run's room warning uses (measured against a finished run in test_disk_full.py), for
+    the recipe the plan wrote: a user sizes the disk before launching."""
+    from clipa.backends import runstate as rs
+
+    r = _cli("clipa-plan", "--budget", "10000", "--out", tmp_path / "g.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = recipe.load(tmp_path / "g.yaml")
+    assert rs.storage_line(rec) in " ".join(r.stdout.split()), r.stdout[-1500:]
+
+
 def test_plan_warns_when_it_passes_over_the_users_data_more_often_than_any_published_run(tmp_path):
     r = _cli("clipa-plan", "--budget", "10000", "--train-samples", "1000000", "--json", "--out", tmp_path / "g.yaml")
     assert r.returncode == 0, r.stderr[-2000:]

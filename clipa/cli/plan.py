@@ -209,6 +209,9 @@ def _print_plan(console: Console, a: SimpleNamespace, cmp, rec: recipe_mod.Recip
         console.print(note, soft_wrap=True, highlight=False)
     for warning in _data_warnings(rec):
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    from clipa.backends.runstate import storage_line
+
+    console.print(storage_line(rec), soft_wrap=True, highlight=False)
     todo = _todo(rec)
     if todo:
         console.print(f"recipe written to [bold]{path}[/bold]; before clipa-run: {todo}", soft_wrap=True)
