@@ -281,7 +281,7 @@ class _Run:
 
 
 # What a write fails with when the storage, not clipa, is at fault: no traceback for those.
-_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+_NO_ROOM = NoRoom.FULL | {errno.EROFS}
 
 
 def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, trainer: Trainer, *,

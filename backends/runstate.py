@@ -10,7 +10,7 @@ import contextlib
 import json
 import shlex
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -163,20 +163,17 @@ def count_skipped(found: dict) -> tuple[int, dict]:
     return sum(reasons.values()), reasons
 
 
-# The launch flags that shape a run: a resume with other values would train differently (or not start).
-_SHAPE_FLAGS = ("nproc", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_id", "device", "tpu", "zone", "project")
-
-
 def resume_command(recipe_path: Path, run_dir: Path, backend: str, opts=None) -> str:
     """The command line that continues a stopped run (printed when a signal or a full disk stops it): the
-    same recipe, run directory, backend and, from ``opts`` (LaunchOptions), the same processes, nodes and
-    device. --max-samples is left out: the resumed run goes on to the end."""
+    same recipe, run directory, backend and, from ``opts``, every LaunchOptions field that is not its default
+    (processes, nodes, rendezvous, device, TPU). --dry-run and --max-samples are left out: the resumed run
+    trains, to the end."""
     from clipa.backends.base import LaunchOptions
 
     cmd = ["clipa-run", str(recipe_path), "--run-dir", str(run_dir)] + (["--backend", backend] if backend != "torch"
                                                                           else [])
     default = LaunchOptions()
-    for name in _SHAPE_FLAGS:
+    for name in (f.name for f in fields(LaunchOptions) if f.name not in ("dry_run", "max_samples")):
         value = getattr(opts, name, None)
         if value is not None and value != getattr(default, name):
             cmd += [f"--{name.replace('_', '-')}", str(value)]
@@ -237,26 +234,26 @@ def warn_if_no_room(recipe: Recipe, run_dir, console: Console) -> None:
     error: other files may be deleted meanwhile."""
     if not isinstance(run_dir, Path):
         return  # an object store has no free space to ask
-    need = checkpoint_bytes(recipe)[0]
+    need, ckpt, weights = checkpoint_bytes(recipe)
     d = run_dir / rundir.CHECKPOINTS
     have = sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) if d.is_dir() else 0
     free = shutil.disk_usage(run_dir).free
     if free < need - have:
         console.print(f"[yellow]warning:[/yellow] {run_dir}: {_size(free)} free, but its checkpoints need up to "
-                      f"{_size(need - have)} more ({checkpoint_parts(recipe)}); a write that does not fit stops "
+                      f"{_size(need - have)} more ({_parts(recipe, ckpt, weights)}); a write that does not fit stops "
                       f"the run", soft_wrap=True)
 
 
-def checkpoint_parts(recipe: Recipe) -> str:
+def _parts(recipe: Recipe, ckpt: int, weights: int) -> str:
     """What ``checkpoint_bytes`` counts, in words (the room warning and clipa-plan say it)."""
-    _, ckpt, weights = checkpoint_bytes(recipe)
     return (f"{KEEP_LAST + 1} checkpoints of {_size(ckpt)} while one is written, {len(recipe.stages) + 1} "
             f"weights files of {_size(weights)}")
 
 
 def storage_line(recipe: Recipe) -> str:
     """One line for a plan: the most a run directory holds, so a user can size the disk before launching."""
-    return f"disk: the run directory holds up to {_size(checkpoint_bytes(recipe)[0])} ({checkpoint_parts(recipe)})"
+    need, ckpt, weights = checkpoint_bytes(recipe)
+    return f"disk: the run directory holds up to {_size(need)} ({_parts(recipe, ckpt, weights)})"
 
 
 def prepare_run_dir(recipe: Recipe, run_dir, backend: str, console: Console, *, is_main: bool = True) -> bool:

@@ -2,6 +2,7 @@
 one reader of YAML files and formatter of validation errors that word those lines."""
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +36,7 @@ class NoRoom(UserError):
     newest complete checkpoint (the ones before the failed write are kept) and the command that resumes."""
 
     exit_code = 1
+    FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # out of space: exit 1 from any command, not a usage error
 
 
 def load_yaml(path: Path, what: str, source: str = "") -> Any:

@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import errno
 import math
 import os
 import sys
@@ -18,7 +17,7 @@ import typer
 from rich.console import Console
 
 from clipa import __version__
-from clipa.errors import UserError
+from clipa.errors import NoRoom, UserError
 
 if TYPE_CHECKING:
     from clipa.recipe import Recipe
@@ -54,7 +53,7 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:
         if isinstance(e, FileExistsError) and not os.path.isdir(e.filename):  # mkdir where a file is
             why = "a file where a folder is needed"
         err_console.print(f"[red]error:[/red] {e.filename}: {why}", soft_wrap=True, markup=True)
-        return 1 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 2
+        return 1 if e.errno in NoRoom.FULL else 2
     except typer.TyperException as e:  # typer's own click: unknown option, missing argument, bad value
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         err_console.print(f"[red]error:[/red] {_one_line(message)} (see {prog} --help)", soft_wrap=True)
