@@ -155,6 +155,7 @@ def test_one_training_step_matches_torch(grad_clip):
     t_grads = {n: p.grad.detach().numpy().copy() for n, p in tm.named_parameters() if p.grad is not None}
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(tm.parameters(), grad_clip)
+    seen = {n: p.grad.detach().numpy().copy() for n, p in tm.named_parameters() if p.grad is not None}  # by Adam
     opt.step()
 
     jm = M.build(ENC)
@@ -168,16 +169,30 @@ def test_one_training_step_matches_torch(grad_clip):
     j_grads = convert.flax_to_torch(jax.grad(lambda p: T.loss_fn(jm, p, b))(params))
     for k, g in j_grads.items():
         np.testing.assert_allclose(g, t_grads[k], atol=1e-5, rtol=1e-3, err_msg=k)
-    # Adam's first step is lr * g / (|g| + eps), nearly lr * sign(g): a gradient entry within float
-    # noise of zero may move by up to 2 lr either way, so weights are compared at 1% of lr.
+    # Adam's first step is lr * g / (|g| + eps): nearly lr * sign(g) where |g| >> eps, so weights are compared
+    # at 1% of lr; where |g| is near eps (1e-6) the step follows the gradient's last digits, where the two
+    # backends differ, and may move a weight a few % of lr apart (a fresh-clone .ci/run on 2026-12-01: 2%,
+    # one entry of 16,384). Each entry is allowed what its two gradients' difference explains.
+    lr, eps = stage.optimizer.lr, stage.optimizer.eps
+    j_seen = j_grads
+    if grad_clip:
+        norm = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in j_grads.values()))
+        j_seen = {k: g * min(1.0, grad_clip / norm) for k, g in j_grads.items()}
     updated = convert.flax_to_torch(jax.device_get(state["params"]))
     before = convert.flax_to_torch(params)
     sd = _sd(tm)
-    moved = 0
+    moved = explained = 0
     for k, v in updated.items():
-        np.testing.assert_allclose(v, sd[k], atol=1e-2 * stage.optimizer.lr, rtol=0, err_msg=k)
+        tol = 1e-2 * lr
+        if k in seen:
+            gt, gj = seen[k].astype(np.float64), j_seen[k].astype(np.float64)
+            tol = tol + lr * np.abs(gt / (np.abs(gt) + eps) - gj / (np.abs(gj) + eps))
+            explained += int((tol > 2e-2 * lr).sum())
+        off = np.abs(v - sd[k]) > tol
+        assert not off.any(), f"{k}: {off.sum()} entries, up to {np.abs(v - sd[k]).max() / lr:.3f} lr apart"
         moved += not np.array_equal(v, before[k])
     assert moved > len(updated) // 2  # the step really changed the weights
+    assert explained < 100, explained  # a few entries near eps, not a loose comparison
 
 
 @pytest.mark.parametrize("pos", ["sincos", "learned"])
