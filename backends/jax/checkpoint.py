@@ -37,7 +37,7 @@ def save(mngr: ocp.CheckpointManager, n: int, state, meta: dict) -> None:
     """Save checkpoint ``n``, replacing one of that number (an unreadable one the run passed over)."""
     if n in mngr.all_steps():
         mngr.delete(n)
-    with _held_logs() as held, _quiet_failed_writes():
+    with _quiet_failed_writes():
         try:
             mngr.save(n, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                  meta=ocp.args.JsonSave(meta)), force=True)
@@ -45,11 +45,10 @@ def save(mngr: ocp.CheckpointManager, n: int, state, meta: dict) -> None:
         except ValueError as e:
             # TensorStore reports a failed write as a ValueError whose text ends with the OS error's number; as
             # an OSError it reaches the run loop like the PyTorch backend's (a full disk: one line, not a
-            # traceback). Orbax's log of the same error (with its traceback) goes with it.
+            # traceback).
             code = _os_error(e)
             if code is None:
                 raise
-            held.clear()
             mngr.close()
             raise OSError(code, os.strerror(code), f"{mngr.directory}/{n}") from None
 
@@ -60,29 +59,6 @@ def _os_error(e: BaseException) -> Optional[int]:
     return int(code.group(1)) if code else None
 
 
-class _Hold(logging.Filter):
-    def __init__(self):
-        super().__init__()
-        self.records: list = []
-
-    def filter(self, record) -> bool:
-        self.records.append(record)
-        return False
-
-
-@contextlib.contextmanager
-def _held_logs():
-    """Orbax's log records (through absl's logger) during a save, passed on after it unless cleared."""
-    log, hold = logging.getLogger("absl"), _Hold()
-    log.addFilter(hold)
-    try:
-        yield hold.records
-    finally:
-        log.removeFilter(hold)
-        for r in hold.records:
-            log.handle(r)
-
-
 class _FailedWrite(logging.Filter):
     def filter(self, record) -> bool:
         return not (record.exc_info and _os_error(record.exc_info[1]) is not None)
@@ -90,12 +66,14 @@ class _FailedWrite(logging.Filter):
 
 @contextlib.contextmanager
 def _quiet_failed_writes():
-    """When one write of a save fails, TensorStore finishes the save's other writes, and each reports to the
-    event loop orbax closed at the first failure (an unraisable "Event loop is closed") or fails on its own
-    ("Task exception was never retrieved", logged by asyncio): dozens of tracebacks on the tiny run, before
-    and after clipa's line, that say nothing the OSError does not. Quiet during a save; after a failed one
-    for good, since they go on after it (the process is ending)."""
-    hook, log, drop = sys.unraisablehook, logging.getLogger("asyncio"), _FailedWrite()
+    """When one write of a save fails, orbax logs it with its traceback (through absl) and TensorStore finishes
+    the save's other writes, each reporting to the event loop orbax closed at the first failure (an
+    unraisable "Event loop is closed") or failing on its own ("Task exception was never retrieved", logged
+    by asyncio): dozens of tracebacks on the tiny run, before and after clipa's line, that say nothing the
+    OSError does not. Quiet during a save; after a failed one for good, since they go on after it (the
+    process is ending)."""
+    hook, drop = sys.unraisablehook, _FailedWrite()
+    logs = [logging.getLogger(name) for name in ("absl", "asyncio")]
 
     def quiet(unraisable):
         e = unraisable.exc_value
@@ -103,10 +81,12 @@ def _quiet_failed_writes():
             hook(unraisable)
 
     sys.unraisablehook = quiet
-    log.addFilter(drop)
-    yield  # no finally: a failed save leaves both in place
+    for log in logs:
+        log.addFilter(drop)
+    yield  # no finally: a failed save leaves them in place
     sys.unraisablehook = hook
-    log.removeFilter(drop)
+    for log in logs:
+        log.removeFilter(drop)
 
 
 def steps(mngr: ocp.CheckpointManager) -> list[int]:
