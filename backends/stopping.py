@@ -3,7 +3,7 @@
 Ctrl-C and SIGTERM (what SLURM and preemptible VMs send before they stop a job) set ``pending``; the
 loop writes a checkpoint at the next step boundary and raises ``clipa.errors.Interrupted`` (exit 130
 or 143). A repeat after ``FORCE_AFTER_S`` stops at once with the signal's usual action; a repeat
-sooner is the same request delivered twice (the terminal and torchrun both pass Ctrl-C on).
+sooner is the same request delivered twice.
 """
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from typing import Optional
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FORCE_AFTER_S = 5.0  # a second Ctrl-C this long after the first means "stop now, skip the checkpoint"
+# What a launcher gives a signalled run to reach a step boundary and write its checkpoint before it kills
+# it: clipa's choice, for checkpoints of many GB (the $10k g/14 plan's is 16.4 GB); torchrun's default is 30 s.
+GRACE_S = 120
 
 
 class StopSignals:

@@ -193,16 +193,20 @@ def test_bad_data_is_refused_before_the_run_directory_is_claimed(tmp_path, shard
     assert not (tmp_path / "run").exists()
 
 
-def test_failed_torchrun_workers_exit_non_zero(tmp_path, shards):
-    """Two torchrun workers that cannot start (no CUDA here) make clipa-run fail, not exit 0."""
-    pytest.importorskip("torch")
+@pytest.mark.parametrize("flags, needle", [
+    (["--device", "gpu"], "--device 'gpu': the torch backend knows cpu, cuda"),  # it used to train on the CPU
+    (["--nproc", "2", "--device", "cuda"], "--device cuda: torch finds no CUDA device"),
+    (["--backend", "jax", "--device", "cuda"], "--device cuda: JAX finds no cuda device"),
+])
+def test_a_device_this_machine_lacks_is_one_line_before_the_run_directory(tmp_path, shards, flags, needle):
+    """Before: torch's or JAX's traceback from the workers, after a half-made run directory."""
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("needs a machine without CUDA")
     p = write(tiny(shards, stages=1), tmp_path / "r.yaml")
-    r = _cli("clipa-run", p, "--nproc", "2", "--device", "cuda", "--run-dir", tmp_path / "run")
-    assert r.returncode != 0, r.stderr[-2000:]
+    _one_line_error(_cli("clipa-run", p, *flags, "--run-dir", tmp_path / "run"), 2, needle)
+    assert not (tmp_path / "run").exists()
 
 
 def test_piped_plan_tables_fit_100_columns_without_cutting_digits(tmp_path):

@@ -3,6 +3,7 @@ backend: SIGTERM/Ctrl-C checkpoint and exit 143/130, resuming gives the uninterr
 an unreadable newest checkpoint falls back to the one before, decoding workers die with their parent,
 metrics.jsonl holds each line once, and each bad sample counts once per run."""
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -103,6 +104,51 @@ def test_ctrl_c_with_a_decoding_worker_exits_130_without_traceback(tmp_path, dat
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert "resume with: clipa-run" in err and "stopped by SIGINT" in err
     assert list((run_dir / "checkpoints").glob("ckpt-0000-*"))
+
+
+def _start_two(recipe, run_dir):
+    """clipa-run --nproc 2 as the leader of its own process group, as a shell starts a job."""
+    return subprocess.Popen(_cmd(recipe, run_dir, "--nproc", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV, start_new_session=True)
+
+
+@pytest.mark.parametrize("sig, group", [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["ctrl-c", "sigterm"])
+def test_a_stopped_two_process_run_says_it_once_and_resumes(tmp_path, data, sig, group):
+    """Ctrl-C at the terminal (the job's whole process group) or SIGTERM to clipa-run: both processes
+    checkpoint, the main one says so in one line; neither the other process nor torchrun adds a traceback."""
+    recipe = _recipe(tmp_path, data, "two", pre=2560)
+    run_dir = tmp_path / "run"
+    proc = _start_two(recipe, run_dir)
+    _wait_for(proc, lambda: bool(_train_steps(run_dir)), "the first metrics line")
+    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(said) == 1 and "Traceback" not in err, err[-3000:]
+    assert f"stopped by {sig.name} at stage 'pre'" in said[0], said
+    assert said[0].endswith(f"resume with: clipa-run {recipe} --run-dir {run_dir} --nproc 2 --device cpu"), said
+    resumed = _run(recipe, run_dir, "--nproc", "2")
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+    assert f"resuming {run_dir} from ckpt-0000-" in resumed.stderr
+    assert rundir.read_achieved(run_dir).stages[0].samples == 2560
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_killed_worker_of_a_two_process_run_is_named_in_one_line(tmp_path, data):
+    """A worker that could say nothing (killed, e.g. by the kernel out of memory): torchrun's line names it,
+    and the process left behind, whose next collective fails, adds no traceback."""
+    recipe = _recipe(tmp_path, data, "kill", pre=2560)
+    run_dir = tmp_path / "run"
+    proc = _start_two(recipe, run_dir)
+    _wait_for(proc, lambda: bool(_train_steps(run_dir)), "the first metrics line")
+    torchrun, = _children(proc.pid)
+    victim = max(_children(torchrun))
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGKILL, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(said) == 1 and "Traceback" not in err, err[-3000:]
+    assert said[0].startswith("error: rank ") and f"(pid {victim}) was killed by SIGKILL" in said[0], said
 
 
 def _children(pid: int) -> list[int]:

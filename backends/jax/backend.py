@@ -16,6 +16,7 @@ from rich.console import Console
 from clipa import fs
 from clipa.backends.base import LaunchOptions
 from clipa.backends.jax import launch
+from clipa.errors import UserError
 from clipa.recipe import Recipe
 
 _PLATFORMS = {"cpu": "cpu", "cuda": "cuda", "gpu": "cuda", "tpu": "tpu"}
@@ -62,6 +63,12 @@ def train(recipe: Recipe, run_dir: Path, opts: LaunchOptions, recipe_path: Path)
 
     console = Console(stderr=True, soft_wrap=True)
     shd.maybe_initialize_distributed(shd.cluster_from_env_and_opts(opts.nnodes, opts.node_rank, opts.rdzv_endpoint))
+    if opts.device:
+        try:
+            jax.devices()
+        except (RuntimeError, AssertionError) as e:  # jax 0.10.2 asserts for a platform it has no plugin for
+            raise UserError(f"--device {opts.device}: JAX finds no {_PLATFORMS[opts.device]} device on this host"
+                            f"{f' ({e})' if str(e) else ''}") from None
     if not prepare_run_dir(recipe, run_dir, "jax", console, is_main=jax.process_index() == 0):
         return 0
     ds = resolve.resolve(recipe, run_dir, generate=True)

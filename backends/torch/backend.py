@@ -20,6 +20,7 @@ class TorchBackend:
         from clipa.backends.data import resolve
         from clipa.backends.torch import launch, worker
 
+        launch.check(opts)
         console = Console(stderr=True, soft_wrap=True)
         run_dir = fs.path(run_dir)
         resume = resume_command(recipe_path, run_dir, self.name, opts)

@@ -59,6 +59,23 @@ def read_parallelism(run_dir: Path, processes: int) -> str:
     return d["parallelism"]
 
 WORKER = "clipa.backends.torch.worker"
+TORCHRUN = "clipa.backends.torch.torchrun"  # torchrun, quiet where a worker said why it stopped
+
+
+def check(opts: LaunchOptions) -> None:
+    """UserError for a device this backend does not know, or (launching, not a dry run) one this machine
+    lacks: a worker would otherwise fail in torch with a traceback, or "gpu" train on the CPU."""
+    if opts.device not in (None, "cpu", "cuda"):
+        raise UserError(f"--device {opts.device!r}: the torch backend knows cpu, cuda")
+    if opts.device != "cuda" or opts.dry_run:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("--device cuda: torch finds no CUDA device on this machine; use --device cpu")
+    if opts.nproc > torch.cuda.device_count():
+        raise UserError(f"--nproc {opts.nproc}: one process per CUDA device, and this node has "
+                        f"{torch.cuda.device_count()}")
 
 
 def worker_args(run_dir: Path, opts: LaunchOptions, resume: Optional[str] = None) -> list[str]:
@@ -75,7 +92,7 @@ def command(run_dir: Path, opts: LaunchOptions, resume: Optional[str] = None) ->
     """An argument list (never a shell string): torchrun for several processes, else the worker alone."""
     if opts.nproc * opts.nnodes == 1:
         return [sys.executable, "-m", WORKER, *worker_args(run_dir, opts, resume)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(opts.nproc),
+    cmd = [sys.executable, "-m", TORCHRUN, "--nproc-per-node", str(opts.nproc),
            "--nnodes", str(opts.nnodes)]
     if opts.nnodes > 1 or opts.rdzv_endpoint:
         # c10d rendezvous: every node runs the same command with the same endpoint and id.
@@ -87,9 +104,11 @@ def command(run_dir: Path, opts: LaunchOptions, resume: Optional[str] = None) ->
 
 
 def run(cmd: list[str], resume: str) -> int:
-    """Run torchrun and wait for it; its exit code. SIGTERM sent to clipa-run is passed on (torchrun
-    passes it to the workers, which checkpoint at their next step boundary); Ctrl-C reaches every
-    process of the terminal's group by itself. After either: Interrupted, naming ``resume``."""
+    """Run torchrun and wait for it; its exit code (the failed worker's: backends/torch/torchrun.py).
+
+    SIGTERM sent to clipa-run is passed on (torchrun passes it to the workers, which checkpoint at their
+    next step boundary and the main one says so, naming ``resume``); Ctrl-C reaches torchrun from the
+    terminal by itself. Interrupted, naming ``resume``, where torchrun exited otherwise after one."""
     proc = subprocess.Popen(cmd)
     got: list[int] = []
 
@@ -104,7 +123,7 @@ def run(cmd: list[str], resume: str) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    if got:
+    if got and code != 128 + got[0]:
         raise Interrupted(got[0], f"stopped by {signal.Signals(got[0]).name} (torchrun exit {code}); "
                                   f"resume with: {resume}")
     return code

@@ -29,6 +29,7 @@ from typing import MutableMapping, Optional
 
 from clipa import rundir
 from clipa.backends.base import LaunchOptions
+from clipa.backends.stopping import GRACE_S
 from clipa.errors import UserError
 
 LAUNCHER_ENV = "CLIPA_LAUNCHER"
@@ -111,7 +112,7 @@ def script(recipe_path: Path, rec, run_dir: Path, opts: LaunchOptions, s: SlurmO
     sbatch += [f"--partition={s.partition}"] if s.partition else []
     sbatch += [f"--time={s.time}"] if s.time else []
     # The output file's folder must exist when the job starts: clipa-run --slurm creates the run directory.
-    sbatch += ["--requeue", "--open-mode=append", "--signal=B:USR1@120", f"--output={run_dir}/slurm-%j.out"]
+    sbatch += ["--requeue", "--open-mode=append", f"--signal=B:USR1@{GRACE_S}", f"--output={run_dir}/slurm-%j.out"]
     worker = " ".join(q(a) for a in worker_command(run_dir, opts, python))
     lines = [
         "#!/bin/bash",
@@ -125,7 +126,7 @@ def script(recipe_path: Path, rec, run_dir: Path, opts: LaunchOptions, s: SlurmO
         f"export {LAUNCHER_ENV}=slurm  # workers read SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS for their rank",
         'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
         "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 10000))  # per job: two jobs on one node do not collide",
-        "# SIGUSR1: the time limit is 120 s away; SIGTERM: preemption or scancel. Either way the workers get",
+        f"# SIGUSR1: the time limit is {GRACE_S} s away; SIGTERM: preemption or scancel. Either way the workers get",
         "# SIGTERM; only the time limit requeues here (SLURM requeues a preempted job). A requeued job resumes",
         "# from the latest checkpoint in the run directory.",
         'stop() { kill -TERM $(jobs -p) 2>/dev/null; wait; }',

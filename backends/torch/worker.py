@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Optional
 
@@ -15,7 +16,7 @@ from rich.console import Console
 
 from clipa import recipe as recipe_mod
 from clipa import fs, rundir
-from clipa.errors import UserError
+from clipa.errors import Interrupted, UserError
 
 
 def main(run_dir, device: Optional[str] = None, max_samples: Optional[int] = None,
@@ -56,6 +57,9 @@ def main(run_dir, device: Optional[str] = None, max_samples: Optional[int] = Non
         loop.run(rec, run_dir, ds, TorchTrainer(rec, run_dir, world, compute_threads), max_samples=max_samples,
                  console=console, resume=resume)
     finally:
+        if world.world_size > 1:
+            # Once one process has exited, torchrun SIGTERMs the others: let this one finish saying why it stopped.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         tdist.shutdown()
     return 0
 
@@ -70,8 +74,32 @@ def cli(argv: Optional[list[str]] = None) -> int:
     try:
         return main(a.run_dir, a.device, a.max_samples, a.resume)
     except UserError as e:
-        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {e}", soft_wrap=True)
+        rank = int(os.environ.get("RANK", "0"))  # torchrun's, or SLURM's once main has read it
+        if rank == 0 or not isinstance(e, Interrupted):  # every process stops on a signal; one says so
+            Console(stderr=True, highlight=False).print(f"[red]error:[/red] {e}", soft_wrap=True)
         return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before training started: nothing to checkpoint yet
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1 or not _peer_stopped(e):
+            raise
+        # Another process stopped first and this one's next collective failed for it. Said once, where
+        # that process's own output (clipa's line or a traceback) or torchrun's line is not on this terminal.
+        if int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])) < int(os.environ["WORLD_SIZE"]):
+            print(f"error: rank {os.environ.get('RANK')}: another process of this run stopped (the output of its node "
+                  f"says why): {str(e).splitlines()[0][:200]}", file=sys.stderr)
+        return 1
+
+
+def _peer_stopped(e: Exception) -> bool:
+    """Whether ``e`` is a collective that failed because another process has gone: one of torch's
+    distributed errors, or gloo's RuntimeError for a closed connection (its message with torch 2.14)."""
+    import torch.distributed as dist
+
+    gone = ("Connection closed by peer", "Connection reset by peer")
+    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(g in str(e) for g in gone))
 
 
 if __name__ == "__main__":
