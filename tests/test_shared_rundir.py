@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +30,14 @@ from clipa.cli.run import app
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_data(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _temp_in_tmp_path(tmp_path, monkeypatch):
+    """A URL run keeps its local files (the demo's shards) in the temp folder (fs.local_dir): this test's,
+    removed with it, not the machine's /tmp, where they stayed after the suite (9 MB)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setitem(ENV, "TMPDIR", str(tmp_path))
 
 
 def _mem(name: str) -> str:
