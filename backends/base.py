@@ -32,6 +32,15 @@ class LaunchOptions:
     device: Optional[str] = None  # "cpu", "cuda"; default: best available
     max_samples: Optional[int] = None  # stop early after this many samples in total (debugging)
 
+    def check_nodes(self) -> None:
+        """UserError for a node rank outside the nodes, or several nodes with no address to meet at (each
+        would wait for the others at its own localhost)."""
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise UserError(f"--rdzv-endpoint HOST:PORT is required with --nnodes {self.nnodes} (where the "
+                            "nodes meet: node 0's address)")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise UserError(f"--node-rank {self.node_rank} must be in [0, {self.nnodes}) (--nnodes {self.nnodes})")
+
 
 LAUNCH_FLAGS = frozenset(f.name for f in fields(LaunchOptions))
 

@@ -25,8 +25,12 @@ def test_every_launch_flag_is_honoured_by_some_backend_and_refused_by_the_others
     ("torch", ["--zone", "us-central2-b"], "--zone: does not apply to --backend torch"),
     ("torch", ["--project", "p"], "--project: does not apply to --backend torch"),
     ("jax", ["--rdzv-id", "job-1"], "--rdzv-id: does not apply to --backend jax"),
+    # torch used to wait forever for nodes meeting at each one's own localhost, or ignore the rank
+    ("torch", ["--nnodes", "2"], "--rdzv-endpoint HOST:PORT is required with --nnodes 2"),
+    ("torch", ["--nproc", "2", "--node-rank", "3"], "--node-rank 3 must be in [0, 1)"),
+    ("jax", ["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h0:1234"], "--node-rank 2 must be in [0, 2)"),
 ])
-def test_a_flag_the_backend_would_ignore_is_an_error(tmp_path, capsys, backend, flags, needle):
+def test_a_flag_the_backend_would_ignore_or_cannot_use_is_an_error(tmp_path, capsys, backend, flags, needle):
     code = run_app(app, [DEMO, "--backend", backend, *flags, "--dry-run", "--run-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1

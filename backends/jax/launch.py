@@ -38,10 +38,7 @@ def validate(opts: LaunchOptions) -> None:
     if opts.nproc != 1:
         raise UserError(f"--nproc {opts.nproc}: the JAX backend drives every local device from one process "
                         "per host; use --nnodes/--node-rank/--rdzv-endpoint for several hosts")
-    if opts.nnodes > 1 and not opts.rdzv_endpoint:
-        raise UserError(f"--rdzv-endpoint HOST:PORT is required with --nnodes {opts.nnodes} (the JAX coordinator)")
-    if not 0 <= opts.node_rank < opts.nnodes:
-        raise UserError(f"--node-rank {opts.node_rank} must be in [0, {opts.nnodes})")
+    opts.check_nodes()
     if opts.device not in (None, "cpu", "cuda", "gpu", "tpu"):
         raise UserError(f"--device {opts.device!r}: the JAX backend knows cpu, cuda, tpu")
 

@@ -64,7 +64,9 @@ TORCHRUN = "clipa.backends.torch.torchrun"  # torchrun, quiet where a worker sai
 
 def check(opts: LaunchOptions) -> None:
     """UserError for a device this backend does not know, or (launching, not a dry run) one this machine
-    lacks: a worker would otherwise fail in torch with a traceback, or "gpu" train on the CPU."""
+    lacks: a worker would otherwise fail in torch with a traceback, or "gpu" train on the CPU; and nodes
+    that could never meet."""
+    opts.check_nodes()
     if opts.device not in (None, "cpu", "cuda"):
         raise UserError(f"--device {opts.device!r}: the torch backend knows cpu, cuda")
     if opts.device != "cuda" or opts.dry_run:
@@ -96,7 +98,7 @@ def command(run_dir: Path, opts: LaunchOptions, resume: Optional[str] = None) ->
            "--nnodes", str(opts.nnodes)]
     if opts.nnodes > 1 or opts.rdzv_endpoint:
         # c10d rendezvous: every node runs the same command with the same endpoint and id.
-        cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", opts.rdzv_endpoint or "localhost:29500",
+        cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", opts.rdzv_endpoint,
                 "--rdzv-id", opts.rdzv_id or "clipa", "--node-rank", str(opts.node_rank)]
     else:
         cmd += ["--standalone"]
