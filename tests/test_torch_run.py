@@ -2,7 +2,9 @@
 divergence, user mistakes, and a 2-process torchrun launch. Real shards written by the test."""
 import json
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from safetensors.torch import load_file
 from tiny_run import ENV, cmd as _cmd, make_data, recipe as _recipe, run as _run
 
 from clipa import rundir
+from clipa.backends.torch import launch
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -118,3 +121,17 @@ def test_two_process_torchrun_launch(tmp_path, data):
     assert r.returncode == 0, r.stderr[-3000:]
     ach = json.loads((tmp_path / "run" / rundir.ACHIEVED).read_text())
     assert ach["n_devices"] == 2 and ach["stages"][0]["samples"] == 64
+
+
+def test_nodes_that_never_meet_are_one_line(tmp_path):
+    """Node 1 of 2 never comes: torchrun's rendezvous times out (here after 3 s, by default 900 s) in one
+    line naming the address, not its traceback."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", launch.TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "t", "--rdzv-conf", "join_timeout=3",
+           "-m", launch.WORKER, "--run-dir", str(tmp_path / "run")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: the 2 nodes did not all meet at localhost:{port} "), r.stderr

@@ -6,7 +6,7 @@
 it: clipa's line (a signal, a full disk) or a traceback (a bug). torchrun would follow that with a
 ChildFailedError or SignalException traceback and logs that repeat it; this exits with the code of the
 first worker to fail instead, or 128 + the signal it passed on, and prints a line only for a worker killed
-by a signal, which could say nothing. It gives a stopping run
+by a signal, which could say nothing, or for nodes that never met (instead of the rendezvous's traceback). It gives a stopping run
 ``stopping.GRACE_S`` to write its checkpoint before killing it (torchrun's default is 30 s).
 """
 from __future__ import annotations
@@ -32,12 +32,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
 
     for name in ("torch.distributed.elastic.multiprocessing.api", "torch.distributed.elastic.agent.server.api"):
         logging.getLogger(name).addFilter(_Said())
     argv = sys.argv[1:] if argv is None else argv
+    args = torchrun.parse_args(["--shutdown-timeout", str(GRACE_S), *argv])
     try:
-        torchrun.run(torchrun.parse_args(["--shutdown-timeout", str(GRACE_S), *argv]))
+        torchrun.run(args)
+    except RendezvousError as e:  # another node never came (or came with other flags)
+        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        print(f"error: the {args.nnodes} nodes did not all meet at {args.rdzv_endpoint} ({why}); run the same "
+              "clipa-run command, with its own --node-rank, on every node", file=sys.stderr)
+        return 1
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         if failure.exitcode >= 0:
