@@ -2,12 +2,13 @@
 
     python -m clipa.backends.torch.torchrun TORCHRUN_FLAGS -m clipa.backends.torch.worker WORKER_FLAGS
 
-``torch.distributed.run`` itself, quiet where a worker has said why the run stopped. A worker that stops says
-it: clipa's line (a signal, a full disk) or a traceback (a bug). torchrun would follow that with a
+``torch.distributed.run`` itself, quiet where a worker has said why the run stopped. A worker that stops
+says it: clipa's line (a signal, a full disk) or a traceback (a bug). torchrun would follow that with a
 ChildFailedError or SignalException traceback and logs that repeat it; this exits with the code of the
-first worker to fail instead, or 128 + the signal it passed on, and prints a line only for a worker killed
-by a signal, which could say nothing, or for nodes that never met (instead of the rendezvous's traceback). It gives a stopping run
-``stopping.GRACE_S`` to write its checkpoint before killing it (torchrun's default is 30 s).
+first worker to fail instead, or 128 + the signal it passed on. It prints a line only where no worker
+could: for a worker killed by a signal, and for nodes that never met (instead of the rendezvous's
+traceback). It gives a stopping run ``stopping.GRACE_S`` to write its checkpoint before killing it
+(torchrun's default is 30 s).
 """
 from __future__ import annotations
 

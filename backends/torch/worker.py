@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 from typing import Optional
@@ -85,11 +86,14 @@ def cli(argv: Optional[list[str]] = None) -> int:
     except Exception as e:
         if int(os.environ.get("WORLD_SIZE", "1")) == 1 or not _peer_stopped(e):
             raise
-        # Another process stopped first and this one's next collective failed for it. Said once, where
-        # that process's own output (clipa's line or a traceback) or torchrun's line is not on this terminal.
-        if int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])) < int(os.environ["WORLD_SIZE"]):
-            print(f"error: rank {os.environ.get('RANK')}: another process of this run stopped (the output of its node "
-                  f"says why): {str(e).splitlines()[0][:200]}", file=sys.stderr)
+        # Another process stopped first and this one's next collective failed for it; that process said why
+        # (clipa's line, a traceback, or torchrun's line for one killed). Said again, in a line, by rank 0
+        # (so never silent, even where every process failed so) and by processes on other nodes than it.
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if rank == 0 or int(os.environ.get("LOCAL_WORLD_SIZE", world)) < world:
+            # gloo's message: "[its source file:line] Connection closed by peer [address]. This is typically ..."
+            why = re.sub(r"^\[[^\]]*\] ", "", str(e).splitlines()[0] if str(e) else type(e).__name__).split(". ")[0]
+            print(f"error: rank {rank}: another process of this run stopped ({why[:200]})", file=sys.stderr)
         return 1
 
 
