@@ -7,8 +7,10 @@ sooner is the same request delivered twice.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Optional
@@ -50,3 +52,21 @@ class StopSignals:
             old(signum, frame)  # Python's own Ctrl-C handler: KeyboardInterrupt
         else:
             os.kill(os.getpid(), signum)
+
+
+def die_with_parent(signum: int, parent: int) -> None:
+    """In a child process: the kernel sends it ``signum`` when ``parent`` exits, even by ``kill -9``
+    (Linux's prctl(PR_SET_PDEATHSIG), <linux/prctl.h>: 1); elsewhere a thread polls for it once a second.
+    Exits at once if ``parent`` has already gone."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signum)
+    else:
+        threading.Thread(target=_signal_when_orphaned, args=(signum, parent), daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def _signal_when_orphaned(signum: int, parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signum)

@@ -166,6 +166,28 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_kill9_of_a_two_process_run_stops_its_workers_after_a_checkpoint(tmp_path, data):
+    """torchrun and its workers do not outlive clipa-run (they used to train on, unattended, into a run
+    directory the next clipa-run would resume from): they checkpoint and stop, and the run resumes."""
+    recipe = _recipe(tmp_path, data, "k9two", pre=2560)
+    run_dir = tmp_path / "run"
+    proc = _start_two(recipe, run_dir)
+    _wait_for(proc, lambda: bool(_train_steps(run_dir)), "the first metrics line")
+    torchrun, = _children(proc.pid)
+    left = [torchrun, *_children(torchrun)]
+    proc.kill()
+    proc.communicate()
+    deadline = time.time() + 120
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in left):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{p}").exists() for p in left), "torchrun or a worker outlived clipa-run"
+    assert not (run_dir / rundir.ACHIEVED).exists(), "the workers trained on after clipa-run was killed"
+    assert list((run_dir / "checkpoints").glob("ckpt-0000-*")), "no checkpoint on the way out"
+    resumed = _run(recipe, run_dir, "--nproc", "2")
+    assert resumed.returncode == 0 and f"resuming {run_dir} from ckpt-0000-" in resumed.stderr, resumed.stderr[-3000:]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_kill9_leaves_no_worker_and_no_duplicated_metrics(tmp_path, data):
     recipe = _recipe(tmp_path, data, "k9", workers=1)  # no periodic checkpoint: killed before the first one
     run_dir = tmp_path / "run"

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import ctypes
 import multiprocessing as mp
 import os
 import signal
 import sys
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -36,6 +33,7 @@ from clipa.backends.data import batch_job
 from clipa.backends.data.decode import normalize
 from clipa.backends.data.webdataset_io import (MAX_OPEN_SHARDS, SampleEntry, ShardIndex, ShardReader, expand_shards,
                                                index_shard)
+from clipa.backends.stopping import die_with_parent
 from clipa.encoders import Encoder
 from clipa.errors import UserError
 from clipa.recipe import DatasetSpec, Stage
@@ -295,17 +293,4 @@ def worker_init(parent: int) -> None:
     """A decoding worker: dies with its parent (a ``kill -9`` of the trainer must not leave it running),
     and leaves Ctrl-C to the parent, which stops at a step boundary (no worker traceback)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform == "linux":
-        # prctl(PR_SET_PDEATHSIG, SIGKILL): the kernel kills this process when its parent exits
-        # (<linux/prctl.h>: PR_SET_PDEATHSIG = 1).
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-    else:
-        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(1)
-
-
-def _exit_when_orphaned(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
+    die_with_parent(signal.SIGKILL, parent)

@@ -3,7 +3,9 @@ the parallelism (DDP or FSDP), decided here at launch and recorded in RUN_DIR/pa
 workers to read, so it never depends on what a worker process happens to be able to import."""
 from __future__ import annotations
 
+import functools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -110,8 +112,14 @@ def run(cmd: list[str], resume: str) -> int:
 
     SIGTERM sent to clipa-run is passed on (torchrun passes it to the workers, which checkpoint at their
     next step boundary and the main one says so, naming ``resume``); Ctrl-C reaches torchrun from the
-    terminal by itself. Interrupted, naming ``resume``, where torchrun exited otherwise after one."""
-    proc = subprocess.Popen(cmd)
+    terminal by itself. Interrupted, naming ``resume``, where torchrun exited otherwise after one.
+    clipa-run killed outright (``kill -9``) is a SIGTERM to torchrun: its workers checkpoint and stop, and
+    no second clipa-run on the run directory meets them still writing."""
+    from clipa.backends.stopping import die_with_parent
+
+    # The kernel's death signal only: a polling thread (elsewhere) would not survive the exec.
+    dies = functools.partial(die_with_parent, signal.SIGTERM, os.getpid()) if sys.platform == "linux" else None
+    proc = subprocess.Popen(cmd, preexec_fn=dies)
     got: list[int] = []
 
     def handle(signum, frame):
