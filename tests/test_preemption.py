@@ -106,20 +106,21 @@ def test_ctrl_c_with_a_decoding_worker_exits_130_without_traceback(tmp_path, dat
     assert list((run_dir / "checkpoints").glob("ckpt-0000-*"))
 
 
-def _start_two(recipe, run_dir):
-    """clipa-run --nproc 2 as the leader of its own process group, as a shell starts a job."""
-    return subprocess.Popen(_cmd(recipe, run_dir, "--nproc", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def _two_running(tmp_path: Path, data: dict, name: str):
+    """(recipe, run directory, process) of clipa-run --nproc 2, the leader of its own process group as a shell
+    starts a job, past its first metrics line."""
+    recipe, run_dir = _recipe(tmp_path, data, name, pre=2560), tmp_path / "run"
+    proc = subprocess.Popen(_cmd(recipe, run_dir, "--nproc", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV, start_new_session=True)
+    _wait_for(proc, lambda: bool(_train_steps(run_dir)), "the first metrics line")
+    return recipe, run_dir, proc
 
 
 @pytest.mark.parametrize("sig, group", [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["ctrl-c", "sigterm"])
 def test_a_stopped_two_process_run_says_it_once_and_resumes(tmp_path, data, sig, group):
     """Ctrl-C at the terminal (the job's whole process group) or SIGTERM to clipa-run: both processes
     checkpoint, the main one says so in one line; neither the other process nor torchrun adds a traceback."""
-    recipe = _recipe(tmp_path, data, "two", pre=2560)
-    run_dir = tmp_path / "run"
-    proc = _start_two(recipe, run_dir)
-    _wait_for(proc, lambda: bool(_train_steps(run_dir)), "the first metrics line")
+    recipe, run_dir, proc = _two_running(tmp_path, data, "two")
     os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + sig, err[-3000:]
@@ -137,10 +138,7 @@ def test_a_stopped_two_process_run_says_it_once_and_resumes(tmp_path, data, sig,
 def test_a_killed_worker_of_a_two_process_run_is_named_in_one_line(tmp_path, data):
     """A worker that could say nothing (killed, e.g. by the kernel out of memory): torchrun's line names it;
     rank 0, whose next collective fails for it, says so in a line, not a traceback."""
-    recipe = _recipe(tmp_path, data, "kill", pre=2560)
-    run_dir = tmp_path / "run"
-    proc = _start_two(recipe, run_dir)
-    _wait_for(proc, lambda: bool(_train_steps(run_dir)), "the first metrics line")
+    recipe, run_dir, proc = _two_running(tmp_path, data, "kill")
     torchrun, = _children(proc.pid)
     victim, = (p for p in _children(torchrun) if b"\0RANK=1\0" in Path(f"/proc/{p}/environ").read_bytes())
     os.kill(victim, signal.SIGKILL)
@@ -165,22 +163,24 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _gone(pids: list[int], timeout: float) -> bool:
+    """Whether every one of ``pids`` has exited within ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.1)
+    return not any(Path(f"/proc/{p}").exists() for p in pids)
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_kill9_of_a_two_process_run_stops_its_workers_after_a_checkpoint(tmp_path, data):
     """torchrun and its workers do not outlive clipa-run (they used to train on, unattended, into a run
     directory the next clipa-run would resume from): they checkpoint and stop, and the run resumes."""
-    recipe = _recipe(tmp_path, data, "k9two", pre=2560)
-    run_dir = tmp_path / "run"
-    proc = _start_two(recipe, run_dir)
-    _wait_for(proc, lambda: bool(_train_steps(run_dir)), "the first metrics line")
+    recipe, run_dir, proc = _two_running(tmp_path, data, "k9two")
     torchrun, = _children(proc.pid)
     left = [torchrun, *_children(torchrun)]
     proc.kill()
     proc.communicate()
-    deadline = time.time() + 120
-    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in left):
-        time.sleep(0.1)
-    assert not any(Path(f"/proc/{p}").exists() for p in left), "torchrun or a worker outlived clipa-run"
+    assert _gone(left, 120), "torchrun or a worker outlived clipa-run"
     assert not (run_dir / rundir.ACHIEVED).exists(), "the workers trained on after clipa-run was killed"
     assert list((run_dir / "checkpoints").glob("ckpt-0000-*")), "no checkpoint on the way out"
     resumed = _run(recipe, run_dir, "--nproc", "2")
@@ -197,10 +197,7 @@ def test_kill9_leaves_no_worker_and_no_duplicated_metrics(tmp_path, data):
     assert workers, "the run has a decoding worker"
     proc.kill()
     proc.communicate()
-    deadline = time.time() + 30
-    while time.time() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
-        time.sleep(0.1)
-    assert not any(Path(f"/proc/{w}").exists() for w in workers), "a decoding worker outlived its parent"
+    assert _gone(workers, 30), "a decoding worker outlived its parent"
     assert not list((run_dir / "checkpoints").glob("ckpt-*"))
 
     again = _run(recipe, run_dir)
