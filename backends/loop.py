@@ -290,7 +290,7 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, trainer: Trainer, *
     """Train every stage not yet done; the achieved figures (main process, finished run, also written to
     achieved.json) or None (another process, or stopped at ``max_samples`` samples drawn in total).
 
-    SIGINT/SIGTERM: a checkpoint at the next step boundary, then ``Interrupted`` (its message ends with
+    SIGINT/SIGTERM/SIGHUP: a checkpoint at the next step boundary, then ``Interrupted`` (its message ends with
     ``resume``, the command that continues the run; default: clipa-run on the run directory's recipe).
     A full disk (or quota, or read-only filesystem) under the run directory: ``NoRoom``, naming the file, the
     newest complete checkpoint and ``resume``; a failed write never removes a complete checkpoint."""

@@ -1,21 +1,23 @@
-"""SIGINT/SIGTERM during training: a flag the stage loop reads at step boundaries, never a torn process.
+"""SIGINT/SIGTERM/SIGHUP during training: a flag the stage loop reads at step boundaries, never a torn process.
 
-Ctrl-C and SIGTERM (what SLURM and preemptible VMs send before they stop a job) set ``pending``; the
-loop writes a checkpoint at the next step boundary and raises ``clipa.errors.Interrupted`` (exit 130
-or 143). A repeat after ``FORCE_AFTER_S`` stops at once with the signal's usual action; a repeat
-sooner is the same request delivered twice.
+Ctrl-C, SIGTERM (what SLURM and preemptible VMs send before they stop a job) and SIGHUP (the terminal
+closed: a dropped ssh session) set ``pending``; the loop writes a checkpoint at the next step boundary and
+raises ``clipa.errors.Interrupted`` (exit 130, 143 or 129). A repeat after ``FORCE_AFTER_S`` stops at once
+with the signal's usual action; a repeat sooner is the same request delivered twice.
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 import sys
+import termios
 import threading
 import time
 from typing import Optional
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FORCE_AFTER_S = 5.0  # a second Ctrl-C this long after the first means "stop now, skip the checkpoint"
 # What a launcher gives a signalled run to reach a step boundary and write its checkpoint before it kills
 # it: clipa's choice, for checkpoints of many GB (the $10k g/14 plan's is 16.4 GB); torchrun's default is 30 s.
@@ -23,7 +25,7 @@ GRACE_S = 120
 
 
 class StopSignals:
-    """While entered (in the main thread), SIGINT/SIGTERM set ``pending`` to the signal number."""
+    """While entered (in the main thread), SIGINT/SIGTERM/SIGHUP set ``pending`` to the signal number."""
 
     def __init__(self):
         self.pending: Optional[int] = None
@@ -41,6 +43,8 @@ class StopSignals:
         self._old = {}
 
     def _handle(self, signum: int, frame) -> None:
+        if signum == signal.SIGHUP:
+            leave_hung_up_terminal()
         if self.pending is None:
             self.pending, self._at = signum, time.monotonic()
             return
@@ -52,6 +56,20 @@ class StopSignals:
             old(signum, frame)  # Python's own Ctrl-C handler: KeyboardInterrupt
         else:
             os.kill(os.getpid(), signum)
+
+
+def leave_hung_up_terminal() -> None:
+    """Point stdout and stderr at /dev/null where they went to a terminal that has hung up (a closed ssh
+    session): every write there fails (EIO), and the progress bar's next one would end the run before it
+    reaches the step boundary that writes its checkpoint. A terminal still there, a file or a pipe is kept."""
+    for fd in (1, 2):
+        try:
+            termios.tcgetattr(fd)
+        except termios.error as e:
+            if e.args[0] == errno.EIO:  # a hung-up terminal; a file or a pipe is ENOTTY
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def die_with_parent(signum: int, parent: int) -> None:

@@ -20,9 +20,9 @@ class UserError(Exception):
 
 
 class Interrupted(UserError):
-    """Training stopped on SIGINT/SIGTERM after writing a checkpoint; the message says how to resume.
+    """Training stopped on SIGINT/SIGTERM/SIGHUP after writing a checkpoint; the message says how to resume.
 
-    Exits 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM), the shell's convention."""
+    Exits 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), the shell's convention."""
 
     def __init__(self, signum: int, message: str):
         super().__init__(message)

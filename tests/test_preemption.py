@@ -1,14 +1,18 @@
 """Training that survives preemption (issue 10 item 4), through real clipa-run subprocesses on the torch
-backend: SIGTERM/Ctrl-C checkpoint and exit 143/130, resuming gives the uninterrupted run's weights,
+backend: SIGTERM/Ctrl-C/a closed terminal checkpoint and exit 143/130/129, resuming gives the uninterrupted run's weights,
 an unreadable newest checkpoint falls back to the one before, decoding workers die with their parent,
 metrics.jsonl holds each line once, and each bad sample counts once per run."""
+import fcntl
 import json
 import os
+import pty
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tarfile
+import termios
 import time
 from pathlib import Path
 
@@ -30,8 +34,10 @@ def _recipe(tmp: Path, data: dict, name: str, *, pre=256, workers=0, **train) ->
     return recipe(tmp, data, name, pre=pre, lr2=1e-4, workers=workers, **train)
 
 
-def _start(recipe, run_dir):
-    return subprocess.Popen(_cmd(recipe, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+def _start(recipe, run_dir, *extra):
+    """clipa-run, the leader of its own process group as a shell starts a job."""
+    return subprocess.Popen(_cmd(recipe, run_dir, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            start_new_session=True)
 
 
 def _wait_for(proc, ready, what: str, timeout=300):
@@ -93,25 +99,57 @@ def test_sigterm_checkpoints_exits_143_and_resumes_to_the_same_weights(tmp_path,
     assert f"from {before.name}" in resumed.stderr
 
 
-def test_ctrl_c_with_a_decoding_worker_exits_130_without_traceback(tmp_path, data):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hang-up"])
+def test_a_signal_to_the_job_with_a_decoding_worker_checkpoints_without_traceback(tmp_path, data, sig):
+    """Sent to the job's whole process group, as the terminal sends Ctrl-C and a shell whose terminal
+    closed sends SIGHUP: the decoding worker gets it too and leaves it to the trainer."""
     recipe = _recipe(tmp_path, data, "int", workers=1)
     run_dir = tmp_path / "run"
     proc = _start(recipe, run_dir)
     _wait_for(proc, lambda: bool(_train_steps(run_dir)), "the first metrics line")
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == 128 + sig, err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    assert "resume with: clipa-run" in err and "stopped by SIGINT" in err
+    assert "resume with: clipa-run" in err and f"stopped by {sig.name}" in err
     assert list((run_dir / "checkpoints").glob("ckpt-0000-*"))
 
 
+@pytest.mark.parametrize("nproc, workers", [(1, 2), (2, 0)], ids=["one-process-two-decoders", "two-processes"])
+def test_a_closed_terminal_checkpoints_exits_129_and_resumes(tmp_path, data, nproc, workers):
+    """A dropped ssh session: clipa-run leads a session on a pseudo-terminal, as ``ssh -t host clipa-run ...``
+    starts it, and the terminal hangs up (its other side closes). The run used to die at once, losing the
+    steps since its last checkpoint; now it checkpoints, and writing to the dead terminal (the progress
+    bar, the closing line) does not end it first."""
+    recipe, run_dir = _recipe(tmp_path, data, "hup", pre=2560, workers=workers), tmp_path / "run"
+    extra = ("--nproc", "2") if nproc > 1 else ()
+    other_side, terminal = pty.openpty()
+
+    def lead_a_session_on_the_terminal():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(_cmd(recipe, run_dir, *extra), stdin=terminal, stdout=terminal, stderr=terminal,
+                            env=ENV, preexec_fn=lead_a_session_on_the_terminal)
+    os.close(terminal)
+    shown, deadline = bytearray(), time.time() + 300
+    while proc.poll() is None and len(_train_steps(run_dir)) < 3 and time.time() < deadline:
+        if select.select([other_side], [], [], 0.05)[0]:  # read what it shows: a full terminal would block it
+            shown += os.read(other_side, 1 << 16)
+    assert proc.poll() is None and len(_train_steps(run_dir)) >= 3, shown.decode(errors="replace")[-2000:]
+    os.close(other_side)
+    assert proc.wait(timeout=300) == 128 + signal.SIGHUP
+    assert list((run_dir / "checkpoints").glob("ckpt-0000-*")), "no checkpoint on the way out"
+    assert not (run_dir / rundir.ACHIEVED).exists()
+    resumed = _run(recipe, run_dir, *extra)
+    assert resumed.returncode == 0 and f"resuming {run_dir} from ckpt-0000-" in resumed.stderr, resumed.stderr[-3000:]
+    assert rundir.read_achieved(run_dir).stages[0].samples == 2560
+
+
 def _two_running(tmp_path: Path, data: dict, name: str):
-    """(recipe, run directory, process) of clipa-run --nproc 2, the leader of its own process group as a shell
-    starts a job, past its first metrics line."""
+    """(recipe, run directory, process) of clipa-run --nproc 2 past its first metrics line."""
     recipe, run_dir = _recipe(tmp_path, data, name, pre=2560), tmp_path / "run"
-    proc = subprocess.Popen(_cmd(recipe, run_dir, "--nproc", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV, start_new_session=True)
+    proc = _start(recipe, run_dir, "--nproc", "2")
     _wait_for(proc, lambda: bool(_train_steps(run_dir)), "the first metrics line")
     return recipe, run_dir, proc
 

@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -278,6 +279,7 @@ def start_workers(workers: int) -> Optional[cf.ProcessPoolExecutor]:
         return None
     pool = _POOLS.get(workers)
     if pool is None:
+        _start_resource_tracker()
         pool = _POOLS[workers] = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
                                                          initializer=worker_init, initargs=(os.getpid(),))
         for _ in range(workers):
@@ -289,8 +291,21 @@ def _ready() -> None:
     """A no-op job: unpickling it in a worker imports this module, so the decoder is loaded before work."""
 
 
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (the pool's queues need one) with SIGHUP blocked, which it
+    inherits. It ignores SIGINT and SIGTERM itself, but SIGHUP, which a closed terminal sends the whole
+    job, would kill it while the trainer checkpoints, and the pool's next lock would print tracebacks."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def worker_init(parent: int) -> None:
     """A decoding worker: dies with its parent (a ``kill -9`` of the trainer must not leave it running),
-    and leaves Ctrl-C to the parent, which stops at a step boundary (no worker traceback)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    and leaves what the terminal sends the whole job (Ctrl-C's SIGINT, a hang-up's SIGHUP) to the parent,
+    which stops at a step boundary: no worker traceback, no broken pool before its checkpoint."""
+    for s in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
     die_with_parent(signal.SIGKILL, parent)

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -110,24 +111,33 @@ def command(run_dir: Path, opts: LaunchOptions, resume: Optional[str] = None) ->
 def run(cmd: list[str], resume: str) -> int:
     """Run torchrun and wait for it; its exit code (the failed worker's: backends/torch/torchrun.py).
 
-    SIGTERM sent to clipa-run is passed on (torchrun passes it to the workers, which checkpoint at their
-    next step boundary and the main one says so, naming ``resume``); Ctrl-C reaches torchrun from the
-    terminal by itself. Interrupted, naming ``resume``, where torchrun exited otherwise after one.
-    clipa-run killed outright (``kill -9``) is a SIGTERM to torchrun: its workers checkpoint and stop, and
-    no second clipa-run on the run directory meets them still writing."""
-    from clipa.backends.stopping import die_with_parent
+    torchrun has a session of its own, so that a signal for the run reaches it once, from here. SIGINT,
+    SIGTERM and SIGHUP sent to clipa-run or to its process group (Ctrl-C, a closed terminal) are passed
+    on; torchrun passes them to the workers, which checkpoint at their next step boundary, and the main
+    one says so, naming ``resume``. A repeat within FORCE_AFTER_S is not passed on: reaching torchrun
+    while it waits for its workers, it would end the wait and leave them unattended. Interrupted, naming
+    ``resume``, where torchrun exited otherwise after a signal. clipa-run killed outright (``kill -9``) is
+    a SIGTERM to torchrun: its workers checkpoint and stop, and no second clipa-run on the run directory
+    meets them still writing."""
+    from clipa.backends.stopping import FORCE_AFTER_S, SIGNALS, die_with_parent, leave_hung_up_terminal
 
     # The kernel's death signal only: a polling thread (elsewhere) would not survive the exec.
     dies = functools.partial(die_with_parent, signal.SIGTERM, os.getpid()) if sys.platform == "linux" else None
-    proc = subprocess.Popen(cmd, preexec_fn=dies)
+    proc = subprocess.Popen(cmd, preexec_fn=dies, start_new_session=True)
     got: list[int] = []
+    last = 0.0
 
     def handle(signum, frame):
+        nonlocal last
+        if signum == signal.SIGHUP:
+            leave_hung_up_terminal()
+        if got and time.monotonic() - last < FORCE_AFTER_S:
+            return  # the same request twice (Ctrl-C pressed twice), as StopSignals counts it
         got.append(signum)
-        if signum == signal.SIGTERM:
-            proc.send_signal(signum)
+        last = time.monotonic()
+        proc.send_signal(signum)
 
-    old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, handle) for s in SIGNALS}
     try:
         code = proc.wait()
     finally:

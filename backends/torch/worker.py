@@ -23,7 +23,7 @@ from clipa.errors import Interrupted, UserError
 def main(run_dir, device: Optional[str] = None, max_samples: Optional[int] = None,
          resume: Optional[str] = None) -> int:
     """Train; returns 0 when finished or stopped at max_samples, raises UserError on user mistakes
-    (Interrupted on SIGINT/SIGTERM, its message ending with ``resume``)."""
+    (Interrupted on SIGINT/SIGTERM/SIGHUP, its message ending with ``resume``)."""
     from clipa.backends import allocator, threads
 
     threads.passive_openmp_wait()  # before torch loads OpenMP

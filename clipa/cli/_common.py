@@ -4,7 +4,8 @@
                                               that cannot be read or written too)
     1    a failure that is not the user's (a worker died, a bug: its traceback is printed; a full disk
          under the run directory: one line, errors.NoRoom)
-    130  interrupted by Ctrl-C           143  stopped by SIGTERM (both after a checkpoint, when training)
+    130  interrupted by Ctrl-C           143  stopped by SIGTERM
+    129  the terminal closed (SIGHUP)    (all three after a checkpoint, when training)
 """
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ Examples:
     clipa-run R.yaml --slurm --nodes 4 --gpus-per-node 8 --partition gpu --time 2-00:00:00 --dry-run
     clipa-run pilots/suite.yaml --run-dir runs/pilots  # a pilot suite: each pilot in runs/pilots/NAME
 
-The same command again resumes an unfinished run. Ctrl-C (exit 130) and SIGTERM (exit 143) save a
-checkpoint first.
+The same command again resumes an unfinished run. Ctrl-C (exit 130), SIGTERM (exit 143) and a closed
+terminal (SIGHUP, exit 129) save a checkpoint first.
 """
 from __future__ import annotations
 
