@@ -164,6 +164,19 @@ def test_cli_writes_a_file_the_planner_can_load(tmp_path, capsys):
     assert run_app(app, [str(u), "--no-plots", "--calibrate", "--calibration-out", str(tmp_path / "x.yaml")]) == 2
 
 
+def test_a_run_named_twice_counts_once(tmp_path, capsys):
+    """``clipa-report --calibrate runs/pilots/* runs/pilots/a``: the run counted twice (or thrice, spelled
+    three ways) was three runs to the fit, a 2-parameter law with a residual degree of freedom from one run."""
+    a = _timed_run(tmp_path / "a", demo_recipe("a"), 0.02, 0.004, 5.0, top1=30.0)
+    out = tmp_path / "cal.yaml"
+    same = [str(a), f"{a}/", str(tmp_path / "a" / ".." / "a" / "run")]
+    assert run_app(app, [*same, "--no-plots", "--calibrate", "--calibration-out", str(out)]) == 0
+    saved = yaml.safe_load(out.read_text())
+    assert saved["hardware"]["cpu"]["runs"] == [str(a)] and saved["datasets"]["demo"]["runs"] == [str(a)]
+    said = " ".join(capsys.readouterr().out.split())
+    assert "fitted on 1 run(s) (run), 1 parameter(s), 0 residual degree(s)" in said, said
+
+
 def test_fit_counts_the_same_flops_as_the_prediction_on_a_masked_stage(tmp_path):
     from clipa.costmodels import flops
 

@@ -83,7 +83,7 @@ def report(
     from clipa.report import tables
     from clipa.report.load import load_run, resolve_dirs
 
-    dirs = [fs.path(d) for d in resolve_dirs(run_dirs or [], root)]
+    dirs = resolve_dirs(run_dirs or [], root)
     runs = [load_run(d) for d in dirs]
     if len(runs) > 1:
         console.print(tables.compare_table(runs))

@@ -83,10 +83,15 @@ def load_run(path: str | Path) -> Run:
                checkpoints=_checkpoints(path), predictions=preds, predictions_source=source, notes=notes)
 
 
-def resolve_dirs(dirs: list[Path], root: Path = rundir.DEFAULT_ROOT) -> list[Path]:
-    """The run directories to report: those given, else the latest under ``root``."""
+def resolve_dirs(dirs: list[str], root: Path = rundir.DEFAULT_ROOT) -> list:
+    """The run directories to report: those given, each once, else the latest under ``root``. A shell glob
+    and a name can both give one run (``runs/pilots/* runs/pilots/a``): counted twice, it would be two
+    runs to the calibration's fits, which then claim a residual degree of freedom they do not have."""
     if dirs:
-        return list(dirs)
+        once: dict = {}
+        for d in map(fs.path, dirs):
+            once.setdefault(d.resolve() if isinstance(d, Path) else d.url, d)
+        return list(once.values())
     latest = rundir.latest_run(root)
     if latest is None:
         raise UserError(f"no run directories given and none found under {root}/")
