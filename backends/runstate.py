@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from clipa import fs, rundir
 from clipa import recipe as recipe_mod
-from clipa.backends import tracking
+from clipa.backends import runlock, tracking
 from clipa.costmodels import flops, hardware, memory
 from clipa.errors import UserError
 from clipa.recipe import DatasetSpec, Recipe, Stage
@@ -260,9 +260,13 @@ def prepare_run_dir(recipe: Recipe, run_dir, backend: str, console: Console, *, 
     """Whether there is anything to train: False (said on ``console``) when the run finished; recipe.yaml
     written for a new run (by the main process only: the others of a pod read the same shared directory).
     UserError when the directory holds a different recipe or the other backend's checkpoints (never mix
-    two runs' or two backends' checkpoints)."""
+    two runs' or two backends' checkpoints), or when another run is training into it (``runlock``: the
+    main process of a local run directory holds its lock from here on)."""
     run_dir = fs.path(run_dir)
     tracking.check(recipe)
+    if is_main and isinstance(run_dir, Path):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runlock.claim(run_dir)
     for other, pattern in _CHECKPOINT_GLOBS.items():
         found = sorted((run_dir / rundir.CHECKPOINTS).glob(pattern)) if other != backend else []
         if found:

@@ -146,6 +146,22 @@ def test_a_closed_terminal_checkpoints_exits_129_and_resumes(tmp_path, data, npr
     assert rundir.read_achieved(run_dir).stages[0].samples == 2560
 
 
+def test_a_second_run_on_a_directory_in_use_is_refused_in_one_line(tmp_path, data):
+    """clipa-run started again on a directory while a first one trains into it (another terminal): both used
+    to train into it, writing the same checkpoints and metrics, and both exited 0."""
+    recipe, run_dir = _recipe(tmp_path, data, "busy", pre=25600), tmp_path / "run"
+    first = _start(recipe, run_dir)
+    _wait_for(first, lambda: bool(_train_steps(run_dir)), "the first metrics line")
+    second = _run(recipe, run_dir)
+    assert second.returncode == 2, second.stderr[-3000:]
+    said = second.stderr.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith(f"error: {run_dir}: another run is training into it (clipa-run "
+                                                 f"pid {first.pid} on "), said
+    assert first.poll() is None, "the first run stopped"
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=300) == 143
+
+
 def _two_running(tmp_path: Path, data: dict, name: str):
     """(recipe, run directory, process) of clipa-run --nproc 2 past its first metrics line."""
     recipe, run_dir = _recipe(tmp_path, data, name, pre=2560), tmp_path / "run"
@@ -215,10 +231,17 @@ def test_kill9_of_a_two_process_run_stops_its_workers_after_a_checkpoint(tmp_pat
     directory the next clipa-run would resume from): they checkpoint and stop, and the run resumes."""
     recipe, run_dir, proc = _two_running(tmp_path, data, "k9two")
     torchrun, = _children(proc.pid)
-    left = [torchrun, *_children(torchrun)]
+    workers = _children(torchrun)
+    for w in workers:  # held, as if writing a large checkpoint: torchrun waits for them, and keeps the lock
+        os.kill(w, signal.SIGSTOP)
     proc.kill()
+    proc.wait()  # not communicate(): torchrun holds the pipes until it exits
+    busy = _run(recipe, run_dir, "--nproc", "2")
+    assert busy.returncode == 2 and "another run is training into it" in busy.stderr, busy.stderr[-3000:]
+    for w in workers:
+        os.kill(w, signal.SIGCONT)
+    assert _gone([torchrun, *workers], 120), "torchrun or a worker outlived clipa-run"
     proc.communicate()
-    assert _gone(left, 120), "torchrun or a worker outlived clipa-run"
     assert not (run_dir / rundir.ACHIEVED).exists(), "the workers trained on after clipa-run was killed"
     assert list((run_dir / "checkpoints").glob("ckpt-0000-*")), "no checkpoint on the way out"
     resumed = _run(recipe, run_dir, "--nproc", "2")

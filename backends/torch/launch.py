@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from clipa import fs
+from clipa.backends import runlock
 from clipa.backends.base import LaunchOptions
 from clipa.errors import Interrupted, UserError
 from clipa.recipe import Recipe
@@ -123,7 +124,8 @@ def run(cmd: list[str], resume: str) -> int:
 
     # The kernel's death signal only: a polling thread (elsewhere) would not survive the exec.
     dies = functools.partial(die_with_parent, signal.SIGTERM, os.getpid()) if sys.platform == "linux" else None
-    proc = subprocess.Popen(cmd, preexec_fn=dies, start_new_session=True)
+    # torchrun keeps the run directory's lock until its workers are gone, even if clipa-run is killed first.
+    proc = subprocess.Popen(cmd, preexec_fn=dies, start_new_session=True, pass_fds=runlock.held())
     got: list[int] = []
     last = 0.0
 

@@ -64,6 +64,7 @@ def run(
 ) -> None:
     from clipa import backends
     from clipa import suite as suite_mod
+    from clipa.backends import runlock
 
     if suite_mod.is_suite(recipe):
         return _suite(ctx, recipe, backends.get(backend), run_dir, device, dry_run, max_samples)
@@ -87,18 +88,20 @@ def run(
         nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id,
         tpu=tpu, zone=zone, project=project, dry_run=dry_run, device=device, max_samples=max_samples,
     )
-    if slurm:
-        from clipa.backends.torch import slurm as slurm_mod
+    with runlock.scope():
+        if slurm:
+            from clipa.backends.torch import slurm as slurm_mod
 
-        raise typer.Exit(slurm_mod.launch(recipe, rec, run_dir, opts, slurm_mod.SlurmOptions(
-            nodes=nodes, gpus_per_node=gpus_per_node, partition=partition, time=time)))
-    code = bk.launch(recipe, rec, run_dir, opts)
+            raise typer.Exit(slurm_mod.launch(recipe, rec, run_dir, opts, slurm_mod.SlurmOptions(
+                nodes=nodes, gpus_per_node=gpus_per_node, partition=partition, time=time)))
+        code = bk.launch(recipe, rec, run_dir, opts)
     raise typer.Exit(code)
 
 
 def _suite(ctx, path: Path, bk, root, device, dry_run, max_samples) -> None:
     """A suite file (clipa-plan --pilot): its pilots one after the other in this process (clipa/cli/run_suite.py)."""
     from clipa import backends
+    from clipa.backends import runlock
     from clipa.cli.run_suite import run_suite
 
     given = {k for k in ctx.params if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
@@ -106,7 +109,9 @@ def _suite(ctx, path: Path, bk, root, device, dry_run, max_samples) -> None:
     if extra:
         not_with("--" + extra[0].replace("_", "-"), True, "to a pilot suite (its pilots run one by one in this process)")
     opts = backends.LaunchOptions(device=device, dry_run=dry_run, max_samples=max_samples)
-    raise typer.Exit(run_suite(path, bk, root, opts, _check_before_claiming, _frozen_predictions))
+    with runlock.scope():
+        code = run_suite(path, bk, root, opts, _check_before_claiming, _frozen_predictions)
+    raise typer.Exit(code)
 
 
 def _check_before_claiming(rec, run_dir: Path) -> None:

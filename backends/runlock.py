@@ -1,0 +1,63 @@
+"""One run at a time in a run directory: the process that trains into it holds a lock on RUN_DIR/.lock.
+
+Without it, a second clipa-run on the same directory (another terminal, a job started again while the first
+still writes its last checkpoint) trained alongside the first: both wrote checkpoints, metrics.jsonl and
+achieved.json, and both exited 0. Now the second stops with one line naming the holder. The lock is the
+kernel's (``flock``): it goes when the last process holding it exits, ``kill -9`` included, so a crash
+never leaves a stale one, and torchrun inherits it (``held``) so that it lasts until the workers are gone.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+from clipa.errors import UserError
+
+NAME = ".lock"
+_HELD: dict[Path, int] = {}  # run directory -> the descriptor holding its lock
+
+
+def claim(run_dir: Path) -> None:
+    """Hold ``run_dir``'s lock until the end of the ``scope`` around the call, else of this process (a
+    second claim from it holds it already); UserError naming the holder when another process has it. A
+    filesystem that cannot lock (Lustre mounted without ``flock``) is used unlocked, as before."""
+    key = run_dir.resolve()
+    if key in _HELD:
+        return
+    fd = os.open(run_dir / NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 1024).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise UserError(f"{run_dir}: another run is training into it ({holder}, or the processes it started); "
+                        "wait for it or stop it, or use another --run-dir") from None
+    except OSError:
+        os.close(fd)
+        return
+    os.ftruncate(fd, 0)
+    os.write(fd, f"clipa-run pid {os.getpid()} on {socket.gethostname()} since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}".encode())
+    _HELD[key] = fd
+
+
+@contextlib.contextmanager
+def scope() -> Iterator[None]:
+    """Release the locks claimed inside at its end: clipa-run holds a run directory's for one launch, and a
+    caller in the same process (a test, a notebook) may then start another run on it, here or elsewhere."""
+    before = set(_HELD)
+    try:
+        yield
+    finally:
+        for key in set(_HELD) - before:
+            os.close(_HELD.pop(key))
+
+
+def held() -> tuple[int, ...]:
+    """The descriptors of the locks this process holds, for a child that must keep them (torchrun)."""
+    return tuple(_HELD.values())
