@@ -84,3 +84,37 @@ def test_prepare_writes_pos_json_and_batches_equal_online_tagging(tmp_path):
         a, b = next(online), next(stored)
         np.testing.assert_array_equal(a["text"], b["text"])
         np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_prepare_stopped_by_ctrl_c_says_so_in_one_line_and_continues_where_it_stopped(tmp_path):
+    """Tagging is the slow offline step (about a millisecond per caption per core): stopped half-way, it
+    used to print a KeyboardInterrupt traceback, and the same command tagged every shard again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from clipa.backends.data.demo_data import SHARD_SAMPLES, generate
+
+    paths = generate(tmp_path / "demo", n_train=4 * SHARD_SAMPLES, n_val=10, image_size=16, tag=False)
+    out, ref = tmp_path / "tagged", tmp_path / "ref"
+    cmd = [sys.executable, "-m", "clipa.backends.data.syntax_prep", paths["train"]]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([*cmd, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while proc.poll() is None and not list(out.glob("*.tar")) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)  # after the first of four shards (each takes about a second)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith(f"interrupted: the shards written to {out} are whole and kept")
+    done = sorted(p.name for p in out.iterdir())
+    assert 1 <= len(done) < 4 and all(not n.startswith(".") for n in done), done  # no partial shard left
+
+    again = subprocess.run([*cmd, str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{len(done)} of 4 shards in {out} already tagged by {syntax_prep.DEFAULT_MODEL}" in again.stderr
+    assert syntax_prep.main([paths["train"], str(ref)]) == 0  # uninterrupted
+    for shard in sorted(ref.glob("*.tar")):
+        assert read_shard_samples(out / shard.name) == read_shard_samples(shard)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tarfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -56,15 +57,23 @@ def tag(texts: Sequence[str], name: str | None = None, batch_size: int = 256) ->
 
 def prepare(in_pattern: str, out_dir: Path, name: str | None = None, progress: bool = True) -> list[Path]:
     """Copy every shard of ``in_pattern`` to ``out_dir`` (same file names) with a ``pos.json`` member
-    per sample; unreadable shards are reported and left out. Returns the written shard paths."""
+    per sample; unreadable shards are reported and left out. Returns the written shard paths.
+
+    Shards are written whole (``fs.write_atomic``), and one already in ``out_dir``, tagged by the same
+    pipeline and newer than its input, is kept: stopped (Ctrl-C, a crash), the same command continues
+    where it stopped instead of tagging days of captions again."""
     shards = expand_shards(in_pattern)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    name = name or model_name()
+    todo = [s for s in shards if not _tagged(s, out_dir / s.name, name)]
+    if len(todo) < len(shards):
+        print(f"syntax_prep: {len(shards) - len(todo)} of {len(shards)} shards in {out_dir} already tagged by "
+              f"{name}; tagging the other {len(todo)}", file=sys.stderr)
     from rich.progress import Progress
     with Progress(disable=not progress) as bar:
-        task = bar.add_task("tagging captions", total=len(shards))
-        for shard in shards:
+        task = bar.add_task("tagging captions", total=len(shards), completed=len(shards) - len(todo))
+        for shard in todo:
             samples, errors = read_shard_samples(shard)
             if errors:
                 print(f"syntax_prep: {shard}: corrupt shard, kept {len(samples)} complete samples", file=sys.stderr)
@@ -72,9 +81,22 @@ def prepare(in_pattern: str, out_dir: Path, name: str | None = None, progress: b
             captions = [s[TEXT_EXT].decode("utf-8", "replace") for s in has_text]
             for s, t in zip(has_text, tag(captions, name)):
                 s[POS_EXT] = json.dumps(t).encode()
-            written.append(write_shard(out_dir / shard.name, samples))
+            write_shard(out_dir / shard.name, samples)
             bar.advance(task)
-    return written
+    return [out_dir / s.name for s in shards]
+
+
+def _tagged(src: Path, dst: Path, name: str) -> bool:
+    """Whether ``dst`` is ``src`` tagged by ``name`` already: newer than it, and its first pos.json member
+    names that pipeline (one without captions has none, and is cheap to write again)."""
+    try:
+        if dst.stat().st_mtime < src.stat().st_mtime:
+            return False
+        with tarfile.open(dst) as tf:
+            member = next((m for m in tf if m.name.endswith("." + POS_EXT)), None)
+            return member is not None and json.loads(tf.extractfile(member).read()).get("model") == name
+    except (OSError, tarfile.TarError, ValueError, AttributeError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        print(f"interrupted: the shards written to {args.out_dir} are whole and kept; the same command tags the "
+              "rest", file=sys.stderr)
+        return 130
     print(f"wrote {len(paths)} shards to {args.out_dir}")
     return 0
 
