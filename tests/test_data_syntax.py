@@ -88,7 +88,8 @@ def test_prepare_writes_pos_json_and_batches_equal_online_tagging(tmp_path):
 
 def test_prepare_stopped_by_ctrl_c_says_so_in_one_line_and_continues_where_it_stopped(tmp_path):
     """Tagging is the slow offline step (about a millisecond per caption per core): stopped half-way, it
-    used to print a KeyboardInterrupt traceback, and the same command tagged every shard again."""
+    used to print a KeyboardInterrupt traceback, and the same command tagged every shard again. The
+    shards equal those of an uninterrupted run that tags two at a time in processes of their own."""
     import os
     import signal
     import subprocess
@@ -101,7 +102,9 @@ def test_prepare_stopped_by_ctrl_c_says_so_in_one_line_and_continues_where_it_st
     out, ref = tmp_path / "tagged", tmp_path / "ref"
     cmd = [sys.executable, "-m", "clipa.backends.data.syntax_prep", paths["train"]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([*cmd, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # one process: the shard in progress is the only one finished after the signal
+    proc = subprocess.Popen([*cmd, str(out), "--processes", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
     deadline = time.time() + 300
     while proc.poll() is None and not list(out.glob("*.tar")) and time.time() < deadline:
         time.sleep(0.01)
@@ -115,6 +118,6 @@ def test_prepare_stopped_by_ctrl_c_says_so_in_one_line_and_continues_where_it_st
     again = subprocess.run([*cmd, str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"{len(done)} of 4 shards in {out} already tagged by {syntax_prep.DEFAULT_MODEL}" in again.stderr
-    assert syntax_prep.main([paths["train"], str(ref)]) == 0  # uninterrupted
+    assert syntax_prep.main([paths["train"], str(ref), "--processes", "2"]) == 0  # uninterrupted, two at a time
     for shard in sorted(ref.glob("*.tar")):
         assert read_shard_samples(out / shard.name) == read_shard_samples(shard)

@@ -55,13 +55,16 @@ def tag(texts: Sequence[str], name: str | None = None, batch_size: int = 256) ->
     return out
 
 
-def prepare(in_pattern: str, out_dir: Path, name: str | None = None, progress: bool = True) -> list[Path]:
+def prepare(in_pattern: str, out_dir: Path, name: str | None = None, progress: bool = True,
+            processes: int = 1) -> list[Path]:
     """Copy every shard of ``in_pattern`` to ``out_dir`` (same file names) with a ``pos.json`` member
     per sample; unreadable shards are reported and left out. Returns the written shard paths.
 
-    Shards are written whole (``fs.write_atomic``), and one already in ``out_dir``, tagged by the same
-    pipeline and newer than its input, is kept: stopped (Ctrl-C, a crash), the same command continues
-    where it stopped instead of tagging days of captions again."""
+    ``processes`` shards are tagged at a time, each in a process of its own (spaCy's tagger uses one
+    core). Shards are written whole (``fs.write_atomic``), and one already in ``out_dir``, tagged by the
+    same pipeline and newer than its input, is kept: stopped (Ctrl-C, a crash), the same command
+    continues where it stopped instead of tagging days of captions again. On Ctrl-C the shards handed
+    to a process are finished and the others not started."""
     shards = expand_shards(in_pattern)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,17 +76,38 @@ def prepare(in_pattern: str, out_dir: Path, name: str | None = None, progress: b
     from rich.progress import Progress
     with Progress(disable=not progress) as bar:
         task = bar.add_task("tagging captions", total=len(shards), completed=len(shards) - len(todo))
-        for shard in todo:
-            samples, errors = read_shard_samples(shard)
-            if errors:
-                print(f"syntax_prep: {shard}: corrupt shard, kept {len(samples)} complete samples", file=sys.stderr)
-            has_text = [s for s in samples if TEXT_EXT in s]
-            captions = [s[TEXT_EXT].decode("utf-8", "replace") for s in has_text]
-            for s, t in zip(has_text, tag(captions, name)):
-                s[POS_EXT] = json.dumps(t).encode()
-            write_shard(out_dir / shard.name, samples)
-            bar.advance(task)
+        if processes <= 1 or len(todo) <= 1:
+            for shard in todo:
+                _tag_shard(shard, out_dir / shard.name, name)
+                bar.advance(task)
+        else:
+            import concurrent.futures as cf
+            import multiprocessing as mp
+
+            from clipa.backends.data.pipeline import worker_init  # Ctrl-C is the parent's; dies with it
+
+            with cf.ProcessPoolExecutor(min(processes, len(todo)), mp_context=mp.get_context("spawn"),
+                                        initializer=worker_init, initargs=(os.getpid(),)) as pool:
+                futures = [pool.submit(_tag_shard, s, out_dir / s.name, name) for s in todo]
+                try:
+                    for f in cf.as_completed(futures):
+                        f.result()  # a worker's UserError (no such pipeline) is raised here
+                        bar.advance(task)
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
     return [out_dir / s.name for s in shards]
+
+
+def _tag_shard(src: Path, dst: Path, name: str) -> None:
+    samples, errors = read_shard_samples(src)
+    if errors:
+        print(f"syntax_prep: {src}: corrupt shard, kept {len(samples)} complete samples", file=sys.stderr)
+    has_text = [s for s in samples if TEXT_EXT in s]
+    captions = [s[TEXT_EXT].decode("utf-8", "replace") for s in has_text]
+    for s, t in zip(has_text, tag(captions, name)):
+        s[POS_EXT] = json.dumps(t).encode()
+    write_shard(dst, samples)
 
 
 def _tagged(src: Path, dst: Path, name: str) -> bool:
@@ -106,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("in_pattern", help="shards: brace pattern, list file or directory")
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--spacy-model", default=None, help=f"spaCy pipeline (default $CLIPA_SPACY_MODEL or {DEFAULT_MODEL})")
+    ap.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                    help="shards tagged at a time, one process (core) each (default: this machine's cores)")
     args = ap.parse_args(argv)
+    if args.processes < 1:
+        ap.error(f"--processes {args.processes}: at least 1")
     try:
-        paths = prepare(args.in_pattern, args.out_dir, args.spacy_model)
+        paths = prepare(args.in_pattern, args.out_dir, args.spacy_model, processes=args.processes)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
