@@ -29,7 +29,9 @@ def claim(run_dir: Path) -> None:
     key = run_dir.resolve()
     if key in _HELD:
         return
-    fd = os.open(run_dir / NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open(run_dir / NAME)
+    if fd is None:
+        return  # a directory nobody here may write: the run's own first write says so
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -40,10 +42,22 @@ def claim(run_dir: Path) -> None:
     except OSError:
         os.close(fd)
         return
-    os.ftruncate(fd, 0)
-    os.write(fd, f"clipa-run pid {os.getpid()} on {socket.gethostname()} since "
-                 f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}".encode())
+    with contextlib.suppress(OSError):  # who holds it, for the next one; a full disk is for the run's writes to say
+        os.ftruncate(fd, 0)
+        os.write(fd, f"clipa-run pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}".encode())
     _HELD[key] = fd
+
+
+def _open(path: Path):
+    """A descriptor to lock ``path`` with, or None. flock needs no write access, so another user's lock
+    file (mode 644) still locks."""
+    for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+        try:
+            return os.open(path, flags, 0o644)
+        except OSError:
+            pass
+    return None
 
 
 @contextlib.contextmanager
