@@ -18,9 +18,9 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from clipa import fs, rundir
+from clipa import fs, rundir, runlock
 from clipa import recipe as recipe_mod
-from clipa.backends import runlock, tracking
+from clipa.backends import tracking
 from clipa.costmodels import flops, hardware, memory
 from clipa.errors import UserError
 from clipa.recipe import DatasetSpec, Recipe, Stage

@@ -148,7 +148,8 @@ def test_a_closed_terminal_checkpoints_exits_129_and_resumes(tmp_path, data, npr
 
 def test_a_second_run_on_a_directory_in_use_is_refused_in_one_line(tmp_path, data):
     """clipa-run started again on a directory while a first one trains into it (another terminal): both used
-    to train into it, writing the same checkpoints and metrics, and both exited 0."""
+    to train into it, writing the same checkpoints and metrics, and both exited 0. clipa-report meanwhile
+    says the run is training now, not "unfinished or crashed", and says the latter once it stopped."""
     recipe, run_dir = _recipe(tmp_path, data, "busy", pre=25600), tmp_path / "run"
     first = _start(recipe, run_dir)
     _wait_for(first, lambda: bool(_train_steps(run_dir)), "the first metrics line")
@@ -157,9 +158,14 @@ def test_a_second_run_on_a_directory_in_use_is_refused_in_one_line(tmp_path, dat
     said = second.stderr.strip().splitlines()
     assert len(said) == 1 and said[0].startswith(f"error: {run_dir}: another run is training into it (clipa-run "
                                                  f"pid {first.pid} on "), said
+    report = [sys.executable, "-m", "clipa.cli.report", str(run_dir), "--no-plots"]
+    shown = subprocess.run(report, capture_output=True, text=True, env=ENV, timeout=300)
+    assert f"{run_dir}: training now (clipa-run pid {first.pid} on " in " ".join(shown.stdout.split()), shown.stdout
     assert first.poll() is None, "the first run stopped"
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=300) == 143
+    shown = subprocess.run(report, capture_output=True, text=True, env=ENV, timeout=300)
+    assert f"{run_dir}: unfinished or crashed run" in " ".join(shown.stdout.split()), shown.stdout
 
 
 def _two_running(tmp_path: Path, data: dict, name: str):

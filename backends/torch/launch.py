@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from clipa import fs
-from clipa.backends import runlock
+from clipa import fs, runlock
 from clipa.backends.base import LaunchOptions
 from clipa.errors import Interrupted, UserError
 from clipa.recipe import Recipe

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from clipa import recipe as recipe_mod
-from clipa import fs, rundir
+from clipa import fs, rundir, runlock
 from clipa.errors import UserError
 
 
@@ -23,6 +23,7 @@ class Run:
     predictions: Optional[recipe_mod.Predictions]
     predictions_source: str  # "recipe" (frozen in the run's recipe.yaml), or why there are none
     notes: list[str] = field(default_factory=list)
+    training: Optional[str] = None  # who is training into it now (clipa/runlock.py), if anyone
 
     @property
     def name(self) -> str:
@@ -80,7 +81,8 @@ def load_run(path: str | Path) -> Run:
         notes.append(str(e))
     preds, source = _predictions(rec)
     return Run(path=path, recipe=rec, metrics=rundir.read_metrics(path), achieved=achieved,
-               checkpoints=_checkpoints(path), predictions=preds, predictions_source=source, notes=notes)
+               checkpoints=_checkpoints(path), predictions=preds, predictions_source=source, notes=notes,
+               training=None if achieved else runlock.holder(path))
 
 
 def resolve_dirs(dirs: list[str], root: Path = rundir.DEFAULT_ROOT) -> list:

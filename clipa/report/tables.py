@@ -189,8 +189,14 @@ def caveat_lines(run: Run) -> list[str]:
 
 
 def status_lines(run: Run) -> list[str]:
-    """What an unfinished (or crashed) run has: stages done, last metrics, checkpoints; and the caveats."""
-    out = [f"{run.path}: unfinished or crashed run (no achieved.json)"] if not run.finished else []
+    """What an unfinished run has (training now, or stopped or crashed): stages done, last metrics,
+    checkpoints; and the caveats."""
+    if run.finished:
+        out = []
+    elif run.training:
+        out = [f"{run.path}: training now ({run.training})"]
+    else:
+        out = [f"{run.path}: unfinished or crashed run (no achieved.json)"]
     out += run.notes + caveat_lines(run)
     if run.finished:
         return out

@@ -1,4 +1,5 @@
-"""One run at a time in a run directory: the process that trains into it holds a lock on RUN_DIR/.lock.
+"""One run at a time in a run directory: the process that trains into it holds a lock on RUN_DIR/.lock,
+and ``holder`` tells the report that a run is training now rather than stopped.
 
 Without it, a second clipa-run on the same directory (another terminal, a job started again while the first
 still writes its last checkpoint) trained alongside the first: both wrote checkpoints, metrics.jsonl and
@@ -14,7 +15,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from clipa.errors import UserError
 
@@ -75,3 +76,23 @@ def scope() -> Iterator[None]:
 def held() -> tuple[int, ...]:
     """The descriptors of the locks this process holds, for a child that must keep them (torchrun)."""
     return tuple(_HELD.values())
+
+
+def holder(run_dir) -> Optional[str]:
+    """Who is training into ``run_dir`` now (what the holder wrote), or None: nobody, or a directory whose
+    lock cannot be tested (an object store, no lock file, a filesystem without flock)."""
+    if not isinstance(run_dir, Path):
+        return None
+    try:
+        fd = os.open(run_dir / NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # held only until the close below
+    except BlockingIOError:
+        return os.read(fd, 1024).decode(errors="replace").strip() or "another process"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
