@@ -25,8 +25,10 @@ _HELD: dict[Path, int] = {}  # run directory -> the descriptor holding its lock
 
 def claim(run_dir: Path) -> None:
     """Hold ``run_dir``'s lock until the end of the ``scope`` around the call, else of this process (a
-    second claim from it holds it already); UserError naming the holder when another process has it. A
-    filesystem that cannot lock (Lustre mounted without ``flock``) is used unlocked, as before."""
+    second claim from it holds it already); UserError naming the holder when another process has it. An
+    object store, or a filesystem that cannot lock (Lustre without ``flock``), is used unlocked, as before."""
+    if not isinstance(run_dir, Path):
+        return  # an object store has no lock
     key = run_dir.resolve()
     if key in _HELD:
         return

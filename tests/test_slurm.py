@@ -114,7 +114,8 @@ def test_two_slurm_tasks_equal_one_process(tmp_path):
 
 
 # Stand-ins for SLURM's commands, enough to run the generated script on one machine: srun starts
-# SLURM_NTASKS tasks with SLURM_PROCID/SLURM_LOCALID (as srun does) and forwards SIGTERM to them;
+# SLURM_NTASKS tasks with SLURM_PROCID/SLURM_LOCALID (as srun does), forwards SIGTERM to them and exits
+# with the highest of their exit codes (as srun does);
 # scontrol names this host and records requeues.
 FAKE_SRUN = """#!/bin/bash
 touch "$FAKE_SLURM_LOG.srun"
@@ -125,7 +126,7 @@ trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM
 rc=0
 for p in "${pids[@]}"; do
     while true; do wait "$p"; r=$?; kill -0 "$p" 2>/dev/null || break; done
-    [ "$r" -ne 0 ] && rc=$r
+    [ "$r" -gt "$rc" ] && rc=$r
 done
 exit $rc
 """
@@ -191,3 +192,29 @@ def test_time_limit_signal_stops_the_workers_and_requeues(recipe, tmp_path):
     again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((run_dir / rundir.ACHIEVED).read_text())["n_devices"] == 2
+
+
+def test_a_job_on_a_directory_another_run_trains_into_stops_in_one_line(recipe, tmp_path, monkeypatch):
+    """Two jobs on one run directory (the same clipa-run --slurm submitted twice) both trained into it: the
+    job's first task now holds the lock that clipa-run takes, and the second job stops at it. Its prepare
+    step finds the recipe there and skips, as a requeued job does, so the task's own check is the one met."""
+    from clipa import runlock
+
+    run_dir = tmp_path / "run"
+    r = _clipa_run(recipe, "--run-dir", run_dir, "--slurm", "--gpus-per-node", "2", "--device", "cpu", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    script = tmp_path / "job.sbatch"
+    script.write_text(r.stdout)
+    monkeypatch.setenv("SLURM_NTASKS", "2")  # as in the first job: it records the parallelism for 2 tasks
+    with runlock.scope():
+        slurm.prepare(recipe, run_dir)
+    env = _slurm_env(2, PATH=f"{_fake_bin(tmp_path)}{os.pathsep}{ENV['PATH']}", SLURM_JOB_ID="4242",
+                     SLURM_JOB_NODELIST="node1", FAKE_SLURM_LOG=str(tmp_path / "requeues"))
+    with runlock.scope():
+        runlock.claim(run_dir)  # the other run, training
+        job = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert job.returncode == 2, job.stderr[-3000:]
+    said = [line for line in job.stderr.splitlines() if line.startswith("error: ")]
+    assert said == [f"error: {run_dir}: another run is training into it (clipa-run pid {os.getpid()} on "
+                    f"{socket.gethostname()} since " + said[0].split(" since ", 1)[1]], job.stderr[-3000:]
+    assert "Traceback" not in job.stderr and not (run_dir / rundir.METRICS).exists()

@@ -16,7 +16,7 @@ from typing import Optional
 from rich.console import Console
 
 from clipa import recipe as recipe_mod
-from clipa import fs, rundir
+from clipa import fs, rundir, runlock
 from clipa.errors import Interrupted, UserError
 
 
@@ -33,10 +33,13 @@ def main(run_dir, device: Optional[str] = None, max_samples: Optional[int] = Non
     from clipa.backends import loop
     from clipa.backends.data import pipeline, resolve
     from clipa.backends.torch import dist as tdist
+    from clipa.backends.torch import slurm
     from clipa.backends.torch.trainer import TorchTrainer
 
     rec = recipe_mod.load(fs.path(run_dir) / rundir.RECIPE)
     world = tdist.init(device)
+    if world.is_main and os.environ.get(slurm.LAUNCHER_ENV) == "slurm":
+        runlock.claim(fs.path(run_dir))  # srun started the tasks: no clipa-run holds the directory for them
     if world.device.type == "cpu":
         # Threads from the decode demand and the free cores (backends/threads.py): OpenMP threads beyond
         # the cores left spin against the decoders and other processes. Chosen once per run (resumes match),
