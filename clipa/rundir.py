@@ -4,6 +4,7 @@
     RUN_DIR/metrics.jsonl    one JSON object a line (see ``MetricsLine``)
     RUN_DIR/checkpoints/     backend-specific, resumable
     RUN_DIR/achieved.json    written last, only when the run finished (see ``Achieved``)
+    RUN_DIR/.lock            locked by the process training into it, if any (``clipa/runlock.py``)
 
 Both backends write the same files, so the report needs no backend code. RUN_DIR is a local path or
 a URL (gs://BUCKET/RUN, one directory every host of a pod sees); every file in it is read and written
