@@ -47,7 +47,7 @@ def claim(run_dir: Path) -> None:
         return
     with contextlib.suppress(OSError):  # who holds it, for the next one; a full disk is for the run's writes to say
         os.ftruncate(fd, 0)
-        os.write(fd, f"clipa-run pid {os.getpid()} on {socket.gethostname()} since "
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
                      f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}".encode())
     _HELD[key] = fd
 

@@ -156,11 +156,11 @@ def test_a_second_run_on_a_directory_in_use_is_refused_in_one_line(tmp_path, dat
     second = _run(recipe, run_dir)
     assert second.returncode == 2, second.stderr[-3000:]
     said = second.stderr.strip().splitlines()
-    assert len(said) == 1 and said[0].startswith(f"error: {run_dir}: another run is training into it (clipa-run "
-                                                 f"pid {first.pid} on "), said
+    assert len(said) == 1 and said[0].startswith(f"error: {run_dir}: another run is training into it "
+                                                 f"(pid {first.pid} on "), said
     report = [sys.executable, "-m", "clipa.cli.report", str(run_dir), "--no-plots"]
     shown = subprocess.run(report, capture_output=True, text=True, env=ENV, timeout=300)
-    assert f"{run_dir}: training now (clipa-run pid {first.pid} on " in " ".join(shown.stdout.split()), shown.stdout
+    assert f"{run_dir}: training now (pid {first.pid} on " in " ".join(shown.stdout.split()), shown.stdout
     assert first.poll() is None, "the first run stopped"
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=300) == 143

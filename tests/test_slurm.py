@@ -215,6 +215,6 @@ def test_a_job_on_a_directory_another_run_trains_into_stops_in_one_line(recipe, 
         job = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert job.returncode == 2, job.stderr[-3000:]
     said = [line for line in job.stderr.splitlines() if line.startswith("error: ")]
-    assert said == [f"error: {run_dir}: another run is training into it (clipa-run pid {os.getpid()} on "
+    assert said == [f"error: {run_dir}: another run is training into it (pid {os.getpid()} on "
                     f"{socket.gethostname()} since " + said[0].split(" since ", 1)[1]], job.stderr[-3000:]
     assert "Traceback" not in job.stderr and not (run_dir / rundir.METRICS).exists()

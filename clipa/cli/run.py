@@ -62,9 +62,8 @@ def run(
                                               rich_help_panel=DEBUG),
     version: bool = version_option(),
 ) -> None:
-    from clipa import backends
+    from clipa import backends, runlock
     from clipa import suite as suite_mod
-    from clipa import runlock
 
     if suite_mod.is_suite(recipe):
         return _suite(ctx, recipe, backends.get(backend), run_dir, device, dry_run, max_samples)
@@ -100,8 +99,7 @@ def run(
 
 def _suite(ctx, path: Path, bk, root, device, dry_run, max_samples) -> None:
     """A suite file (clipa-plan --pilot): its pilots one after the other in this process (clipa/cli/run_suite.py)."""
-    from clipa import backends
-    from clipa import runlock
+    from clipa import backends, runlock
     from clipa.cli.run_suite import run_suite
 
     given = {k for k in ctx.params if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
