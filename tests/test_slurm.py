@@ -145,7 +145,9 @@ def _fake_bin(tmp: Path) -> Path:
     return b
 
 
-def test_script_trains_on_two_tasks_and_resumes_a_finished_run(recipe, tmp_path):
+def _job(recipe: Path, tmp_path: Path) -> tuple[Path, Path, dict]:
+    """(run directory, the script clipa-run --slurm --dry-run prints for 2 tasks, the job's environment with
+    the stand-ins first on PATH and requeues logged to tmp_path/requeues)."""
     run_dir = tmp_path / "run"
     r = _clipa_run(recipe, "--run-dir", run_dir, "--slurm", "--gpus-per-node", "2", "--device", "cpu", "--dry-run")
     assert r.returncode == 0, r.stderr
@@ -153,6 +155,11 @@ def test_script_trains_on_two_tasks_and_resumes_a_finished_run(recipe, tmp_path)
     script.write_text(r.stdout)
     env = _slurm_env(2, PATH=f"{_fake_bin(tmp_path)}{os.pathsep}{ENV['PATH']}", SLURM_JOB_ID="4242",
                      SLURM_JOB_NODELIST="node1", FAKE_SLURM_LOG=str(tmp_path / "requeues"))
+    return run_dir, script, env
+
+
+def test_script_trains_on_two_tasks_and_resumes_a_finished_run(recipe, tmp_path):
+    run_dir, script, env = _job(recipe, tmp_path)
     env.pop("MASTER_ADDR")
     env.pop("MASTER_PORT")                                       # the script sets both
     job = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
@@ -170,14 +177,8 @@ def test_time_limit_signal_stops_the_workers_and_requeues(recipe, tmp_path):
     import signal
     import time
 
-    run_dir = tmp_path / "run"
-    r = _clipa_run(recipe, "--run-dir", run_dir, "--slurm", "--gpus-per-node", "2", "--device", "cpu", "--dry-run")
-    assert r.returncode == 0, r.stderr
-    script = tmp_path / "job.sbatch"
-    script.write_text(r.stdout)
-    log = tmp_path / "requeues"
-    env = _slurm_env(2, PATH=f"{_fake_bin(tmp_path)}{os.pathsep}{ENV['PATH']}", SLURM_JOB_ID="4242",
-                     SLURM_JOB_NODELIST="node1", FAKE_SLURM_LOG=str(log))
+    run_dir, script, env = _job(recipe, tmp_path)
+    log = Path(env["FAKE_SLURM_LOG"])
     job = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not Path(f"{log}.srun").exists():                     # the workers are starting: the traps are set
@@ -200,16 +201,10 @@ def test_a_job_on_a_directory_another_run_trains_into_stops_in_one_line(recipe, 
     step finds the recipe there and skips, as a requeued job does, so the task's own check is the one met."""
     from clipa import runlock
 
-    run_dir = tmp_path / "run"
-    r = _clipa_run(recipe, "--run-dir", run_dir, "--slurm", "--gpus-per-node", "2", "--device", "cpu", "--dry-run")
-    assert r.returncode == 0, r.stderr
-    script = tmp_path / "job.sbatch"
-    script.write_text(r.stdout)
+    run_dir, script, env = _job(recipe, tmp_path)
     monkeypatch.setenv("SLURM_NTASKS", "2")  # as in the first job: it records the parallelism for 2 tasks
     with runlock.scope():
         slurm.prepare(recipe, run_dir)
-    env = _slurm_env(2, PATH=f"{_fake_bin(tmp_path)}{os.pathsep}{ENV['PATH']}", SLURM_JOB_ID="4242",
-                     SLURM_JOB_NODELIST="node1", FAKE_SLURM_LOG=str(tmp_path / "requeues"))
     with runlock.scope():
         runlock.claim(run_dir)  # the other run, training
         job = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
