@@ -264,8 +264,7 @@ def prepare_run_dir(recipe: Recipe, run_dir, backend: str, console: Console, *, 
     main process of a local run directory holds its lock from here on)."""
     run_dir = fs.path(run_dir)
     tracking.check(recipe)
-    if is_main and isinstance(run_dir, Path):
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if is_main:
         runlock.claim(run_dir)
     for other, pattern in _CHECKPOINT_GLOBS.items():
         found = sorted((run_dir / rundir.CHECKPOINTS).glob(pattern)) if other != backend else []

@@ -24,11 +24,13 @@ _HELD: dict[Path, int] = {}  # run directory -> the descriptor holding its lock
 
 
 def claim(run_dir: Path) -> None:
-    """Hold ``run_dir``'s lock until the end of the ``scope`` around the call, else of this process (a
-    second claim from it holds it already); UserError naming the holder when another process has it. An
-    object store, or a filesystem that cannot lock (Lustre without ``flock``), is used unlocked, as before."""
+    """Hold ``run_dir``'s lock (making the directory) until the end of the ``scope`` around the call, else of
+    this process (a second claim from it holds it already); UserError naming the holder when another process
+    has it. An object store, or a filesystem that cannot lock (Lustre without ``flock``), is used unlocked,
+    as before."""
     if not isinstance(run_dir, Path):
         return  # an object store has no lock
+    run_dir.mkdir(parents=True, exist_ok=True)
     key = run_dir.resolve()
     if key in _HELD:
         return
@@ -38,9 +40,9 @@ def claim(run_dir: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(fd, 1024).decode(errors="replace").strip() or "another process"
+        who = _who(fd)
         os.close(fd)
-        raise UserError(f"{run_dir}: another run is training into it ({holder}, or the processes it started); "
+        raise UserError(f"{run_dir}: another run is training into it ({who}, or the processes it started); "
                         "wait for it or stop it, or use another --run-dir") from None
     except OSError:
         os.close(fd)
@@ -92,9 +94,14 @@ def holder(run_dir) -> Optional[str]:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # held only until the close below
     except BlockingIOError:
-        return os.read(fd, 1024).decode(errors="replace").strip() or "another process"
+        return _who(fd)
     except OSError:
         return None
     finally:
         os.close(fd)
     return None
+
+
+def _who(fd: int) -> str:
+    """What the holder of the lock on ``fd``'s file wrote there (``claim``)."""
+    return os.read(fd, 1024).decode(errors="replace").strip() or "another process"
