@@ -1,15 +1,19 @@
 """The training pipeline on real tar shards: sharding, determinism/resume, corrupt data, workers."""
 from __future__ import annotations
 
+import concurrent.futures as cf
 import io
+import multiprocessing as mp
 import os
+import signal
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from clipa import encoders
-from clipa.backends.data.pipeline import DataStats, RankStream, _job_config, batches_for, train_batches
+from clipa.backends.data.pipeline import DataStats, worker_init, RankStream, _job_config, batches_for, train_batches
 from clipa.backends.data.tokenizer import get as get_tokenizer
 from clipa.backends.data.webdataset_io import expand_shards, index_shard, write_shard
 from clipa.errors import UserError
@@ -110,6 +114,24 @@ def test_workers_give_the_same_batches(tmp_path):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
     b.close()
+
+
+def test_a_decoding_worker_serves_on_after_sigterm_and_ends_after_its_grace():
+    """SIGTERM to every process of a job (SLURM's preemption) used to kill a worker at once, sometimes
+    half-way through sending a batch back, which left the pool's reader, and so the trainer's exit,
+    waiting forever. Now the worker goes on serving, and ends itself once the grace has passed."""
+    grace = 2
+    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=worker_init,
+                                initargs=(os.getpid(), grace)) as pool:
+        pid = pool.submit(os.getpid).result(timeout=120)
+        os.kill(pid, signal.SIGTERM)
+        sent = time.monotonic()
+        assert pool.submit(os.getpid).result(timeout=60) == pid  # the same process, still serving
+        with pytest.raises(cf.process.BrokenProcessPool):
+            while time.monotonic() - sent < 60:
+                pool.submit(time.sleep, 0.05).result(timeout=60)
+        ended = time.monotonic() - sent
+    assert grace - 0.5 < ended < grace + 20, ended
 
 
 def test_batch_contract(tmp_path):

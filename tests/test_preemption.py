@@ -99,11 +99,11 @@ def test_sigterm_checkpoints_exits_143_and_resumes_to_the_same_weights(tmp_path,
     assert f"from {before.name}" in resumed.stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hang-up"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM], ids=["ctrl-c", "hang-up", "sigterm"])
 def test_a_signal_to_the_job_with_a_decoding_worker_checkpoints_without_traceback(tmp_path, data, sig):
-    """Sent to the job's whole process group, as the terminal sends Ctrl-C and a shell whose terminal
-    closed sends SIGHUP: the decoding worker gets it too and leaves it to the trainer. (SIGTERM to every
-    process, as SLURM preempts, is not here: it kills the worker, and the run sometimes hangs; open.)"""
+    """Sent to the job's whole process group, as the terminal sends Ctrl-C, a shell whose terminal closed
+    sends SIGHUP, and SLURM sends SIGTERM to every process of a job it preempts: the decoding worker gets it
+    too and leaves it to the trainer (for SIGTERM, see test_data_pipeline's grace test)."""
     recipe = _recipe(tmp_path, data, "int", workers=1)
     run_dir = tmp_path / "run"
     proc = _start(recipe, run_dir)

@@ -302,10 +302,23 @@ def _start_resource_tracker() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def worker_init(parent: int) -> None:
+# SLURM's default KillWait (slurm.conf(5): "The default value is 30 seconds"): by then SLURM kills the
+# whole job, so the grace never cuts a worker short there
+TERM_GRACE_S = 30
+
+
+def worker_init(parent: int, term_grace_s: int = TERM_GRACE_S) -> None:
     """A decoding worker: dies with its parent (a ``kill -9`` of the trainer must not leave it running),
     and leaves what the terminal sends the whole job (Ctrl-C's SIGINT, a hang-up's SIGHUP) to the parent,
-    which stops at a step boundary: no worker traceback, no broken pool before its checkpoint."""
+    which stops at a step boundary: no worker traceback, no broken pool before its checkpoint.
+
+    SIGTERM, which SLURM sends every process of a job it preempts, ends a worker ``term_grace_s`` later
+    (SIGALRM), not at once: killed while sending a batch back, it left half a message in the result pipe,
+    and the pool's reader thread then waited for the rest forever, so the trainer, its checkpoint
+    written, never exited (1 run in 25 of the tiny run of tests/test_preemption.py, in a scratch loop). Meanwhile the trainer
+    stops the pool, or its own exit ends the worker. The pool's own ``terminate()`` of the survivors of a
+    broken pool still ends them, after the grace."""
     for s in (signal.SIGINT, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: signal.alarm(term_grace_s))
     die_with_parent(signal.SIGKILL, parent)
