@@ -25,7 +25,7 @@ from clipa import fs, rundir
 from clipa.backends import logline, runstate as rs
 from clipa.backends.schedule import lr_at
 from clipa.backends.stopping import StopSignals
-from clipa.errors import Interrupted, NoRoom
+from clipa.errors import DecodersDied, Interrupted, NoRoom
 from clipa.recipe import DatasetSpec, Recipe, Stage
 
 
@@ -230,7 +230,13 @@ class _Run:
             while pos.step < st.steps:
                 if self.stop_or_save(k, st, win, stage_t0):
                     return False
-                win.losses.append(tr.step(next(batches)))
+                try:
+                    batch = next(batches)
+                except DecodersDied:
+                    if tr.world == 1:  # elsewhere the other processes may be inside a step: no checkpoint to join
+                        self.save(k, st, win, stage_t0)
+                    raise
+                win.losses.append(tr.step(batch))
                 pos.step += 1
                 pos.samples_drawn += st.global_batch
                 if pos.step % cfg.log_every_steps == 0 or pos.step == st.steps:
@@ -293,7 +299,9 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, trainer: Trainer, *
     SIGINT/SIGTERM/SIGHUP: a checkpoint at the next step boundary, then ``Interrupted`` (its message ends with
     ``resume``, the command that continues the run; default: clipa-run on the run directory's recipe).
     A full disk (or quota, or read-only filesystem) under the run directory: ``NoRoom``, naming the file, the
-    newest complete checkpoint and ``resume``; a failed write never removes a complete checkpoint."""
+    newest complete checkpoint and ``resume``; a failed write never removes a complete checkpoint.
+    Decoding processes that keep dying (pipeline.MAX_WORKER_DEATHS): a checkpoint (one process only: the
+    others may be inside a step), then ``DecodersDied``, saying the same."""
     resume = resume or rs.resume_command(fs.path(run_dir) / rundir.RECIPE, run_dir, trainer.backend)
     r = None
     with StopSignals() as signals:
@@ -301,6 +309,8 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, trainer: Trainer, *
             r = _Run(recipe, run_dir, dataset, trainer, console or Console(stderr=True, soft_wrap=True),
                      max_samples, signals, resume)
             return _stages(r)
+        except DecodersDied as e:
+            raise DecodersDied(f"{e}; {_where(r)}; resume with: {resume}") from None
         except OSError as e:
             if e.errno not in _NO_ROOM:
                 raise

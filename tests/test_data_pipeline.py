@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from clipa import encoders
-from clipa.backends.data.pipeline import DataStats, worker_init, RankStream, _job_config, batches_for, train_batches
+from clipa.backends.data.pipeline import DataStats, start_workers, worker_init, RankStream, _job_config, batches_for, train_batches
 from clipa.backends.data.tokenizer import get as get_tokenizer
 from clipa.backends.data.webdataset_io import expand_shards, index_shard, write_shard
-from clipa.errors import UserError
+from clipa.errors import DecodersDied, UserError
 from clipa.recipe import AugmentSpec, DatasetSpec, ImageReductionSpec, OptimizerSpec, Stage
 
 ENC = encoders.get("test")  # patch 8
@@ -132,6 +132,32 @@ def test_a_decoding_worker_serves_on_after_sigterm_and_ends_after_its_grace():
                 pool.submit(time.sleep, 0.05).result(timeout=60)
         ended = time.monotonic() - sent
     assert grace - 0.5 < ended < grace + 20, ended
+
+
+def _kill_the_idle_worker() -> None:
+    """SIGKILL (as the system ends a process when memory runs out) the one decoding worker, once it is idle:
+    a job queued behind the stream's own returns its pid. (A worker killed half-way through sending a batch
+    back leaves the pool's reader waiting forever, a CPython limit: see worker_init.)"""
+    os.kill(start_workers(1).submit(os.getpid).result(timeout=120), signal.SIGKILL)
+
+
+def test_a_killed_decoding_worker_is_replaced_and_the_stream_goes_on_unchanged(tmp_path, capfd):
+    make_shards(tmp_path, 2, 6)
+    ds = DatasetSpec(name="custom", train=str(tmp_path), workers=1)
+    st = stage("grid_mask", 0.75, "block")
+    want = train_batches(ds, st, ENC, batch_size=3, seed=1, workers=0)
+    got = train_batches(ds, st, ENC, batch_size=3, seed=1)
+    for i in range(8):
+        if i in (1, 4):
+            _kill_the_idle_worker()
+        x, y = next(want), next(got)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    assert capfd.readouterr().err.count("clipa data: a decoding process died") == 2
+    _kill_the_idle_worker()
+    with pytest.raises(DecodersDied, match="dataset.workers: a decoding process died 3 times"):
+        for _ in range(3):
+            next(got)
 
 
 def test_batch_contract(tmp_path):

@@ -36,7 +36,7 @@ from clipa.backends.data.webdataset_io import (MAX_OPEN_SHARDS, SampleEntry, Sha
                                                index_shard)
 from clipa.backends.stopping import die_with_parent
 from clipa.encoders import Encoder
-from clipa.errors import UserError
+from clipa.errors import DecodersDied, UserError
 from clipa.recipe import DatasetSpec, Stage
 
 # References per shuffle block: ~1 LAION shard (10k samples). A reference is a few dozen bytes.
@@ -250,24 +250,51 @@ def batches_for(shards: list[Path], cfg: batch_job.JobConfig, batch_size: int, r
                 yield _finish(batch_job.run(cfg, items), stats)
             return
         pool = start_workers(workers)
-        pending: collections.deque = collections.deque()
-        source = jobs()
+        handed: collections.deque = collections.deque()  # the jobs given out, oldest first, with their futures
+        futures: collections.deque = collections.deque()
+        source, deaths = jobs(), 0
         try:
             while True:
-                while len(pending) < 2 * workers:
-                    pending.append(pool.submit(batch_job.run, cfg, next(source)))
-                yield _finish(pending.popleft().result(), stats)
-        except cf.process.BrokenProcessPool:
-            _POOLS.pop(workers, None)  # a worker died (e.g. killed for memory): the next call starts afresh
-            raise
+                try:
+                    while len(handed) < 2 * workers:
+                        handed.append(next(source))
+                    while len(futures) < len(handed):
+                        futures.append(pool.submit(batch_job.run, cfg, handed[len(futures)]))
+                    out = futures[0].result()
+                except cf.process.BrokenProcessPool:
+                    deaths += 1
+                    pool = _replace_workers(pool, workers, deaths)
+                    futures.clear()  # the jobs in ``handed`` go to the new pool
+                    continue
+                handed.popleft()
+                futures.popleft()
+                yield _finish(out, stats)
         finally:
-            for f in pending:
+            for f in futures:
                 f.cancel()
     finally:
         reader.close()
 
 
 _POOLS: dict[int, cf.ProcessPoolExecutor] = {}
+# A stream stops at this many worker deaths: one is the system ending a worker for memory once; three mean
+# it will go on doing so (clipa's choice)
+MAX_WORKER_DEATHS = 3
+
+
+def _replace_workers(broken: cf.ProcessPoolExecutor, workers: int, deaths: int) -> cf.ProcessPoolExecutor:
+    """A new pool for one whose worker died (killed for memory, most likely): the batches are a function of
+    their positions, so handing the lost jobs out again gives the same stream. A stream stops at the
+    ``MAX_WORKER_DEATHS``-th death."""
+    if _POOLS.get(workers) is broken:
+        del _POOLS[workers]
+    broken.shutdown(wait=True)  # quick: the pool ended its other workers when it broke
+    if deaths >= MAX_WORKER_DEATHS:
+        raise DecodersDied(f"dataset.workers: a decoding process died {deaths} times (the system kills processes "
+                           f"when memory runs out); lower dataset.workers or the batch size")
+    print(f"clipa data: a decoding process died (the system kills processes when memory runs out); starting "
+          f"{workers} again ({deaths} so far; this stage's data stops at {MAX_WORKER_DEATHS})", file=sys.stderr)
+    return start_workers(workers)
 
 
 def start_workers(workers: int) -> Optional[cf.ProcessPoolExecutor]:
