@@ -159,9 +159,14 @@ def test_cli_writes_a_file_the_planner_can_load(tmp_path, capsys):
     assert cal.utilisation("cpu") == pytest.approx(0.02, rel=0.02)
     assert str(a) in yaml.safe_load(out.read_text())["hardware"]["cpu"]["runs"]
     assert "calibration written" in capsys.readouterr().out
-    # an unfinished run alone: nothing to calibrate, one line, exit 2
+    # an unfinished run alone: nothing to calibrate, one line, exit 2, and no report written before it
     u = write_run(tmp_path / "u", demo_recipe("u"), finished=False, stop_after=1000)
-    assert run_app(app, [str(u), "--no-plots", "--calibrate", "--calibration-out", str(tmp_path / "x.yaml")]) == 2
+    capsys.readouterr()
+    assert run_app(app, [str(u), "--out", str(tmp_path / "rep"), "--calibrate", "--calibration-out",
+                         str(tmp_path / "x.yaml")]) == 2
+    said = capsys.readouterr()
+    assert "nothing to calibrate on" in said.err and said.out == "", said.out[:300]
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "x.yaml").exists()
 
 
 def test_a_run_named_twice_counts_once(tmp_path, capsys):

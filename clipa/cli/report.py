@@ -29,14 +29,20 @@ app = typer.Typer(name="clipa-report", add_completion=False, help=__doc__, rich_
 console = Console(highlight=False)
 
 
-def _calibrate(runs, out: Path) -> None:
+def _fit(runs, out: Path):
+    """The calibration of ``runs`` (updating the file at ``out``), or a UserError: before the report, so
+    that runs it cannot use stop the command before it writes anything."""
+    from clipa.costmodels import calibration as cal_mod
+    from clipa.report.calibrate import calibrate
+
+    return calibrate(runs, cal_mod.load(out) if out.exists() else None)
+
+
+def _write_calibration(cal, runs, out: Path) -> None:
     from clipa.costmodels import calibration as cal_mod
     from clipa.costmodels.predict import predict_recipe
-    from clipa.report.calibrate import calibrate
     from clipa.report.tables import fmt_hours
 
-    base = cal_mod.load(out) if out.exists() else None
-    cal = calibrate(runs, base)
     cal_mod.save(cal, out)
     t = Table(title=f"calibration written to {out}", title_justify="left")
     for col in ("hardware", "utilisation", "overhead s/sample", "eval s/GFLOP", "fixed s/stage", "points",
@@ -85,6 +91,8 @@ def report(
 
     dirs = resolve_dirs(run_dirs or [], root)
     runs = [load_run(d) for d in dirs]
+    cal_out = calibration_out or dirs[0].parent / "calibration.yaml"
+    cal = _fit(runs, cal_out) if calibrate else None
     if len(runs) > 1:
         console.print(tables.compare_table(runs))
     for r in runs:
@@ -100,8 +108,8 @@ def report(
         console.print(f"report: {page} ({sum(len(v) for v in images.values())} figures)")
         for n in notes:
             console.print(f"[dim]{n}[/dim]")
-    if calibrate:
-        _calibrate(runs, calibration_out or dirs[0].parent / "calibration.yaml")
+    if cal is not None:
+        _write_calibration(cal, runs, cal_out)
 
 
 main = entry(app)
