@@ -42,6 +42,8 @@ def _one_line_error(r: subprocess.CompletedProcess, code: int, needle: str) -> N
     ("clipa-plan", ["--budget", "5000", "--hw", "a100x9"], "a100x9"),
     ("clipa-plan", ["--budget", "5000", "--plot", "x.png"], "--plot: does not apply without --fit-report"),
     ("clipa-plan", ["--fit-report", "--budget", "5"], "--budget: does not apply to --fit-report"),
+    ("clipa-plan", ["--budget", "5000", "--train-data", "shards/{00..03}.tar"],
+     "--train-data: shards/00.tar: shard not found (from 'shards/{00..03}.tar')"),
     ("clipa-run", [], "Missing argument"),
     ("clipa-run", ["no-such.yaml"], "no-such.yaml: recipe file not found"),
     ("clipa-report", ["--bogus"], "No such option: --bogus"),

@@ -236,6 +236,13 @@ def _only(given: set, allowed: set, mode: str) -> None:
 def _with_data(rec, a: SimpleNamespace):
     """The dataset paths the user gave, checked now (one line naming the flag) rather than at launch."""
     train, train_samples, val, classnames, templates = a.train_data, a.train_samples, a.val, a.classnames, a.templates
+    if train is not None:
+        from clipa.backends.data import webdataset_io
+
+        try:
+            webdataset_io.expand_shards(train)  # every shard's existence, as clipa-run checks it
+        except UserError as e:
+            raise UserError(f"--train-data: {e}") from None
     for flag, path in (("--val", val), ("--classnames", classnames), ("--templates", templates)):
         if path is not None and not Path(path).exists():
             raise UserError(f"{flag}: {path} not found")
