@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_run import tiny, write
+from tiny_run import default_sigint, tiny, write
 
 from clipa import __version__, recipe
 
@@ -93,13 +93,6 @@ def test_version_and_help(name):
     assert h.returncode == 0 and "Examples" in h.stdout and "Traceback" not in h.stderr
 
 
-def _default_sigint() -> None:
-    """Ctrl-C as in a terminal: a test run started in the background of a non-interactive shell (`cmd &`)
-    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler in the child (the
-    plan ran to the end with rc 0 in such a run)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a running process (/proc/PID/stat fields 14 and 15)."""
     try:
@@ -127,7 +120,7 @@ def test_ctrl_c_during_planning_exits_130_without_traceback(tmp_path):
                                                    for n in (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if n <= top]
     proc = subprocess.Popen([sys.executable, "-m", CLIS["clipa-plan"], "--budget", "10000", "--hw", ",".join(many),
                              "--out", str(tmp_path / "g.yaml")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV, preexec_fn=_default_sigint)
+                            text=True, env=ENV, preexec_fn=default_sigint)
     _ctrl_c_at(proc, 3.0)  # past the imports (about 1.5 CPU-s), inside the search (8-15 CPU-s)
     assert not (tmp_path / "g.yaml").exists()
 
@@ -138,7 +131,7 @@ def test_ctrl_c_while_the_command_is_still_importing_exits_130_without_traceback
     exe = Path(sys.executable).parent / name
     args = ["--budget", "100", "--hw", "a100x8"] if name == "clipa-plan" else ["recipes/demo.yaml", "--dry-run"]
     proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                            cwd=Path(recipe.__file__).parent.parent, preexec_fn=_default_sigint)
+                            cwd=Path(recipe.__file__).parent.parent, preexec_fn=default_sigint)
     # Past the interpreter's own start-up (its site imports, about 0.03 CPU-s: Python's, not clipa's), inside
     # the imports of typer, numpy and the rest (about half a CPU-second).
     _ctrl_c_at(proc, 0.1)

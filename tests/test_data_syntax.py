@@ -16,6 +16,7 @@ from clipa.backends.data.tokenizer import get as get_tokenizer
 from clipa.backends.data.webdataset_io import POS_EXT, read_shard_samples
 from clipa.errors import UserError
 from clipa.recipe import AugmentSpec, DatasetSpec, OptimizerSpec, Stage
+from tiny_run import default_sigint
 
 CAPTION = "well, here we can actually see a small red star that is sitting near the top of the picture"
 
@@ -104,7 +105,7 @@ def test_prepare_stopped_by_ctrl_c_says_so_in_one_line_and_continues_where_it_st
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     # one process: the shard in progress is the only one finished after the signal
     proc = subprocess.Popen([*cmd, str(out), "--processes", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=default_sigint)
     deadline = time.time() + 300
     while proc.poll() is None and not list(out.glob("*.tar")) and time.time() < deadline:
         time.sleep(0.01)
