@@ -103,16 +103,24 @@ def test_resume_equals_uninterrupted_across_epochs(tmp_path):
                 np.testing.assert_array_equal(got[k], want[k])
 
 
-def test_workers_give_the_same_batches(tmp_path):
+def _streams(tmp_path, workers: int):
+    """One stream of batches twice: decoded in this process, and by ``dataset.workers`` processes."""
     make_shards(tmp_path, 2, 6)
-    ds = DatasetSpec(name="custom", train=str(tmp_path), workers=2)
+    ds = DatasetSpec(name="custom", train=str(tmp_path), workers=workers)
     st = stage("grid_mask", 0.75, "block")
-    a = train_batches(ds, st, ENC, batch_size=3, seed=1, workers=0)
-    b = train_batches(ds, st, ENC, batch_size=3, seed=1)  # dataset.workers = 2 processes
+    return train_batches(ds, st, ENC, batch_size=3, seed=1, workers=0), train_batches(ds, st, ENC, batch_size=3, seed=1)
+
+
+def _same_batch(x: dict, y: dict) -> None:
+    assert x.keys() == y.keys()
+    for k in x:
+        np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_workers_give_the_same_batches(tmp_path):
+    a, b = _streams(tmp_path, 2)
     for _ in range(5):
-        x, y = next(a), next(b)
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k])
+        _same_batch(next(a), next(b))
     b.close()
 
 
@@ -142,17 +150,11 @@ def _kill_the_idle_worker() -> None:
 
 
 def test_a_killed_decoding_worker_is_replaced_and_the_stream_goes_on_unchanged(tmp_path, capfd):
-    make_shards(tmp_path, 2, 6)
-    ds = DatasetSpec(name="custom", train=str(tmp_path), workers=1)
-    st = stage("grid_mask", 0.75, "block")
-    want = train_batches(ds, st, ENC, batch_size=3, seed=1, workers=0)
-    got = train_batches(ds, st, ENC, batch_size=3, seed=1)
+    want, got = _streams(tmp_path, 1)
     for i in range(8):
         if i in (1, 4):
             _kill_the_idle_worker()
-        x, y = next(want), next(got)
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k])
+        _same_batch(next(want), next(got))
     assert capfd.readouterr().err.count("clipa data: a decoding process died") == 2
     _kill_the_idle_worker()
     with pytest.raises(DecodersDied, match="dataset.workers: a decoding process died 3 times"):
