@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 
 import numpy as np
 import pytest
@@ -64,6 +65,14 @@ def test_plain_names_default_templates_and_user_errors(tmp_path):
         load_zeroshot(val, bad)
     with pytest.raises(UserError, match="missing.txt"):
         load_zeroshot(val, None, tmp_path / "missing.txt")
+
+
+def test_image_suffixes_in_any_case_and_other_files_left_out(tmp_path):
+    val = _val(tmp_path, ("a", "b"), 1)
+    for name in ("x.JPEG", "y.Webp", "z.Png"):  # ImageNet's val files end in .JPEG; cameras write .JPG
+        shutil.copy(next((val / "a").iterdir()), val / "b" / name)
+    (val / "b" / "notes.txt").write_text("not an image")
+    assert np.bincount(load_zeroshot(val).labels).tolist() == [1, 4]
 
 
 def test_val_images_takes_every_class_share_of_a_fixed_subset(tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 from clipa.backends.data.decode import DecodeError, decode_eval, normalize
 from clipa.errors import UserError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".JPEG", ".JPG", ".PNG")
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
@@ -60,6 +60,11 @@ class ZeroShotSet:
             yield normalize(np.stack(imgs)), np.array(labs, np.int64)
 
 
+
+def is_image(path: Path) -> bool:
+    """An image file the evaluation reads, by its suffix in any case (ImageNet's val files end in .JPEG)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
 def _read_lines(path: Path, what: str) -> list[str]:
     if not path.is_file():
         raise UserError(f"{path}: {what} file not found")
@@ -98,7 +103,7 @@ def load_zeroshot(val_dir, classnames_file=None, templates_file=None, limit: Opt
     files, labels = [], []
     for y, folder in enumerate(folders):
         for f in sorted(folder.iterdir()):
-            if f.suffix in IMAGE_SUFFIXES:
+            if is_image(f):
                 files.append(f)
                 labels.append(y)
     if not files:

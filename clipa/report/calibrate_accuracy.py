@@ -34,9 +34,9 @@ def _eval_set(run: Run) -> tuple[int, int]:
         raise UserError(f"{run.path}: its evaluation set ({ds.classnames or ds.val or 'none recorded'}) cannot be "
                         "read from here and achieved.json does not record its classes; run clipa-report from "
                         "the directory the run was launched in")
-    from clipa.backends.data.zeroshot import IMAGE_SUFFIXES  # the images the evaluation counts
+    from clipa.backends.data.zeroshot import is_image  # the images the evaluation counts
 
-    images = sum(1 for p in Path(ds.val).rglob("*") if p.suffix in IMAGE_SUFFIXES) if ds.val else 0
+    images = sum(1 for p in Path(ds.val).rglob("*") if is_image(p)) if ds.val else 0
     return classes, images
 
 
