@@ -138,6 +138,13 @@ class Stage(_Strict):
     augment: AugmentSpec = AugmentSpec()
     pos_embed: Literal["sincos", "learned"] = "sincos"
 
+    @model_validator(mode="after")
+    def _warmup_within_the_stage(self):
+        if self.schedule.warmup_samples > self.samples:  # a digit too many: lr would never reach optimizer.lr
+            raise ValueError(f"schedule.warmup_samples {self.schedule.warmup_samples:,} is more than the stage's "
+                             f"{self.samples:,} samples: the learning rate would never reach optimizer.lr")
+        return self
+
     def image_tokens(self, encoder: encoders.Encoder) -> int:
         """Patch tokens the image tower sees after reduction."""
         return encoder.vision.kept_tokens(self.image_size, self.image_reduction.mask_ratio)

@@ -68,6 +68,8 @@ def test_mask_reduces_tokens():
     (("stages", 0, "optimizer", "lr"), float("inf"), "stages[0].optimizer.lr"),
     (("stages", 0, "augment"), {"random_resized_crop": [0.9, 0.4]}, "stages[0].augment.random_resized_crop"),
     (("train",), {"seed": -1}, "train.seed"),
+    (("stages", 0, "schedule"), {"warmup_samples": 10 ** 12},
+     "stages[0]: schedule.warmup_samples 1,000,000,000,000 is more than the stage's"),
     (("name",), "..", "name: '..' has no letter or digit"),
 ])
 def test_bad_field_is_named(path, value, needle):
