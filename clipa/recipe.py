@@ -139,10 +139,15 @@ class Stage(_Strict):
     pos_embed: Literal["sincos", "learned"] = "sincos"
 
     @model_validator(mode="after")
-    def _warmup_within_the_stage(self):
-        if self.schedule.warmup_samples > self.samples:  # a digit too many: lr would never reach optimizer.lr
-            raise ValueError(f"schedule.warmup_samples {self.schedule.warmup_samples:,} is more than the stage's "
+    def _schedule_fits_the_stage(self):
+        """A digit too many or too few, which would train a whole stage at the wrong learning rate."""
+        sch, lr = self.schedule, self.optimizer.lr
+        if sch.warmup_samples > self.samples:
+            raise ValueError(f"schedule.warmup_samples {sch.warmup_samples:,} is more than the stage's "
                              f"{self.samples:,} samples: the learning rate would never reach optimizer.lr")
+        if sch.name == "cosine" and sch.min_lr > lr:
+            raise ValueError(f"schedule.min_lr {sch.min_lr:g} is above optimizer.lr {lr:g}: the cosine schedule "
+                             "would raise the learning rate")
         return self
 
     def image_tokens(self, encoder: encoders.Encoder) -> int:

@@ -70,6 +70,7 @@ def test_mask_reduces_tokens():
     (("train",), {"seed": -1}, "train.seed"),
     (("stages", 0, "schedule"), {"warmup_samples": 10 ** 12},
      "stages[0]: schedule.warmup_samples 1,000,000,000,000 is more than the stage's"),
+    (("stages", 0, "schedule"), {"min_lr": 1.0}, "stages[0]: schedule.min_lr 1 is above optimizer.lr"),
     (("name",), "..", "name: '..' has no letter or digit"),
 ])
 def test_bad_field_is_named(path, value, needle):
