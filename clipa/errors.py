@@ -39,13 +39,13 @@ class NoRoom(UserError):
     FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # out of space: exit 1 from any command, not a usage error
 
 
-
 class DecodersDied(UserError):
     """The data's decoding processes died again and again (the system ends processes when memory runs out):
     not a bug and not a usage mistake, so no traceback and exit 1. The training loop adds where it stopped,
     the checkpoint and the command that resumes."""
 
     exit_code = 1
+
 
 def load_yaml(path: Path, what: str, source: str = "") -> Any:
     """``yaml.safe_load`` of the file at ``path`` (``json.loads`` if it ends in .json: YAML 1.1 reads

@@ -342,9 +342,9 @@ def worker_init(parent: int, term_grace_s: int = TERM_GRACE_S) -> None:
     SIGTERM, which SLURM sends every process of a job it preempts, ends a worker ``term_grace_s`` later
     (SIGALRM), not at once: killed while sending a batch back, it left half a message in the result pipe,
     and the pool's reader thread then waited for the rest forever, so the trainer, its checkpoint
-    written, never exited (1 run in 25 of the tiny run of tests/test_preemption.py, in a scratch loop). Meanwhile the trainer
-    stops the pool, or its own exit ends the worker. The pool's own ``terminate()`` of the survivors of a
-    broken pool still ends them, after the grace."""
+    written, never exited (1 run in 25 of tests/test_preemption.py's tiny run, in a scratch loop).
+    Meanwhile the trainer stops the pool, or its own exit ends the worker. The pool's own ``terminate()``
+    of the survivors of a broken pool still ends them, after the grace."""
     for s in (signal.SIGINT, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: signal.alarm(term_grace_s))

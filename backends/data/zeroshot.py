@@ -60,10 +60,10 @@ class ZeroShotSet:
             yield normalize(np.stack(imgs)), np.array(labs, np.int64)
 
 
-
 def is_image(path: Path) -> bool:
     """An image file the evaluation reads, by its suffix in any case (ImageNet's val files end in .JPEG)."""
     return path.suffix.lower() in IMAGE_SUFFIXES
+
 
 def _read_lines(path: Path, what: str) -> list[str]:
     if not path.is_file():

@@ -30,8 +30,8 @@ console = Console(highlight=False)
 
 
 def _fit(runs, out: Path):
-    """The calibration of ``runs`` (updating the file at ``out``), or a UserError: before the report, so
-    that runs it cannot use stop the command before it writes anything."""
+    """The calibration of ``runs`` (on top of the file at ``out`` when there is one), or a UserError: fitted
+    before the report, so that runs it cannot use stop the command before it writes anything."""
     from clipa.costmodels import calibration as cal_mod
     from clipa.report.calibrate import calibrate
 
