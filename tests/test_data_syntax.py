@@ -122,3 +122,13 @@ def test_prepare_stopped_by_ctrl_c_says_so_in_one_line_and_continues_where_it_st
     assert syntax_prep.main([paths["train"], str(ref), "--processes", "2"]) == 0  # uninterrupted, two at a time
     for shard in sorted(ref.glob("*.tar")):
         assert read_shard_samples(out / shard.name) == read_shard_samples(shard)
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line_exit_2(tmp_path, capsys):
+    from clipa.backends.data.demo_data import SHARD_SAMPLES, generate
+
+    paths = generate(tmp_path / "demo", n_train=SHARD_SAMPLES, n_val=10, image_size=16, tag=False)
+    (tmp_path / "a-file").write_text("x")
+    assert syntax_prep.main([paths["train"], str(tmp_path / "a-file" / "tagged")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'a-file' / 'tagged'}: Not a directory", err

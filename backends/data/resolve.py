@@ -5,7 +5,6 @@ Framework-free: both backends resolve datasets here before training.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from clipa import fs
@@ -105,17 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dir", type=Path, help="the demo data goes to DIR/data")
     ap.add_argument("out", type=Path, help="the recipe with its dataset paths")
     a = ap.parse_args(argv)
-    try:
+
+    def write() -> int:
         rec = recipe_mod.load(a.recipe)
         rec = rec.model_copy(update={"dataset": resolve(rec, a.dir, generate=True)})
         recipe_mod.dump(rec, a.out, header=f"{a.recipe} with its dataset paths (python -m clipa.backends.data.resolve)")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:  # a half-written dataset has no DONE file and is generated again next time
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    from clipa.cli._common import run_module
+
+    return run_module(write)  # a half-written dataset has no DONE file and is generated again next time
 
 
 if __name__ == "__main__":

@@ -135,17 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.processes < 1:
         ap.error(f"--processes {args.processes}: at least 1")
-    try:
+
+    def tag_all() -> int:
         paths = prepare(args.in_pattern, args.out_dir, args.spacy_model, processes=args.processes)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"interrupted: the shards written to {args.out_dir} are whole and kept; the same command tags the "
-              "rest", file=sys.stderr)
-        return 130
-    print(f"wrote {len(paths)} shards to {args.out_dir}")
-    return 0
+        print(f"wrote {len(paths)} shards to {args.out_dir}")
+        return 0
+
+    from clipa.cli._common import run_module
+
+    return run_module(tag_all, f"interrupted: the shards written to {args.out_dir} are whole and kept; the same "
+                               "command tags the rest")
 
 
 if __name__ == "__main__":

@@ -48,18 +48,41 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.filename is None:
             raise
-        # A path that cannot be read or written (an --out in /proc, a directory where a file goes, no
-        # permission): the user's path or their machine's, never a traceback. A full disk is not a usage error.
-        why = e.strerror
-        if isinstance(e, FileExistsError) and not os.path.isdir(e.filename):  # mkdir where a file is
-            why = "a file where a folder is needed"
-        err_console.print(f"[red]error:[/red] {e.filename}: {why}", soft_wrap=True, markup=True)
+        err_console.print(f"[red]error:[/red] {path_error(e)}", soft_wrap=True, markup=True)
         return 1 if e.errno in NoRoom.FULL else 2
     except typer.TyperException as e:  # typer's own click: unknown option, missing argument, bad value
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         err_console.print(f"[red]error:[/red] {_one_line(message)} (see {prog} --help)", soft_wrap=True)
         return getattr(e, "exit_code", 2)
     return rv if isinstance(rv, int) else 0
+
+
+def path_error(e: OSError) -> str:
+    """A path that cannot be read or written (an --out in /proc, a directory where a file goes, no permission,
+    a full disk): the user's path or their machine's, one line, never a traceback. Exit 2, or 1 for a full
+    disk, which is not a usage error."""
+    why = e.strerror
+    if isinstance(e, FileExistsError) and not os.path.isdir(e.filename):  # mkdir where a file is
+        why = "a file where a folder is needed"
+    return f"{e.filename}: {why}"
+
+
+def run_module(main: Callable[[], int], interrupted: str = "interrupted") -> int:
+    """A ``python -m`` tool's ``main`` with the commands' errors: one line for a UserError, a path that
+    cannot be read or written, and Ctrl-C (``interrupted``, exit 130)."""
+    try:
+        return main()
+    except UserError as e:
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.filename is None:
+            raise
+        print(f"error: {path_error(e)}", file=sys.stderr)
+        return 1 if e.errno in NoRoom.FULL else 2
 
 
 def entry(app: typer.Typer) -> Callable[[], None]:
