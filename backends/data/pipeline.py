@@ -306,12 +306,17 @@ def start_workers(workers: int) -> Optional[cf.ProcessPoolExecutor]:
         return None
     pool = _POOLS.get(workers)
     if pool is None:
-        _start_resource_tracker()
-        pool = _POOLS[workers] = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                                         initializer=worker_init, initargs=(os.getpid(),))
+        pool = _POOLS[workers] = spawn_pool(workers)
         for _ in range(workers):
             pool.submit(_ready)
     return pool
+
+
+def spawn_pool(processes: int) -> cf.ProcessPoolExecutor:
+    """A new pool of ``processes`` spawned processes set up by ``worker_init`` (the caller shuts it down)."""
+    _start_resource_tracker()
+    return cf.ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"), initializer=worker_init,
+                                  initargs=(os.getpid(),))
 
 
 def _ready() -> None:

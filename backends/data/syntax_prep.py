@@ -82,12 +82,10 @@ def prepare(in_pattern: str, out_dir: Path, name: str | None = None, progress: b
                 bar.advance(task)
         else:
             import concurrent.futures as cf
-            import multiprocessing as mp
 
-            from clipa.backends.data.pipeline import worker_init  # Ctrl-C is the parent's; dies with it
+            from clipa.backends.data.pipeline import spawn_pool  # Ctrl-C is the parent's; dies with it
 
-            with cf.ProcessPoolExecutor(min(processes, len(todo)), mp_context=mp.get_context("spawn"),
-                                        initializer=worker_init, initargs=(os.getpid(),)) as pool:
+            with spawn_pool(min(processes, len(todo))) as pool:
                 futures = [pool.submit(_tag_shard, s, out_dir / s.name, name) for s in todo]
                 try:
                     for f in cf.as_completed(futures):
