@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from clipa import encoders
-from clipa.backends.data.pipeline import DataStats, start_workers, worker_init, RankStream, _job_config, batches_for, train_batches
+from clipa.backends.data.pipeline import (DataStats, RankStream, _job_config, batches_for, start_workers, train_batches,
+                                          worker_init)
 from clipa.backends.data.tokenizer import get as get_tokenizer
 from clipa.backends.data.webdataset_io import expand_shards, index_shard, write_shard
 from clipa.errors import DecodersDied, UserError
