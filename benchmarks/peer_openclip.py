@@ -73,6 +73,12 @@ def data(work: Path, n_train: int, n_val: int) -> dict:
     return json.loads(done.read_text())
 
 
+def warmup_samples(samples: int) -> int:
+    """The warm-up both trainers get: WARMUP_SAMPLES, or a quarter of a shorter run (--quick), as
+    demo_recipe shortens the demo's stages (a recipe's warm-up must fit in its stage)."""
+    return min(WARMUP_SAMPLES, samples // 4)
+
+
 def one_stage(paths: dict, samples: int, seed: int, *, val: bool) -> dict:
     ds = {"name": "demo", "train": paths["train"], "train_samples": int(paths["train_samples"]), "workers": 1}
     if val:
@@ -81,7 +87,7 @@ def one_stage(paths: dict, samples: int, seed: int, *, val: bool) -> dict:
             "hardware": {"name": "cpu"},
             "stages": [{"name": "full-64px", "samples": samples, "global_batch": BATCH, "image_size": 64,
                         "text_len": 32, "optimizer": {"lr": LR, "weight_decay": WD, "betas": list(BETAS), "eps": EPS},
-                        "schedule": {"warmup_samples": WARMUP_SAMPLES},
+                        "schedule": {"warmup_samples": warmup_samples(samples)},
                         "augment": {"random_resized_crop": [0.8, 1.0]}, "pos_embed": "learned"}],
             "train": {"seed": seed, "precision": "fp32", "log_every_steps": 10}}
 
@@ -138,7 +144,7 @@ def run_openclip(cfg: Path, paths: dict, samples: int, seed: int, logs: Path, na
             "--train-data", paths["train"], "--dataset-type", "webdataset", "--dataset-resampled",
             "--train-num-samples", str(samples), "--epochs", "1", "--batch-size", str(BATCH),
             "--lr", str(LR), "--wd", str(WD), "--beta1", str(BETAS[0]), "--beta2", str(BETAS[1]), "--eps", str(EPS),
-            "--warmup", str(WARMUP_SAMPLES // BATCH), "--lr-scheduler", "cosine", "--model", MODEL,
+            "--warmup", str(warmup_samples(samples) // BATCH), "--lr-scheduler", "cosine", "--model", MODEL,
             "--precision", "fp32", "--workers", "1", "--seed", str(seed), "--device", "cpu",
             "--aug-cfg", "scale=(0.8,1.0)", "--logs", str(logs), "--name", name, "--save-frequency", "1",
             "--zeroshot-frequency", "0", "--log-every-n-steps", "10", "--report-to", ""]
