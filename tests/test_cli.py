@@ -46,6 +46,7 @@ def _one_line_error(r: subprocess.CompletedProcess, code: int, needle: str) -> N
      "--train-data: shards/00.tar: shard not found (from 'shards/{00..03}.tar')"),
     ("clipa-run", [], "Missing argument"),
     ("clipa-run", ["no-such.yaml"], "no-such.yaml: recipe file not found"),
+    ("clipa-run", ["runs/[exp1].yaml"], "runs/[exp1].yaml: recipe file not found"),  # brackets are text
     ("clipa-report", ["--bogus"], "No such option: --bogus"),
 ])
 def test_usage_errors_are_one_line_exit_2(tmp_path, name, args, needle):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from clipa import __version__
 from clipa.errors import NoRoom, UserError
@@ -33,56 +34,49 @@ def _one_line(text: str) -> str:
 def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:
     """Run a Typer app and return its exit code; a user mistake is one red line on stderr, never a traceback."""
     prog = app.info.name
-    try:
-        # Non-standalone: click returns the command's exit code (typer.Exit, Ctrl-C -> 130, --help -> 0)
-        # instead of calling sys.exit, and raises usage errors for us to print in one line.
-        rv = app(args=argv, standalone_mode=False, prog_name=prog)
-    except UserError as e:
-        err_console.print(f"[red]error:[/red] {_one_line(str(e))}", soft_wrap=True, markup=True)
-        return e.exit_code
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return 130
-    except typer.Abort:
-        return 130  # typer turns Ctrl-C at a prompt into Abort
-    except OSError as e:
-        if e.filename is None:
-            raise
-        err_console.print(f"[red]error:[/red] {path_error(e)}", soft_wrap=True, markup=True)
-        return 1 if e.errno in NoRoom.FULL else 2
-    except typer.TyperException as e:  # typer's own click: unknown option, missing argument, bad value
-        message = e.format_message() if hasattr(e, "format_message") else str(e)
-        err_console.print(f"[red]error:[/red] {_one_line(message)} (see {prog} --help)", soft_wrap=True)
-        return getattr(e, "exit_code", 2)
-    return rv if isinstance(rv, int) else 0
 
+    def call() -> int:
+        try:
+            # Non-standalone: click returns the command's exit code (typer.Exit, Ctrl-C -> 130, --help -> 0)
+            # instead of calling sys.exit, and raises usage errors for us to print in one line.
+            rv = app(args=argv, standalone_mode=False, prog_name=prog)
+        except typer.Abort:
+            return 130  # typer turns Ctrl-C at a prompt into Abort
+        except typer.TyperException as e:  # typer's own click: unknown option, missing argument, bad value
+            message = e.format_message() if hasattr(e, "format_message") else str(e)
+            _error(f"{_one_line(message)} (see {prog} --help)")
+            return getattr(e, "exit_code", 2)
+        return rv if isinstance(rv, int) else 0
 
-def path_error(e: OSError) -> str:
-    """A path that cannot be read or written (an --out in /proc, a directory where a file goes, no permission,
-    a full disk): the user's path or their machine's, one line, never a traceback. Exit 2, or 1 for a full
-    disk, which is not a usage error."""
-    why = e.strerror
-    if isinstance(e, FileExistsError) and not os.path.isdir(e.filename):  # mkdir where a file is
-        why = "a file where a folder is needed"
-    return f"{e.filename}: {why}"
+    return run_module(call)
 
 
 def run_module(main: Callable[[], int], interrupted: str = "interrupted") -> int:
-    """A ``python -m`` tool's ``main`` with the commands' errors: one line for a UserError, a path that
-    cannot be read or written, and Ctrl-C (``interrupted``, exit 130)."""
+    """``main``'s exit code, with the errors every command (and ``python -m`` tool) words the same way: one
+    line for a UserError, for a path that cannot be read or written, and for Ctrl-C (``interrupted``, 130)."""
     try:
         return main()
     except UserError as e:
-        print(f"error: {_one_line(str(e))}", file=sys.stderr)
+        _error(_one_line(str(e)))
         return e.exit_code
     except KeyboardInterrupt:
-        print(interrupted, file=sys.stderr)
+        err_console.print(interrupted, soft_wrap=True, markup=False)
         return 130
     except OSError as e:
         if e.filename is None:
             raise
-        print(f"error: {path_error(e)}", file=sys.stderr)
+        # A path that cannot be read or written (an --out in /proc, a directory where a file goes, no
+        # permission): the user's path or their machine's, never a traceback. A full disk is not a usage error.
+        why = e.strerror
+        if isinstance(e, FileExistsError) and not os.path.isdir(e.filename):  # mkdir where a file is
+            why = "a file where a folder is needed"
+        _error(f"{e.filename}: {why}")
         return 1 if e.errno in NoRoom.FULL else 2
+
+
+def _error(line: str) -> None:
+    """``error: LINE`` on stderr, "error:" in red; the line's own brackets (``stages[0]``, a path) are text."""
+    err_console.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True, markup=True)
 
 
 def entry(app: typer.Typer) -> Callable[[], None]:
