@@ -130,6 +130,11 @@ class Support:
         d["finetunes"] = [(st, e) for st, e in d["finetunes"]]
         return cls(**d)
 
+    def longest_inside(self, grid) -> Optional[float]:
+        """The longest pre-training of ``grid`` within the CLIPA runs' lengths (None: none is)."""
+        lo, hi = self.samples
+        return max((n for n in grid if lo * (1 - _SAME) <= n <= hi * (1 + _SAME)), default=None)
+
     def could_be_inside(self, f) -> bool:
         """A cheap necessary condition for ``check(f)`` to be empty: a dataset with a CLIPA run, an
         encoder size and a pre-training length within the CLIPA runs'."""

@@ -11,7 +11,9 @@ narrowest interval the law can give (its forms' residual spread) could still bea
 found. That bound never prunes a point that could win, so the result is the exhaustive optimum of
 the space (tested against a point-by-point enumeration), in a fraction of its time. The same
 bound certifies the runners-up shown beside the plan: the best plan with a different encoder or
-token count, and the best plan that lies inside the law's fitted data.
+token count, and the best plan that lies inside the law's fitted data. For that one, a point whose
+budget buys a longer pre-training than any CLIPA run is also tried at the longest pre-training the
+data holds: a larger budget must not leave no plan inside the data.
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ def plan(ctx: Context, *, progress=None, **_ignored) -> Optional[Result]:
 
     ``progress`` (optional callable) is called with the number of points costed since its last call."""
     pts = _costed_points(ctx, progress)
-    return _Search(ctx, pts).run() if pts else None
+    return _Search(ctx, pts, _shortened_into_the_data(ctx, pts)).run() if pts else None
 
 
 def _costed_points(ctx: Context, progress) -> list[tuple]:
@@ -82,17 +84,27 @@ def _costed_points(ctx: Context, progress) -> list[tuple]:
     return pts
 
 
+def _shortened_into_the_data(ctx: Context, pts: list[tuple]) -> list[tuple]:
+    """(point, costed) at the longest pre-training the law's data holds, for each point the budget
+    makes longer: candidates for the best plan inside the data only."""
+    longest = ctx.law.support.longest_inside(ss.SAMPLES_GRID)
+    if longest is None:
+        return []
+    return [(p, s) for p, c in pts if c.samples > longest and (s := costed(p, ctx, samples=longest)) is not None]
+
+
 class _Search:
     """The bounded exhaustive search over costed points (the module docstring says why it is exact).
 
     Points that differ only in their batch (or in a cost-free way) share the law's features: ``fid[k]``
-    is point k's distinct-features index, ``bound[i]`` the most its objective can be."""
+    is point k's distinct-features index, ``bound[i]`` the most its objective can be. Points from
+    ``shortened`` (k >= ``n_full``) compete only for the best plan inside the data."""
 
-    def __init__(self, ctx: Context, pts: list[tuple]):
-        self.ctx, self.pts, law = ctx, pts, ctx.law
+    def __init__(self, ctx: Context, pts: list[tuple], shortened: list[tuple] = ()):
+        self.ctx, self.pts, self.n_full, law = ctx, pts + list(shortened), len(pts), ctx.law
         index: dict = {}
         self.fid = [index.setdefault((p.encoder, p.side, p.image_reduction, p.text_len, p.text_reduction,
-                                      p.finetune, c.samples), len(index)) for p, c in pts]
+                                      p.finetune, c.samples), len(index)) for p, c in self.pts]
         self.by_feat: dict[int, list[int]] = {}
         for k, i in enumerate(self.fid):
             self.by_feat.setdefault(i, []).append(k)
@@ -131,10 +143,10 @@ class _Search:
         self.scorer.run(batch)
         for i in batch:
             for k in self.by_feat[i]:
-                if self._better(k, self.best):
+                if k < self.n_full and self._better(k, self.best):
                     self.best = k
                 g = (self.pts[k][0].encoder, self.pts[k][0].side)
-                if self._better(k, self.groups.get(g)):
+                if k < self.n_full and self._better(k, self.groups.get(g)):
                     self.groups[g] = k
                 if not self.scorer.pred[i][3] and self._better(k, self.inside):
                     self.inside = k
@@ -153,14 +165,15 @@ class _Search:
     def run(self) -> Result:
         # Phase 1: the winner and the runners-up. Phase 2: the best plan inside the fitted data, among
         # the points that could be inside (an encoder and sample count within the CLIPA runs').
-        order, bound, pos = self.order, self.bound, 0
+        bound, pos = self.bound, 0
+        order = [i for i in self.order if self.by_feat[i][0] < self.n_full]
         while pos < len(order):
             cut, _ = self.thresholds()
             if bound[order[pos]] < cut - 1e-9:
                 break
             self.score([i for i in order[pos:pos + CHUNK] if bound[i] >= cut - 1e-9])
             pos += CHUNK
-        could = [i for i in order[pos:] if self.ctx.law.support.could_be_inside(self.feats[i])]
+        could = [i for i in self.order if i not in self.scorer.pred and self.ctx.law.support.could_be_inside(self.feats[i])]
         for k in range(0, len(could), CHUNK):
             _, cut = self.thresholds()
             batch = [i for i in could[k:k + CHUNK] if bound[i] >= cut - 1e-9]
@@ -172,7 +185,7 @@ class _Search:
         alts = sorted((k for g, k in self.groups.items() if g != bg), key=self.rank, reverse=True)[:N_ALTERNATIVES]
         return Result(best=best, best_inside=None if self.inside is None else self.make(self.inside),
                       alternatives=[self.make(k) for k in alts],
-                      pareto=_front(self.ctx, self.pts, self.fid, self.feats, self.mean, self.scorer),
+                      pareto=_front(self.ctx, self.pts[:self.n_full], self.fid, self.feats, self.mean, self.scorer),
                       n_evaluated=len(self.pts), n_predicted=len(self.scorer.pred))
 
     def make(self, k: int) -> Plan:

@@ -20,10 +20,13 @@ def _ctx(usd=None, hours=None, hw="a100x8", dataset="datacomp-1b", deadline_h=No
                    budget=Budget(usd=usd, device_hours=hours, wall_hours=deadline_h))
 
 
-def _exhaustive(ctx):
+def _exhaustive(ctx, shortened=False):
     """Every point of the space costed one by one and scored by the law (one batched call, no bound):
-    [(objective, cost, point, prediction, costed)]."""
+    [(objective, cost, point, prediction, costed)]. ``shortened``: also each point the budget makes
+    longer than the longest CLIPA pre-training (12.8B), costed at 12.8B."""
     pts = [(p, c) for p, c in ((p, costed(p, ctx)) for p in ss.all_points(ctx.encoders)) if c is not None]
+    if shortened:
+        pts += [(p, costed(p, ctx, samples=12.8e9)) for p, c in pts if c.samples > 12.8e9]
     feats = [features(p, c.samples, ctx.dataset) for p, c in pts]
     top, low, high = ctx.law.predict_many(feats, offset=ctx.offset)
     obj = low if ctx.objective == "low" else top
@@ -37,6 +40,7 @@ CASES = [
     dict(usd=40_000, hw="h100x8", dataset="laion-2b"),
     dict(hours=3_000, hw="a100-40gbx8", dataset="laion-2b", deadline_h=20 * 24),
     dict(hours=20_000, hw="tpu-v4-64", dataset="datacomp-1b"),
+    dict(usd=100_000, dataset="datacomp-1b"),  # every point's budget buys more than 12.8B samples
 ]
 
 
@@ -50,7 +54,7 @@ def test_search_equals_the_exhaustive_optimum(case):
     best = max(o for o, *_ in every)
     assert res.best.objective(ctx.objective) == pytest.approx(best, abs=1e-9)
     assert ctx.budget.allows(res.best.cost_usd, res.best.device_hours, res.best.wall_hours)
-    inside = [o for o, _, _, f, _ in every if not ctx.law.notes(f)]
+    inside = [o for o, _, _, f, _ in _exhaustive(ctx, shortened=True) if not ctx.law.notes(f)]
     if inside:
         assert res.best_inside is not None and not res.best_inside.extrapolation
         assert res.best_inside.objective(ctx.objective) == pytest.approx(max(inside), abs=1e-9)
@@ -63,6 +67,16 @@ def test_search_equals_the_exhaustive_optimum(case):
     others = sorted((v for g, v in groups.items() if g != (res.best.point.encoder, res.best.point.side)), reverse=True)
     got = [a.objective(ctx.objective) for a in res.alternatives]
     assert got == pytest.approx(others[:len(got)], abs=1e-9) and len(got) == min(5, len(others))
+
+
+def test_a_bigger_budget_keeps_a_plan_inside_the_data():
+    """A budget that buys more pre-training than any CLIPA run had still shows the best plan inside the
+    data, at the longest pre-training the data holds ($100k said 'none fits'; $30k showed an L/16 below
+    the H/14 that $10k showed)."""
+    plans = [optimize.plan(_ctx(usd=usd)).best_inside for usd in (10_000, 30_000, 100_000)]
+    assert all(p is not None and not p.extrapolation for p in plans)
+    assert plans[0].low <= plans[1].low <= plans[2].low
+    assert plans[2].cost_usd <= 100_000 and plans[2].point.encoder == "H/14"
 
 
 def test_the_default_objective_pays_for_extrapolation():
