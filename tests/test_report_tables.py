@@ -115,6 +115,9 @@ def test_not_a_run_dir_is_one_line_exit_2(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a run directory"):
         load_run(tmp_path / "empty")
+    (tmp_path / "recipe.yaml").write_text("name: x\n")  # a file given where a run directory goes
+    with pytest.raises(UserError, match=r"recipe.yaml: not a run directory \(a file\)"):
+        load_run(tmp_path / "recipe.yaml")
     # the installed entry point, as a user calls it
     exe = Path(sys.executable).parent / "clipa-report"
     p = subprocess.run([str(exe), str(tmp_path / "empty")], capture_output=True, text=True)

@@ -69,7 +69,7 @@ def load_run(path: str | Path) -> Run:
     """Load one run directory (a path or a URL, clipa/fs.py); a path that is not one is a one-line ``UserError``."""
     path = fs.path(path)
     if not path.is_dir():
-        raise UserError(f"{path}: not a run directory (no such directory)")
+        raise UserError(f"{path}: not a run directory ({'a file' if path.exists() else 'no such directory'})")
     if not (path / rundir.RECIPE).is_file():
         raise UserError(f"{path}: not a run directory (no {rundir.RECIPE})")
     rec = recipe_mod.load(path / rundir.RECIPE)
