@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 from pathlib import Path
+from collections.abc import Hashable
 from typing import Any, TypeVar
 
 import yaml
@@ -47,22 +48,62 @@ class DecodersDied(UserError):
     exit_code = 1
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, refusing a key given twice in one mapping: YAML keeps the last one
+    without a word, so a stage's ``lr`` pasted twice would train with whichever came second."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *defaults': the keys given beside it override the merged ones, as YAML says
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                break  # SafeLoader's own error ("found unhashable key") says it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _no_twice(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise ValueError(f"key '{twice}' given twice")
+    return dict(pairs)
+
+
+def _where(e: Exception) -> str:
+    """A parse error as 'line L, column C: what' (the first line of str(e) is often only its context,
+    e.g. 'while scanning for the next token', with no position)."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"line {e.lineno}, column {e.colno}: {e.msg}"
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None or not problem:
+        return str(e).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 def load_yaml(path: Path, what: str, source: str = "") -> Any:
     """``yaml.safe_load`` of the file at ``path`` (``json.loads`` if it ends in .json: YAML 1.1 reads
-    1e-05 as a string); a file that is missing, unreadable, not UTF-8 or not parseable is a one-line
-    UserError naming it (``source``, default the path) and ``what`` it should be."""
+    1e-05 as a string); a file that is missing, unreadable, not UTF-8 or not parseable, or that gives a
+    key twice, is a one-line UserError naming it (``source``, default the path), ``what`` it should be
+    and the line."""
     source = source or str(path)
     if not path.is_file():
         raise UserError(f"{source}: {what} not found")
     try:
         text = path.read_text(encoding="utf-8")
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if path.suffix == ".json":
+            return json.loads(text, object_pairs_hook=_no_twice)
+        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 (the safe loader, see _SafeLoader)
     except OSError as e:
         raise UserError(f"{source}: cannot read ({e.strerror})") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{source}: not a UTF-8 text file (byte {e.start})") from None
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise UserError(f"{source}: not a valid {what} ({str(e).splitlines()[0]})") from None
+    except (yaml.YAMLError, ValueError) as e:  # json.JSONDecodeError is a ValueError, as is _no_twice's
+        raise UserError(f"{source}: not a valid {what} ({_where(e)})") from None
     except RecursionError:
         raise UserError(f"{source}: nested too deeply to be a {what}") from None
 

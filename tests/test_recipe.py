@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from clipa import encoders, recipe
-from clipa.errors import UserError
+from clipa.errors import UserError, load_yaml
 
 BASE = {
     "name": "t",
@@ -95,6 +95,30 @@ def test_unreadable_recipe_file_is_one_line(tmp_path, content, needle):
     with pytest.raises(UserError) as e:
         recipe.load(p)
     assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("text,needle", [
+    # YAML keeps the last of a key given twice without a word: the run would train with it
+    ("name: x\ntrain:\n  seed: 0\n  seed: 1\n", "(line 4, column 3: key 'seed' given twice)"),
+    ("name: x\ntrain:\n\tseed: 0\n", "(line 3, column 1: found character '\\t' that cannot start any token)"),
+    ("name: x\n? [a]\n: 1\n", "(line 2, column 3: found unhashable key)"),
+])
+def test_a_recipe_that_does_not_parse_is_named_with_its_line(tmp_path, text, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(UserError, match="not a valid recipe file") as e:
+        recipe.load(p)
+    assert needle in str(e.value)
+
+
+def test_a_merge_key_still_lets_its_neighbours_override(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text("d: &d {lr: 1, wd: 2}\ns: {<<: *d, lr: 3}\n")
+    assert load_yaml(p, "file") == {"d": {"lr": 1, "wd": 2}, "s": {"lr": 3, "wd": 2}}
+    p = tmp_path / "c.json"
+    p.write_text('{"a": 1, "b": {"a": 2, "a": 3}}')
+    with pytest.raises(UserError, match="key 'a' given twice"):
+        load_yaml(p, "file")
 
 
 def test_cli_bad_recipe_one_line_exit_2(tmp_path):
