@@ -142,6 +142,9 @@ class Stage(_Strict):
     def _schedule_fits_the_stage(self):
         """A digit too many or too few, which would train a whole stage at the wrong learning rate."""
         sch, lr = self.schedule, self.optimizer.lr
+        if self.global_batch > self.samples:  # one step would train on global_batch samples, not samples
+            raise ValueError(f"global_batch {self.global_batch:,} is more than the stage's {self.samples:,} samples: "
+                             f"a stage trains whole batches, so it would train {self.global_batch:,}")
         if sch.warmup_samples > self.samples:
             raise ValueError(f"schedule.warmup_samples {sch.warmup_samples:,} is more than the stage's "
                              f"{self.samples:,} samples: the learning rate would never reach optimizer.lr")

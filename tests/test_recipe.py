@@ -71,6 +71,8 @@ def test_mask_reduces_tokens():
     (("stages", 0, "schedule"), {"warmup_samples": 10 ** 12},
      "stages[0]: schedule.warmup_samples 1,000,000,000,000 is more than the stage's"),
     (("stages", 0, "schedule"), {"min_lr": 1.0}, "stages[0]: schedule.min_lr 1 is above optimizer.lr"),
+    (("stages", 1, "global_batch"), 200_000_000, "stages[1]: global_batch 200,000,000 is more than the stage's "
+     "131,072,000 samples: a stage trains whole batches, so it would train 200,000,000"),
     (("name",), "..", "name: '..' has no letter or digit"),
 ])
 def test_bad_field_is_named(path, value, needle):
