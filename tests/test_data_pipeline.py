@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gzip
 import io
 import multiprocessing as mp
 import os
@@ -16,7 +17,7 @@ from clipa import encoders
 from clipa.backends.data.pipeline import (DataStats, RankStream, _job_config, batches_for, start_workers, train_batches,
                                           worker_init)
 from clipa.backends.data.tokenizer import get as get_tokenizer
-from clipa.backends.data.webdataset_io import expand_shards, index_shard, write_shard
+from clipa.backends.data.webdataset_io import check_first_shard, expand_shards, index_shard, write_shard
 from clipa.errors import DecodersDied, UserError
 from clipa.recipe import AugmentSpec, DatasetSpec, ImageReductionSpec, OptimizerSpec, Stage
 
@@ -189,6 +190,32 @@ def test_image_equals_plain_pil_centre_crop_normalised_with_open_clip_stats(tmp_
     # resize(box=...) lets the bicubic filter read pixels just outside the crop: only the border differs
     np.testing.assert_allclose(got[:, 2:-2, 2:-2], want[:, 2:-2, 2:-2], atol=1e-5)
     assert np.abs(got - want).max() < 0.2
+
+
+def test_shards_a_user_may_give_by_mistake_are_named_in_one_line(tmp_path):
+    """Compressed shards, a binary file where a shard list goes and shards whose captions are not .txt
+    are refused up front, saying which; data with no usable sample at all says why when training meets it."""
+    (shard,) = make_shards(tmp_path / "d", 1, 3)
+    gz = tmp_path / "shard.tar.gz"
+    gz.write_bytes(gzip.compress(shard.read_bytes()))
+    with pytest.raises(UserError, match="shard.tar.gz: a gzip-compressed file; clipa reads plain .tar shards"):
+        expand_shards(str(gz))  # read as a list file before: UnicodeDecodeError
+    with pytest.raises(UserError, match="a gzip-compressed file"):
+        check_first_shard(gz.rename(tmp_path / "named.tar"))
+    notar = tmp_path / "shard-0"  # a plain tar without the .tar suffix is a shard, not a list file
+    notar.write_bytes(shard.read_bytes())
+    assert expand_shards(str(notar)) == [notar]
+    binary = tmp_path / "list.bin"
+    binary.write_bytes(b"d/shard-000.tar\n\xff\xfe\n")
+    with pytest.raises(UserError, match="list.bin: neither a .tar shard nor a text file listing shards"):
+        expand_shards(str(binary))
+    jsononly = write_shard(tmp_path / "j.tar", [{"__key__": f"k{i}", "jpg": _jpeg(i), "json": b"{}"} for i in range(3)])
+    with pytest.raises(UserError, match=r"j.tar: no usable sample \(3 without a .txt caption\)"):
+        check_first_shard(jsononly)
+    check_first_shard(shard)
+    it = train_batches(DatasetSpec(name="custom", train=str(jsononly), workers=0), stage(), ENC, batch_size=2)
+    with pytest.raises(UserError, match=r"no readable samples .* skipped: 3 without a .txt caption"):
+        next(it)
 
 
 def test_corrupt_shard_and_bad_image_are_skipped_and_counted(tmp_path):

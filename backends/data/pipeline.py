@@ -32,8 +32,8 @@ import numpy as np
 from clipa import reductions
 from clipa.backends.data import batch_job
 from clipa.backends.data.decode import normalize
-from clipa.backends.data.webdataset_io import (MAX_OPEN_SHARDS, SampleEntry, ShardIndex, ShardReader, expand_shards,
-                                               index_shard)
+from clipa.backends.data.webdataset_io import (MAX_OPEN_SHARDS, SampleEntry, ShardIndex, ShardReader, describe,
+                                               expand_shards, index_shard)
 from clipa.backends.stopping import die_with_parent
 from clipa.encoders import Encoder
 from clipa.errors import DecodersDied, UserError
@@ -163,7 +163,8 @@ class RankStream:
                 b += 1
             empty = empty + 1 if produced == 0 else 0
             if empty >= _MAX_EMPTY_EPOCHS:
-                raise UserError(f"no readable samples for rank {self.rank} in {n} shards (first: {self.shards[0]})")
+                raise UserError(f"no readable samples for rank {self.rank} in {n} shards (first: {self.shards[0]}; "
+                                f"skipped: {describe(self.stats.reasons)})")
             e += 1
 
 

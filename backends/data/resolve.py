@@ -73,20 +73,16 @@ def _demo(recipe: Recipe, run_dir: Path, generate: bool) -> DatasetSpec:
 
 
 def check_readable(train: str) -> None:
-    """The first shard opens as a tar and holds a sample: catches wrong formats and permissions before a
-    launch (every shard's existence is already checked by expand_shards; reading all could take hours)."""
-    import tarfile
-
+    """The first shard is a plain tar with a usable sample: catches wrong formats, compressed shards, other
+    member names and permissions before a launch (every shard's existence is already checked by
+    expand_shards; reading all could take hours)."""
     from clipa.backends.data import webdataset_io
 
     first = webdataset_io.expand_shards(train)[0]
     try:
-        with tarfile.open(first, "r:") as tf:
-            member = tf.next()
-    except (OSError, tarfile.TarError) as e:
-        raise UserError(f"dataset.train: {first} is not a readable tar shard ({e})") from None
-    if member is None:
-        raise UserError(f"dataset.train: {first} is an empty tar shard")
+        webdataset_io.check_first_shard(first)
+    except UserError as e:
+        raise UserError(f"dataset.train: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

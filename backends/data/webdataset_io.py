@@ -40,6 +40,65 @@ class ShardIndex:  # shared between callers by index_shard's cache: never modifi
     errors: dict[str, int]  # reason -> count (corrupt_shard, missing_image, missing_text)
 
 
+# Leading bytes of the compressed formats webdataset also reads (gzip, bzip2, xz, zstd). Shards are read by
+# random access to their members, which a compressed stream does not allow.
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+_USTAR = slice(257, 262)  # where a POSIX tar header says "ustar"
+
+
+def _head(p: Path) -> bytes:
+    try:
+        with open(p, "rb") as f:
+            return f.read(512)
+    except OSError as e:
+        raise UserError(f"{p}: cannot read ({e.strerror})") from None
+
+
+def _is_tar(p: Path) -> bool:
+    """A plain tar named without .tar (``ustar`` in its first header): a shard, not a list file."""
+    return _head(p)[_USTAR] == b"ustar"
+
+
+def _not_compressed(p: Path) -> None:
+    head = _head(p)
+    kind = next((k for magic, k in _COMPRESSED.items() if head.startswith(magic)), None)
+    if kind is not None:
+        raise UserError(f"{p}: a {kind}-compressed file; clipa reads plain .tar shards by random access to their "
+                        "members: decompress the shards first")
+
+
+def _list_text(p: Path) -> str:
+    """A list file's text; a compressed shard or any other binary file given for one is a one-line error."""
+    _not_compressed(p)
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: neither a .tar shard nor a text file listing shards (byte {e.start} is not "
+                        "UTF-8)") from None
+
+
+def check_first_shard(path: Path) -> None:
+    """``path`` is a plain tar holding at least one usable sample (an image and its caption); else a
+    one-line UserError saying what it holds instead."""
+    _not_compressed(path)
+    idx = index_shard(path)
+    if idx.entries:
+        return
+    if not idx.errors.keys() - {"corrupt_shard"} and "corrupt_shard" in idx.errors:
+        raise UserError(f"{path}: not a readable tar shard")
+    raise UserError(f"{path}: no usable sample ({describe(idx.errors)}); a sample is KEY.{'/'.join(IMAGE_EXTS)} "
+                    f"with its caption in KEY.{TEXT_EXT}")
+
+
+_REASONS = {"missing_text": f"without a .{TEXT_EXT} caption", "missing_image": "without an image",
+            "corrupt_shard": "corrupt shard"}
+
+
+def describe(errors: dict[str, int]) -> str:
+    """Skip reasons and counts in words: '64 without a .txt caption, 1 corrupt shard'."""
+    return ", ".join(f"{n:,} {_REASONS.get(r, r)}" for r, n in sorted(errors.items())) or "empty"
+
+
 def expand_shards(spec: str) -> list[Path]:
     """Shard paths from a brace pattern (``/d/{00000..00099}.tar``), a list file (one path or pattern
     per line, ``#`` comments; relative to the file), a directory (its ``*.tar``, sorted) or one tar.
@@ -55,8 +114,8 @@ def expand_shards(spec: str) -> list[Path]:
             if not found:
                 raise UserError(f"{p}: directory holds no .tar shards")
             out += found
-        elif p.is_file() and not part.endswith(".tar"):
-            lines = [ln.split("#")[0].strip() for ln in p.read_text().splitlines()]
+        elif p.is_file() and not part.endswith(".tar") and not _is_tar(p):
+            lines = [ln.split("#")[0].strip() for ln in _list_text(p).splitlines()]
             for ln in filter(None, lines):
                 q = ln if os.path.isabs(ln) else str(p.parent / ln)
                 out += expand_shards(q)
