@@ -187,6 +187,13 @@ def test_bad_data_is_refused_before_the_run_directory_is_claimed(tmp_path, shard
     write(rec, p)
     _one_line_error(_cli("clipa-run", p, "--run-dir", tmp_path / "run"), 2, "dataset.workers")
     assert not (tmp_path / "run").exists()
+    few = tmp_path / "classnames.txt"  # the first 3 of the zero-shot set's class names
+    few.write_text("\n".join(Path(shards["classnames"]).read_text().splitlines()[:3]) + "\n")
+    rec["dataset"].update(workers=0, val=shards["val"], classnames=str(few), templates=shards["templates"])
+    write(rec, p)
+    for extra in (["--dry-run"], []):
+        _one_line_error(_cli("clipa-run", p, *extra, "--run-dir", tmp_path / "run"), 2, "3 class names for 10 folders")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("flags, needle", [

@@ -125,6 +125,10 @@ def _check_before_claiming(rec, run_dir: Path) -> None:
         return  # generated into the run directory at launch
     ds = resolve.resolve(rec, run_dir, generate=False)
     resolve.check_readable(ds.train)
+    if ds.val:  # the training loop loads it at its start too: a class-name count that does not match its folders
+        from clipa.backends.data import zeroshot
+
+        zeroshot.load_zeroshot(ds.val, ds.classnames, ds.templates, ds.val_images)
 
 
 def _frozen_predictions(rec, run_dir, read_existing: bool = True):
