@@ -65,6 +65,9 @@ def test_plain_names_default_templates_and_user_errors(tmp_path):
         load_zeroshot(val, bad)
     with pytest.raises(UserError, match="missing.txt"):
         load_zeroshot(val, None, tmp_path / "missing.txt")
+    bad.write_bytes(b"\x1f\x8b\x08 compressed")  # a binary file given for the class names
+    with pytest.raises(UserError, match=r"names.txt: not a class-name file: not UTF-8 text \(byte 1\)"):
+        load_zeroshot(val, bad)
 
 
 def test_image_suffixes_in_any_case_and_other_files_left_out(tmp_path):

@@ -67,8 +67,12 @@ def is_image(path: Path) -> bool:
 
 def _read_lines(path: Path, what: str) -> list[str]:
     if not path.is_file():
-        raise UserError(f"{path}: {what} file not found")
-    return [ln.rstrip("\n\r") for ln in path.read_text().splitlines() if ln.strip()]
+        raise UserError(f"{path}: {what} file not found" + (" (a folder)" if path.is_dir() else ""))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a {what} file: not UTF-8 text (byte {e.start})") from None
+    return [ln.rstrip("\n\r") for ln in text.splitlines() if ln.strip()]
 
 
 def load_zeroshot(val_dir, classnames_file=None, templates_file=None, limit: Optional[int] = None) -> ZeroShotSet:
