@@ -53,6 +53,8 @@ def test_dry_run_prints_a_script_bash_accepts(recipe, tmp_path):
     check = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert not run_dir.exists()                                  # a dry run writes nothing
+    r = _clipa_run(recipe, "--run-dir", tmp_path / "100%", "--slurm", "--dry-run")
+    assert f"#SBATCH --output={tmp_path}/100%%/slurm-%j.out" in r.stdout.splitlines(), r.stdout  # %% is sbatch's %
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -61,6 +63,8 @@ def test_dry_run_prints_a_script_bash_accepts(recipe, tmp_path):
     (("--nodes", "2", "--dry-run"), "--nodes: does not apply without --slurm"),
     (("--slurm", "--nproc", "2", "--dry-run"), "--nproc: does not apply with --slurm"),
     (("--slurm", "--backend", "jax", "--dry-run"), "--slurm: does not apply to --backend jax"),
+    # sbatch splits an #SBATCH line at spaces: the job's log would have gone to '.../my'
+    (("--slurm", "--run-dir", "my run", "--dry-run"), "cannot hold spaces, quotes or backslashes"),
 ])
 def test_bad_options_are_one_line(recipe, tmp_path, args, needle):
     r = _clipa_run(recipe, "--run-dir", tmp_path / "run", *args)

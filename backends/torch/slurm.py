@@ -104,6 +104,9 @@ def script(recipe_path: Path, rec, run_dir: Path, opts: LaunchOptions, s: SlurmO
     name = rec.name
     q = shlex.quote
     run_dir, recipe_path = Path(run_dir).absolute(), Path(recipe_path).absolute()
+    if re.search(r"[\s\"'\\]", str(run_dir)):  # sbatch splits an #SBATCH line at spaces: the log would go elsewhere
+        raise UserError(f"--run-dir {str(run_dir)!r}: the job's log file is named on an #SBATCH line, which cannot "
+                        "hold spaces, quotes or backslashes; use a --run-dir without them")
     job = "clipa-" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
     # Each task runs its training process and dataset.workers decoding processes; SLURM's default is one
     # CPU per task, which would starve the decoders.
@@ -112,7 +115,9 @@ def script(recipe_path: Path, rec, run_dir: Path, opts: LaunchOptions, s: SlurmO
     sbatch += [f"--partition={s.partition}"] if s.partition else []
     sbatch += [f"--time={s.time}"] if s.time else []
     # The output file's folder must exist when the job starts: clipa-run --slurm creates the run directory.
-    sbatch += ["--requeue", "--open-mode=append", f"--signal=B:USR1@{GRACE_S}", f"--output={run_dir}/slurm-%j.out"]
+    # sbatch reads % in its name as a pattern (%j: the job id) and %% as a %.
+    log = str(run_dir).replace("%", "%%") + "/slurm-%j.out"
+    sbatch += ["--requeue", "--open-mode=append", f"--signal=B:USR1@{GRACE_S}", f"--output={log}"]
     worker = " ".join(q(a) for a in worker_command(run_dir, opts, python))
     lines = [
         "#!/bin/bash",
