@@ -20,6 +20,7 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
 from clipa import fs, rundir
 from clipa.backends import logline, runstate as rs
@@ -103,6 +104,9 @@ class _Run:
         self.mfu = rs.mfu_fn(recipe, trainer.n_devices)
         self.t_start = self.saved_at = time.monotonic()
         self.log = logline.Lines(console, trainer.is_main, recipe)
+        mismatch = rs.hardware_mismatch(recipe, trainer.n_devices, trainer.device_name)
+        if mismatch:
+            self.log.say(f"[yellow]warning:[/yellow] {escape(mismatch)}")
         self.log.preparing(dataset)
         self.pos = rs.RunProgress()
         self.last_ckpt, state = self._restore()

@@ -75,6 +75,25 @@ class RunProgress:
 MfuFn = Callable[[Stage, float], Optional[float]]
 
 
+def hardware_mismatch(recipe: Recipe, n_devices: int, device_name: str) -> Optional[str]:
+    """A warning when the run trains on other devices than the recipe was planned for (a forgotten --nproc,
+    a GPU recipe started where torch finds no GPU): its predicted time and cost, and the memory plan's
+    per-device share of the global batch, are for the recipe's hardware. None when they match; the local
+    'cpu' hardware matches any process count."""
+    hw = hardware.get(recipe.hardware.name)
+    if hw.name == "cpu":
+        return None
+    if device_name == "cpu":
+        got = f"on cpu ({n_devices} process{'es' if n_devices > 1 else ''})"
+    elif n_devices != hw.n_devices:
+        got = f"on {n_devices} device{'s' if n_devices > 1 else ''}"
+    else:
+        return None
+    how = "" if hw.name.startswith("tpu-") else f"; on that machine: clipa-run ... --nproc {hw.n_devices}"
+    return (f"the recipe is planned for {hw.name} ({hw.n_devices} x {hw.device}) and this run trains {got}: its "
+            f"predicted time and cost, and the per-device batch its memory plan assumed, are for {hw.name}{how}")
+
+
 def mfu_fn(recipe: Recipe, n_devices: int) -> MfuFn:
     """(stage, samples/s) -> model FLOPs utilisation against the recipe hardware's peak on ``n_devices``.
 

@@ -1,6 +1,7 @@
 """The three CLIs as a shell, CI job or SLURM script meets them: real subprocesses, exit codes, one-line
 errors and no tracebacks for user mistakes; a plan that launches as written."""
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -158,9 +159,25 @@ def test_plan_with_data_flags_launches_as_written(tmp_path, shards):
     assert rec.provenance.command.startswith("clipa-plan --budget 10000 --hw a100x8")
     assert rec.provenance.budget_usd == 10000 and rec.provenance.clipa_version == __version__
     before = sorted(p.name for p in tmp_path.iterdir())
-    d = _cli("clipa-run", out, "--dry-run", cwd=tmp_path)
+    said = shlex.split(" ".join(r.stdout.split()).split("launch it with: ")[1])  # on the 8 GPUs it was planned for
+    assert said == ["clipa-run", str(out), "--nproc", "8"], said
+    d = _cli(*said, "--dry-run", cwd=tmp_path)
     assert d.returncode == 0, d.stderr[-2000:]
+    assert "--nproc-per-node 8" in d.stdout, d.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run directory claimed
+
+
+@pytest.mark.parametrize("hw,flags", [
+    ("a100x8", ["--nproc", "8"]),
+    ("tpu-v4-8", ["--backend", "jax", "--tpu", "TPU_NAME", "--zone", "ZONE"]),  # one host
+    ("tpu-v4-64", ["--backend", "jax", "--tpu", "TPU_NAME", "--zone", "ZONE", "--run-dir", "gs://BUCKET/t"]),
+    ("cpu", []),
+])
+def test_the_launch_command_trains_on_the_hardware_planned_for(hw, flags):
+    from clipa.cli.plan import launch_command
+
+    rec = recipe.from_dict(tiny(name="t", hardware={"name": hw}))
+    assert shlex.split(launch_command("my plan.yaml", rec)) == ["clipa-run", "my plan.yaml", *flags]
 
 
 def test_plan_without_data_says_what_to_fill_and_run_names_the_field(tmp_path):

@@ -121,6 +121,22 @@ def test_two_process_torchrun_launch(tmp_path, data):
     assert r.returncode == 0, r.stderr[-3000:]
     ach = json.loads((tmp_path / "run" / rundir.ACHIEVED).read_text())
     assert ach["n_devices"] == 2 and ach["stages"][0]["samples"] == 64
+    assert "planned for" not in r.stderr  # the local 'cpu' hardware matches any process count
+
+
+def test_a_run_on_other_devices_than_its_recipe_was_planned_for_says_so(tmp_path, data):
+    """A plan for a100x8 started without --nproc 8, or where torch finds no GPU, trains; its first line says
+    that the predictions are for other devices (it trained without a word before)."""
+    rec = yaml.safe_load(_recipe(tmp_path, data).read_text())
+    rec["hardware"] = {"name": "a100x8"}
+    p = tmp_path / "a100.yaml"
+    p.write_text(yaml.safe_dump(rec))
+    r = _run(p, tmp_path / "run", "--max-samples", "16")
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("warning: the recipe is planned for")]
+    assert lines == ["warning: the recipe is planned for a100x8 (8 x A100-80GB) and this run trains on cpu (1 process): "
+                     "its predicted time and cost, and the per-device batch its memory plan assumed, are for a100x8; on "
+                     "that machine: clipa-run ... --nproc 8"], r.stderr[-3000:]
 
 
 def test_nodes_that_never_meet_are_one_line(tmp_path):

@@ -11,7 +11,8 @@ Examples:
     clipa-plan --pilot --budget 10000 --hw a100x8 --train-data 'shards/{00000..41455}.tar' --out pilots/
     clipa-plan --pilot --dataset demo --hw cpu --pilot-share 0.2 --out runs/pilots   # the demo's pilots
 
-With --train-data (and --val/--classnames/--templates) the recipe launches as is: clipa-run RECIPE.
+With --train-data (and --val/--classnames/--templates) the recipe launches as is, with the command the plan
+ends with (clipa-run RECIPE --nproc 8 for a100x8).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from clipa import __version__
 from clipa import datasets
@@ -214,9 +216,11 @@ def _print_plan(console: Console, a: SimpleNamespace, cmp, rec: recipe_mod.Recip
     console.print(storage_line(rec), soft_wrap=True, highlight=False)
     todo = _todo(rec)
     if todo:
-        console.print(f"recipe written to [bold]{path}[/bold]; before clipa-run: {todo}", soft_wrap=True)
+        console.print(f"recipe written to [bold]{escape(str(path))}[/bold]; before clipa-run: {todo}", soft_wrap=True)
     else:
-        console.print(f"recipe written to [bold]{path}[/bold]; launch it with: clipa-run {path}", soft_wrap=True)
+        console.print(f"recipe written to [bold]{escape(str(path))}[/bold]; launch it with: "
+                      f"{escape(launch_command(path, rec))}",
+                      soft_wrap=True)
 
 
 def _objective(objective: str, risk: bool) -> str:
@@ -269,6 +273,22 @@ def _data_warnings(rec) -> list[str]:
     return [f"the plan passes over the {n:,} samples of dataset.train {passes:,.1f} times; the accuracy law "
             f"has no run with more than {PUBLISHED_EPOCHS} passes (CLIPA on LAION-400M), so expect less than "
             "predicted from repeated data"]
+
+
+def launch_command(path, rec) -> str:
+    """The clipa-run command that trains ``rec`` on the hardware it was planned for: every GPU of the machine
+    (--nproc), or the JAX backend on every worker of a TPU slice, whose hosts need a run directory they all
+    see (a placeholder in capitals is the user's to fill in)."""
+    from clipa.costmodels import hardware
+
+    hw, extra = hardware.get(rec.hardware.name), []
+    if hw.name.startswith("tpu-"):
+        extra = ["--backend", "jax", "--tpu", "TPU_NAME", "--zone", "ZONE"]
+        if (hardware.tpu_hosts(hw.name) or 2) > 1:
+            extra += ["--run-dir", f"gs://BUCKET/{rec.name}"]
+    elif hw.n_devices > 1:
+        extra = ["--nproc", str(hw.n_devices)]
+    return shlex.join(["clipa-run", str(path), *extra])
 
 
 def _todo(rec) -> str:
