@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from clipa import launching
 from clipa import recipe as recipe_mod
 from clipa import suite as suite_mod
 from clipa.errors import UserError
@@ -83,6 +84,15 @@ def _hours(pilots: Sequence[Pilot]) -> float:
     return sum(p.recipe.predictions.device_hours for p in pilots)
 
 
+def suite_command(path, hardware_name: str) -> str:
+    """How to run a suite's pilots on ``hardware_name``: the suite's command, or on a multi-host TPU slice
+    (a suite runs its pilots from one host) each pilot recipe's."""
+    if launching.multi_host_tpu(hardware_name):
+        return (f"each pilot recipe, as a suite runs from one host and {hardware_name} has several: "
+                f"{launching.launch_command('PILOT.yaml', hardware_name, 'PILOT')}")
+    return launching.launch_command(path, hardware_name, "", suite=True)
+
+
 def design(target: recipe_mod.Recipe, budget_device_hours: float, share: float = DEFAULT_SHARE, *,
            hw_name: Optional[str] = None, prices=None, calibration=None) -> list[Pilot]:
     """The pilots of ``target``: total predicted device-hours <= ``share`` x ``budget_device_hours``."""
@@ -113,6 +123,6 @@ def write(pilots: Sequence[Pilot], target: recipe_mod.Recipe, out_dir: Path, *, 
     suite = suite_mod.Suite(name=f"{target.name}-pilots", target=target.name, dataset=target.dataset.name,
                             hardware=pilots[0].recipe.predictions.hardware, budget_device_hours=budget_device_hours,
                             budget_usd=budget_usd, share=share, pilots=entries)
-    header = (f"Pilots of {target.name}: run them with clipa-run {out_dir / 'suite.yaml'}, then\n"
-              f"clipa-report --calibrate RUN_DIRS... and clipa-plan --calibration FILE.")
+    header = (f"Pilots of {target.name}: run them with {suite_command(out_dir / 'suite.yaml', target.hardware.name)},\n"
+              f"then clipa-report --calibrate RUN_DIRS... and clipa-plan --calibration FILE.")
     return suite_mod.dump(suite, out_dir / "suite.yaml", header=header)

@@ -174,10 +174,9 @@ def test_plan_with_data_flags_launches_as_written(tmp_path, shards):
     ("cpu", []),
 ])
 def test_the_launch_command_trains_on_the_hardware_planned_for(hw, flags):
-    from clipa.cli.plan import launch_command
+    from clipa.launching import launch_command
 
-    rec = recipe.from_dict(tiny(name="t", hardware={"name": hw}))
-    assert shlex.split(launch_command("my plan.yaml", rec)) == ["clipa-run", "my plan.yaml", *flags]
+    assert shlex.split(launch_command("my plan.yaml", hw, "t")) == ["clipa-run", "my plan.yaml", *flags]
 
 
 def test_plan_without_data_says_what_to_fill_and_run_names_the_field(tmp_path):

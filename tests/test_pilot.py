@@ -231,8 +231,8 @@ def test_run_suite_errors_are_one_line_exit_2(tmp_path, capsys):
     rec = recipe_mod.load(DEMO)
     pilots = pilot.design(rec, 1.0, 0.1, hw_name="cpu")
     path = pilot.write(pilots, rec, tmp_path / "s", budget_device_hours=1.0, budget_usd=None, share=0.1)
-    assert run_app(run_app_, [str(path), "--nproc", "2"]) == 2
-    assert "--nproc" in capsys.readouterr().err
+    assert run_app(run_app_, [str(path), "--slurm"]) == 2
+    assert "--slurm: does not apply to a pilot suite" in capsys.readouterr().err
     (tmp_path / "s" / pilots[1].recipe.name).with_suffix(".yaml").unlink()
     assert run_app(run_app_, [str(path)]) == 2
     err = capsys.readouterr().err.strip()
@@ -241,3 +241,14 @@ def test_run_suite_errors_are_one_line_exit_2(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({"pilots": [{"name": "x"}]}))
     assert run_app(run_app_, [str(bad)]) == 2
     assert "bad.yaml: name: Field required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hw,said", [
+    ("a100x8", "clipa-run s/suite.yaml --nproc 8"),  # every GPU the pilots were sized for
+    ("cpu", "clipa-run s/suite.yaml"),
+    ("tpu-v4-8", "clipa-run s/suite.yaml --backend jax"),  # on the TPU VM, its one host
+    ("tpu-v4-64", "each pilot recipe, as a suite runs from one host and tpu-v4-64 has several: clipa-run PILOT.yaml "
+                  "--backend jax --tpu TPU_NAME --zone ZONE --run-dir gs://BUCKET/PILOT"),
+])
+def test_a_suite_says_how_to_run_it_on_its_hardware(hw, said):
+    assert pilot.suite_command("s/suite.yaml", hw) == said

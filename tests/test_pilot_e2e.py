@@ -2,6 +2,7 @@
 (one process, shared demo data), clipa-report --calibrate fits the dataset law and the throughput, and
 clipa-plan --predict --calibration predicts the target with the fitted law."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,26 @@ def test_pilot_suite_runs_in_one_command_and_calibrates(tmp_path, capsys):
     lo, hi = pred["predicted_top1_interval"]
     assert 10.0 <= lo <= pred["predicted_top1"] <= hi <= 100.0
     assert any("beyond the largest pilot" in e for e in pred["extrapolation"])  # the dataset law's own notes
+
+
+def test_a_suite_trains_each_pilot_on_every_process_it_is_given(tmp_path):
+    """clipa-run SUITE --nproc 2 launches each pilot through torchrun on 2 processes, as a plan for a GPU
+    machine's pilots train on all its GPUs (a suite refused --nproc: an a100x8 plan's pilots, sized for 8
+    GPUs, trained on one)."""
+    pytest.importorskip("torch")
+    target = tmp_path / "tiny.yaml"
+    target.write_text(yaml.safe_dump(TARGET))
+    suite_dir, root = tmp_path / "suite", tmp_path / "pilots"
+    assert run_app(plan_app, ["--pilot", "--target", str(target), "--hw", "cpu", "--pilot-share", "0.6",
+                              "--out", str(suite_dir)]) == 0
+    suite = suite_mod.load(suite_dir / "suite.yaml")
+    cmd = [sys.executable, "-m", "clipa.cli.run", str(suite_dir / "suite.yaml"), "--run-dir", str(root),
+           "--device", "cpu", "--nproc", "2", "--max-samples", "64"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    for e in suite.pilots:
+        assert json.loads((root / e.name / "parallelism.json").read_text())["processes"] == 2
+        assert [m.samples for m in rundir.read_metrics(root / e.name) if m.kind == "train"][-1] == 64
+    refused = subprocess.run([*cmd[:-4], "--backend", "jax", "--tpu", "x", "--zone", "z"], capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and "--tpu: does not apply to a pilot suite" in refused.stderr

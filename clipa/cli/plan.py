@@ -212,6 +212,7 @@ def _print_plan(console: Console, a: SimpleNamespace, cmp, rec: recipe_mod.Recip
     for warning in _data_warnings(rec):
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     from clipa.backends.runstate import storage_line
+    from clipa.launching import launch_command
 
     console.print(storage_line(rec), soft_wrap=True, highlight=False)
     todo = _todo(rec)
@@ -219,7 +220,7 @@ def _print_plan(console: Console, a: SimpleNamespace, cmp, rec: recipe_mod.Recip
         console.print(f"recipe written to [bold]{escape(str(path))}[/bold]; before clipa-run: {todo}", soft_wrap=True)
     else:
         console.print(f"recipe written to [bold]{escape(str(path))}[/bold]; launch it with: "
-                      f"{escape(launch_command(path, rec))}",
+                      f"{escape(launch_command(path, rec.hardware.name, rec.name))}",
                       soft_wrap=True)
 
 
@@ -273,22 +274,6 @@ def _data_warnings(rec) -> list[str]:
     return [f"the plan passes over the {n:,} samples of dataset.train {passes:,.1f} times; the accuracy law "
             f"has no run with more than {PUBLISHED_EPOCHS} passes (CLIPA on LAION-400M), so expect less than "
             "predicted from repeated data"]
-
-
-def launch_command(path, rec) -> str:
-    """The clipa-run command that trains ``rec`` on the hardware it was planned for: every GPU of the machine
-    (--nproc), or the JAX backend on every worker of a TPU slice, whose hosts need a run directory they all
-    see (a placeholder in capitals is the user's to fill in)."""
-    from clipa.costmodels import hardware
-
-    hw, extra = hardware.get(rec.hardware.name), []
-    if hw.name.startswith("tpu-"):
-        extra = ["--backend", "jax", "--tpu", "TPU_NAME", "--zone", "ZONE"]
-        if (hardware.tpu_hosts(hw.name) or 2) > 1:
-            extra += ["--run-dir", f"gs://BUCKET/{rec.name}"]
-    elif hw.n_devices > 1:
-        extra = ["--nproc", str(hw.n_devices)]
-    return shlex.join(["clipa-run", str(path), *extra])
 
 
 def _todo(rec) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from clipa import recipe as recipe_mod
@@ -92,5 +93,6 @@ def run(console: Console, *, target: Optional[Path], dataset: str, hw: Optional[
     console.print(t)
     console.print(f"predicted total {total:.4g} device-hours = {100 * total / hours:.1f}% of the budget's "
                   f"{hours:.4g} (at most {100 * share:g}%)", highlight=False)
-    console.print(f"suite written to [bold]{path}[/bold]; run it with: clipa-run {path}, then clipa-report "
-                  f"--calibrate RUN_DIRS... and clipa-plan --calibration FILE", soft_wrap=True)
+    console.print(f"suite written to [bold]{escape(str(path))}[/bold]; run it with: "
+                  f"{escape(pilot_mod.suite_command(path, hw_name))}, then clipa-report --calibrate RUN_DIRS... and "
+                  "clipa-plan --calibration FILE", soft_wrap=True)

@@ -65,13 +65,16 @@ def run(
     from clipa import backends, runlock
     from clipa import suite as suite_mod
 
-    if suite_mod.is_suite(recipe):
-        return _suite(ctx, recipe, backends.get(backend), run_dir, device, dry_run, max_samples)
-    rec = load_recipe(recipe)
+    is_suite = suite_mod.is_suite(recipe)
+    rec = None if is_suite else load_recipe(recipe)
     bk = backends.get(backend)
     given = {k for k in ctx.params if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
     for name in sorted(backends.LAUNCH_FLAGS - bk.flags):  # a flag the backend would ignore is an error
         not_with("--" + name.replace("_", "-"), name in given, f"to --backend {backend}")
+    if is_suite:
+        opts = backends.LaunchOptions(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                                      rdzv_id=rdzv_id, device=device, dry_run=dry_run, max_samples=max_samples)
+        return _suite(ctx, recipe, bk, run_dir, opts, given)
     for name in ("nodes", "gpus_per_node", "partition", "time"):
         not_with("--" + name.replace("_", "-"), name in given and not slurm, "without --slurm")
     for name in ("nproc", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_id"):
@@ -97,16 +100,21 @@ def run(
     raise typer.Exit(code)
 
 
-def _suite(ctx, path: Path, bk, root, device, dry_run, max_samples) -> None:
-    """A suite file (clipa-plan --pilot): its pilots one after the other in this process (clipa/cli/run_suite.py)."""
-    from clipa import backends, runlock
+# What a pilot suite takes besides the suite: each pilot is launched as a recipe would be, one after the
+# other (torchrun on every GPU of the machine, or of several nodes), into RUN_DIR/NAME.
+_SUITE_FLAGS = {"recipe", "backend", "run_dir", "device", "dry_run", "max_samples",
+                "nproc", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_id"}
+
+
+def _suite(ctx, path: Path, bk, root, opts, given: set) -> None:
+    """A suite file (clipa-plan --pilot): its pilots one after the other (clipa/cli/run_suite.py)."""
+    from clipa import runlock
     from clipa.cli.run_suite import run_suite
 
-    given = {k for k in ctx.params if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
-    extra = sorted(given - {"recipe", "backend", "run_dir", "device", "dry_run", "max_samples"})
+    extra = sorted(given - _SUITE_FLAGS)
     if extra:
-        not_with("--" + extra[0].replace("_", "-"), True, "to a pilot suite (its pilots run one by one in this process)")
-    opts = backends.LaunchOptions(device=device, dry_run=dry_run, max_samples=max_samples)
+        not_with("--" + extra[0].replace("_", "-"), True, "to a pilot suite (it runs its pilots from this host; "
+                 "launch each pilot recipe with it instead)")
     with runlock.scope():
         code = run_suite(path, bk, root, opts, _check_before_claiming, _frozen_predictions)
     raise typer.Exit(code)

@@ -1,7 +1,8 @@
-"""``clipa-run SUITE.yaml``: every pilot of a suite, one after the other, in this one process.
+"""``clipa-run SUITE.yaml [--nproc N ...]``: every pilot of a suite, one after the other, launched as a
+recipe would be with the same flags (torchrun on N GPUs for the GPU machine the pilots were planned for).
 
-One process because start-up (imports, the tokenizer, the CPU peak) costs about as much as a small
-pilot on a 2-core machine (~30 s): pilots are meant to be cheap. Each pilot gets its own run
+On one process the pilots train in this process: start-up (imports, the tokenizer, the CPU peak) costs
+about as much as a small pilot on a 2-core machine (~30 s), and pilots are meant to be cheap. Each pilot gets its own run
 directory, ROOT/NAME, and is resumed like any run (a finished one is skipped), so the same command
 again continues an interrupted suite. A demo suite generates its data once, into ROOT/data, and
 every pilot reads it: the same images the target run will be trained and judged on.
