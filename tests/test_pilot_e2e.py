@@ -3,6 +3,7 @@
 clipa-plan --predict --calibration predicts the target with the fitted law."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,15 @@ def test_a_suite_trains_each_pilot_on_every_process_it_is_given(tmp_path):
     refused = subprocess.run([*cmd[:-4], "--backend", "jax", "--tpu", "x", "--zone", "z"], capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 2 and "--tpu: does not apply to a pilot suite" in refused.stderr
+    # Ctrl-C in the terminal (SIGINT to the process group) during a pilot: its workers say how to resume the
+    # pilot alone, then the suite how to resume the suite (the pilots after it too)
+    proc = subprocess.Popen(cmd[:-2], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in proc.stderr:
+        if " stage pre step " in line:  # training (past the 64 samples of the first run)
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, rest[-3000:]
+    assert rest.strip().splitlines()[-1].endswith(f"resume the suite with: clipa-run {suite_dir / 'suite.yaml'} "
+                                                   f"--run-dir {root} --nproc 2 --device cpu"), rest[-3000:]

@@ -66,7 +66,12 @@ def run_suite(path: Path, backend, root: Optional[Path], opts, check, freeze) ->
             said = f"{str(e).rsplit('resume with: ', 1)[0]}resume the suite with: " \
                    f"{resume_command(path, root, backend.name, opts)}"
             raise (Interrupted(e.signum, said) if isinstance(e, Interrupted) else NoRoom(said)) from None
-        if code:
+        if code:  # from torchrun (--nproc): its workers said how to resume the pilot alone, not the suite
+            if code != 2:
+                from clipa.backends.runstate import resume_command
+
+                console.print(f"suite {suite.name}: pilot {i + 1}/{len(recs)} stopped (exit {code}); resume the "
+                              f"suite with: {resume_command(path, root, backend.name, opts)}")
             return code
     if not opts.dry_run:
         dirs = " ".join(str(root / p.name) for p, _, _ in recs)
