@@ -74,7 +74,7 @@ def run(
     if is_suite:
         opts = backends.LaunchOptions(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
                                       rdzv_id=rdzv_id, device=device, dry_run=dry_run, max_samples=max_samples)
-        return _suite(ctx, recipe, bk, run_dir, opts, given)
+        return _suite(recipe, bk, run_dir, opts, given)
     for name in ("nodes", "gpus_per_node", "partition", "time"):
         not_with("--" + name.replace("_", "-"), name in given and not slurm, "without --slurm")
     for name in ("nproc", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_id"):
@@ -106,7 +106,7 @@ _SUITE_FLAGS = {"recipe", "backend", "run_dir", "device", "dry_run", "max_sample
                 "nproc", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_id"}
 
 
-def _suite(ctx, path: Path, bk, root, opts, given: set) -> None:
+def _suite(path: Path, bk, root, opts, given: set) -> None:
     """A suite file (clipa-plan --pilot): its pilots one after the other (clipa/cli/run_suite.py)."""
     from clipa import runlock
     from clipa.cli.run_suite import run_suite
