@@ -167,6 +167,24 @@ def test_plan_with_data_flags_launches_as_written(tmp_path, shards):
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run directory claimed
 
 
+def test_plan_checks_the_zero_shot_set_as_clipa_run_will(tmp_path, shards):
+    """The plan's recipe launches as is: a class-name file short of the folders, a file given for the val
+    folder, or class names without images are refused by the planner, not at launch; no --val is said."""
+    few = tmp_path / "few.txt"
+    few.write_text("circle\nsquare\n")
+    base = ["--budget", "10000", "--hw", "a100x8", "--out", tmp_path / "p.yaml", "--train-data", shards["train"]]
+    for extra, needle in (
+        (["--val", shards["val"], "--classnames", few, "--templates", shards["templates"]], "2 class names for 10 folders"),
+        (["--val", shards["classnames"], "--classnames", shards["classnames"], "--templates", shards["templates"]],
+         "zero-shot val folder not found"),
+        (["--classnames", shards["classnames"]], "--classnames: needs --val"),
+    ):
+        _one_line_error(_cli("clipa-plan", *base, *extra, cwd=tmp_path), 2, needle)
+        assert not (tmp_path / "p.yaml").exists()
+    r = _cli("clipa-plan", *base, cwd=tmp_path)
+    assert r.returncode == 0 and "warning: no --val: the run will not measure its zero-shot top-1" in r.stdout
+
+
 @pytest.mark.parametrize("hw,flags", [
     ("a100x8", ["--nproc", "8"]),
     ("tpu-v4-8", ["--backend", "jax", "--tpu", "TPU_NAME", "--zone", "ZONE"]),  # one host

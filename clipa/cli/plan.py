@@ -210,7 +210,7 @@ def _print_plan(console: Console, a: SimpleNamespace, cmp, rec: recipe_mod.Recip
     for note in cmp.best.notes:
         console.print(note, soft_wrap=True, highlight=False)
     for warning in _data_warnings(rec):
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     from clipa.backends.runstate import storage_line
     from clipa.launching import launch_command
 
@@ -253,6 +253,13 @@ def _with_data(rec, a: SimpleNamespace):
             raise UserError(f"{flag}: {path} not found")
     if val is not None and (classnames is None or templates is None):
         raise UserError("--val: zero-shot evaluation also needs --classnames and --templates")
+    if val is None and (classnames or templates) is not None:
+        raise UserError(f"{'--classnames' if classnames is not None else '--templates'}: needs --val, the folder "
+                        "of images it is for (without it the run evaluates nothing)")
+    if val is not None:  # as clipa-run checks it: class names against the folders, templates with '{}'
+        from clipa.backends.data import zeroshot
+
+        zeroshot.load_zeroshot(val, classnames, templates)
     update = {k: v for k, v in (("train", train), ("train_samples", train_samples), ("val", val),
                                 ("classnames", classnames), ("templates", templates)) if v is not None}
     return rec.model_copy(update={"dataset": rec.dataset.model_copy(update=update)}) if update else rec
@@ -264,14 +271,18 @@ PUBLISHED_EPOCHS = 6
 
 
 def _data_warnings(rec) -> list[str]:
-    """What the user's own data (--train-samples) says about the plan."""
-    n = rec.dataset.train_samples
+    """What the user's own data (--train-data without --val, --train-samples) says about the plan."""
+    ds, said = rec.dataset, []
+    if ds.train is not None and ds.val is None:
+        said.append("no --val: the run will not measure its zero-shot top-1, so clipa-report cannot hold it against "
+                    "the prediction (add --val, --classnames and --templates)")
+    n = ds.train_samples
     if not n:
-        return []
+        return said
     passes = sum(st.samples for st in rec.stages) / n
     if passes <= PUBLISHED_EPOCHS:
-        return []
-    return [f"the plan passes over the {n:,} samples of dataset.train {passes:,.1f} times; the accuracy law "
+        return said
+    return said + [f"the plan passes over the {n:,} samples of dataset.train {passes:,.1f} times; the accuracy law "
             f"has no run with more than {PUBLISHED_EPOCHS} passes (CLIPA on LAION-400M), so expect less than "
             "predicted from repeated data"]
 
