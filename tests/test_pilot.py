@@ -10,6 +10,7 @@ import yaml
 
 from clipa import recipe as recipe_mod
 from clipa import suite as suite_mod
+from clipa.backends.data.webdataset_io import write_shard
 from clipa.cli._common import run_app
 from clipa.cli.plan import app as plan_app
 from clipa.cli.run import app as run_app_
@@ -208,6 +209,12 @@ def test_pilot_cli_writes_a_suite_within_the_share(tmp_path, capsys):
     assert s.predicted_device_hours <= 0.10 * s.budget_device_hours * (1 + 1e-9)
     assert [p.name for p in s.pilots] == [p["name"] for p in obj["pilots"]]
     assert suite_mod.is_suite(out / "suite.yaml") and not suite_mod.is_suite(out / s.pilots[0].recipe)
+    shard = write_shard(tmp_path / "shard.tar", [{"__key__": "k", "jpg": b"x", "txt": b"a cat"}])
+    assert run_app(plan_app, ["--pilot", "--budget", "2000", "--hw", "a100x8", "--train-data", str(shard),
+                              "--out", str(tmp_path / "mine")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "warning: no --val: the pilots will not measure their zero-shot top-1" in said  # nothing to fit a law to
+    assert "run it with: clipa-run " + str(tmp_path / "mine" / "suite.yaml") + " --nproc 8," in said
 
 
 @pytest.mark.parametrize("args,word", [

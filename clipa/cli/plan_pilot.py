@@ -93,6 +93,10 @@ def run(console: Console, *, target: Optional[Path], dataset: str, hw: Optional[
     console.print(t)
     console.print(f"predicted total {total:.4g} device-hours = {100 * total / hours:.1f}% of the budget's "
                   f"{hours:.4g} (at most {100 * share:g}%)", highlight=False)
+    if rec.dataset.train is not None and rec.dataset.val is None:
+        console.print("[yellow]warning:[/yellow] no --val: the pilots will not measure their zero-shot top-1, so "
+                      "clipa-report --calibrate can fit their throughput but not the accuracy law (add --val, "
+                      "--classnames and --templates)", highlight=False, soft_wrap=True)
     console.print(f"suite written to [bold]{escape(str(path))}[/bold]; run it with: "
                   f"{escape(pilot_mod.suite_command(path, hw_name))}, then clipa-report --calibrate RUN_DIRS... and "
                   "clipa-plan --calibration FILE", soft_wrap=True)
