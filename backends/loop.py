@@ -11,6 +11,7 @@ shared files (metrics, weights files, achieved.json) to the run directory, a loc
 from __future__ import annotations
 
 import errno
+import json
 import math
 import signal
 import time
@@ -24,6 +25,7 @@ from rich.markup import escape
 
 from clipa import fs, rundir
 from clipa.backends import logline, runstate as rs
+from clipa.backends.data import webdataset_io
 from clipa.backends.schedule import lr_at
 from clipa.backends.stopping import StopSignals
 from clipa.errors import DecodersDied, Interrupted, NoRoom
@@ -117,6 +119,8 @@ class _Run:
         if trainer.is_main:  # a fresh run drops the lines of a process killed before its first checkpoint
             rs.truncate_metrics(self.metrics_path, self.pos.metrics_bytes)
         self.bad_before = dict(state.get(rs.SKIPPED_KEYS, {})) if state else {}  # bad samples found earlier
+        self.shard_counts = rs.load_shard_counts(self.run_dir) if state else {}
+        webdataset_io.learn(self.shard_counts)
         self.stats = pipeline.DataStats(known=set(self.bad_before))
         ds = dataset
         self.zs = zeroshot.load_zeroshot(ds.val, ds.classnames, ds.templates, ds.val_images) if ds.val else None
@@ -167,8 +171,19 @@ class _Run:
         meta = rs.checkpoint_meta(self.pos, skipped=skipped, reasons=reasons, time_s=self.elapsed(),
                                   stage_s=time.monotonic() - stage_t0, metrics_path=self.metrics_path)
         meta[rs.SKIPPED_KEYS] = {**self.bad_before, **found}
+        self.save_shard_counts()
         self.last_ckpt = self.tr.save(k, self.pos.step, meta)
         self.saved_at = time.monotonic()
+
+    def save_shard_counts(self) -> None:
+        """The shards every process counted since the last checkpoint, into RUN_DIR/shard_counts.json
+        (collective), so that a resumed run fast-forwards without reading their tar headers again."""
+        new: dict = {}
+        for d in self.tr.all_gather(webdataset_io.take_unsaved()):
+            new.update(d)
+        if new and self.tr.is_main:
+            self.shard_counts.update(new)
+            fs.write_atomic(self.run_dir / rundir.SHARD_COUNTS, json.dumps(self.shard_counts))
 
     def boundary(self) -> tuple[Optional[int], bool]:
         """At a step boundary: (the stop signal, whether a wall-time checkpoint is due), the same on every

@@ -174,6 +174,16 @@ def truncate_metrics(path, n_bytes: int) -> None:
         fs.write_atomic(path, kept)
 
 
+def load_shard_counts(run_dir) -> dict:
+    """RUN_DIR/shard_counts.json (webdataset_io.take_unsaved's form); {} when missing or unreadable: it is a
+    cache, and the shards are indexed again without it."""
+    try:
+        data = json.loads((fs.path(run_dir) / rundir.SHARD_COUNTS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def count_skipped(found: dict) -> tuple[int, dict]:
     """Bad samples/shards (key -> [reason, n], ``DataStats.found``) -> (total, reason -> count)."""
     reasons: dict = {}

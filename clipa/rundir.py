@@ -4,6 +4,8 @@
     RUN_DIR/metrics.jsonl    one JSON object a line (see ``MetricsLine``)
     RUN_DIR/checkpoints/     backend-specific, resumable
     RUN_DIR/achieved.json    written last, only when the run finished (see ``Achieved``)
+    RUN_DIR/shard_counts.json  each training shard's sample count, saved with the checkpoints (a cache:
+                             a resumed run counts the samples drawn before it without reading every shard)
     RUN_DIR/.lock            locked by the process training into it, if any (``clipa/runlock.py``)
 
 Both backends write the same files, so the report needs no backend code. RUN_DIR is a local path or
@@ -25,6 +27,7 @@ RECIPE = "recipe.yaml"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 ACHIEVED = "achieved.json"
+SHARD_COUNTS = "shard_counts.json"
 DEFAULT_ROOT = Path("runs")
 
 

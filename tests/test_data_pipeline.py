@@ -119,6 +119,47 @@ def _same_batch(x: dict, y: dict) -> None:
         np.testing.assert_array_equal(x[k], y[k])
 
 
+def test_a_later_stage_or_a_resumed_run_counts_past_samples_without_reading_every_shard_again(tmp_path):
+    """A stream that starts past an epoch (the next stage, a resumed run) counts the samples before it
+    from the shards' summaries: kept by the process, or saved by an earlier one (RUN_DIR/shard_counts.json);
+    it read every shard's tar headers again before. A shard changed since is counted again."""
+    from itertools import islice
+
+    from clipa.backends.data import webdataset_io as wio
+
+    paths = make_shards(tmp_path, 12, 5)  # 60 samples an epoch
+    walks = wio._index_cached.cache_info
+    before = walks().misses
+    first = list(islice(RankStream(paths, 0, 1, 0, DataStats(), block=8).refs(150), 6))  # 2.5 epochs in
+    assert walks().misses - before >= 12
+    saved = wio.take_unsaved()
+    assert {k: v[2:] for k, v in saved.items()} == {str(p): [5, {}] for p in paths} and wio.take_unsaved() == {}
+
+    def later() -> tuple[list, int]:
+        before = walks().misses
+        return list(islice(RankStream(paths, 0, 1, 0, DataStats(), block=8).refs(150), 6)), walks().misses - before
+
+    assert later() == (first, 0)  # the next stage, in the same process (the shards it reads are cached too)
+    for p in paths:  # a new process: nothing in memory but what the earlier one saved
+        wio._SUMMARIES.pop(str(p))
+    wio._index_cached.cache_clear()
+    wio.learn(saved)
+    got, n = later()
+    assert got == first and n < len(paths)  # only the shards its blocks read (4 here), not all 12
+    write_shard(paths[3], [{"__key__": f"n{i}", "jpg": _jpeg(i), "txt": b"new"} for i in range(2)])  # rewritten
+    wio._index_cached.cache_clear()
+    wio.learn(saved)
+    before = walks().misses
+    want = list(islice(RankStream(paths, 0, 1, 0, DataStats(), block=8).refs(150), 6))
+    assert walks().misses - before >= 1 and want != first  # shard 3 counted again: 57 samples an epoch
+    assert wio.take_unsaved() == {str(paths[3]): [*_version(paths[3]), 2, {}]}
+
+
+def _version(p) -> list:
+    st = os.stat(p)
+    return [st.st_size, st.st_mtime_ns]
+
+
 def test_workers_give_the_same_batches(tmp_path):
     a, b = _streams(tmp_path, 2)
     for _ in range(5):

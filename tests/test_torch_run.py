@@ -53,6 +53,9 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path, data):
     ach = rundir.read_achieved(run_dir)
     assert [s.name for s in ach.stages] == ["pre", "ft"] and ach.top1 is not None and ach.wall_seconds > 0
     assert (ach.eval_classes, ach.eval_images) == (10, 30)  # tiny_run's held-out split: 10 shapes, 30 images
+    # the shards' sample counts, saved with the checkpoints, for a resumed run to fast-forward by
+    counts = json.loads((run_dir / rundir.SHARD_COUNTS).read_text())
+    assert sum(c for _, _, c, _ in counts.values()) == 192 and all(Path(p).is_file() for p in counts)
 
     # the same command on a finished run says so and exits 0; a different recipe there is refused
     again = _run(recipe, run_dir)

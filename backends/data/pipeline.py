@@ -33,7 +33,7 @@ from clipa import reductions
 from clipa.backends.data import batch_job
 from clipa.backends.data.decode import normalize
 from clipa.backends.data.webdataset_io import (MAX_OPEN_SHARDS, SampleEntry, ShardIndex, ShardReader, describe,
-                                               expand_shards, index_shard)
+                                               expand_shards, index_shard, shard_summary)
 from clipa.backends.stopping import die_with_parent
 from clipa.encoders import Encoder
 from clipa.errors import DecodersDied, UserError
@@ -88,25 +88,26 @@ class RankStream:
         self._counts: dict[int, int] = {}
         self._index: dict[int, ShardIndex] = {}
 
-    def _record(self, s: int, idx: ShardIndex) -> None:
+    def _record(self, s: int, count: int, errors: dict[str, int]) -> None:
         if s in self._counts:  # report a shard's problems once, not every epoch
             return
-        self._counts[s] = len(idx.entries)
-        new = [self.stats.add(reason, n, key=f"{idx.path}#{reason}") for reason, n in idx.errors.items()]
-        if "corrupt_shard" in idx.errors and any(new):  # said once per run, as it is counted
-            print(f"clipa data: {idx.path}: corrupt shard, kept {len(idx.entries)} complete samples",
-                  file=sys.stderr)
+        self._counts[s] = count
+        path = self.shards[s]
+        new = [self.stats.add(reason, n, key=f"{path}#{reason}") for reason, n in errors.items()]
+        if "corrupt_shard" in errors and any(new):  # said once per run, as it is counted
+            print(f"clipa data: {path}: corrupt shard, kept {count} complete samples", file=sys.stderr)
 
     def _shard(self, s: int) -> ShardIndex:
         idx = self._index.get(s)
         if idx is None:
             idx = self._index[s] = index_shard(self.shards[s])
-            self._record(s, idx)
+            self._record(s, len(idx.entries), idx.errors)
         return idx
 
     def _count(self, s: int) -> int:
-        if s not in self._counts:  # index without keeping it: only the current block's shards stay in memory
-            self._record(s, index_shard(self.shards[s]))
+        if s not in self._counts:  # counted without its index: only the current block's shards stay in memory
+            summary = shard_summary(self.shards[s])
+            self._record(s, summary.count, summary.errors)
         return self._counts[s]
 
     def _plan(self, e: int) -> tuple[np.ndarray, int, int]:

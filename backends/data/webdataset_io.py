@@ -236,7 +236,60 @@ def _index_cached(path: Path, version: tuple) -> ShardIndex:
         if POS_EXT in g:
             members.append((POS_EXT, *g[POS_EXT]))
         entries.append(SampleEntry(key, tuple(members)))
+    _remember(path, version[1:3], ShardSummary(len(entries), dict(errors)))
     return ShardIndex(path, entries, errors)
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """What counting a shard needs: its usable samples and its problems (a ShardIndex without entries)."""
+
+    count: int
+    errors: dict[str, int]
+
+
+# Every shard's summary, for the life of the process, with the (size, mtime) it was read at: a later
+# stage, or a resumed run, fast-forwards past the samples drawn before it by counting them, and must not
+# read every shard's tar headers again (0.3 s a 10,000-sample shard from the page cache, measured on the
+# 2-core dev VM; after an epoch of DataComp-1B, 1.4B samples (Gadre et al. 2023) in 10,000-sample shards,
+# a fine-tune on one 8-GPU node would re-read 17,500 shards a rank, about an hour and a half).
+# A few dozen bytes a shard; an index with its entries is about 100 bytes a sample, hence index_shard's
+# small cache. ``_UNSAVED``: the paths learnt since ``take_unsaved`` last ran.
+_SUMMARIES: dict[str, tuple[tuple[int, int], ShardSummary]] = {}
+_UNSAVED: set[str] = set()
+
+
+def _remember(path: Path, version: tuple[int, int], summary: ShardSummary) -> None:
+    key = str(path)
+    hit = _SUMMARIES.get(key)
+    if hit is None or hit[0] != version:
+        _SUMMARIES[key] = (version, summary)
+        _UNSAVED.add(key)
+
+
+def shard_summary(path: Path) -> ShardSummary:
+    """``path``'s sample count and problems: from this process's memory while the file is unchanged (same
+    size and mtime), else by indexing it."""
+    st = os.stat(path)
+    hit = _SUMMARIES.get(str(path))
+    if hit is not None and hit[0] == (st.st_size, st.st_mtime_ns):
+        return hit[1]
+    idx = index_shard(path)
+    return ShardSummary(len(idx.entries), dict(idx.errors))
+
+
+def take_unsaved() -> dict[str, list]:
+    """The summaries learnt since the last call, as JSON: ``{path: [size, mtime_ns, count, errors]}``."""
+    out = {k: [*_SUMMARIES[k][0], _SUMMARIES[k][1].count, _SUMMARIES[k][1].errors] for k in sorted(_UNSAVED)}
+    _UNSAVED.clear()
+    return out
+
+
+def learn(saved: dict[str, list]) -> None:
+    """Summaries an earlier process saved (``take_unsaved``'s form); a shard changed since is indexed again
+    when it is counted."""
+    for key, (size, mtime, count, errors) in saved.items():
+        _SUMMARIES.setdefault(key, ((int(size), int(mtime)), ShardSummary(int(count), dict(errors))))
 
 
 # Open shard files at most, per reader. Our choice: far under the 1024 open files a Linux process gets by
