@@ -7,6 +7,7 @@ import sys
 BENCHMARKS = [
     ["benchmarks.plan_speed"],
     ["benchmarks.data_pipeline"],
+    ["benchmarks.data_resume"],
     ["benchmarks.decode_rate"],
     ["benchmarks.train_step_torch"],
     ["benchmarks.train_step_jax"],
