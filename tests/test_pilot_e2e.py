@@ -89,6 +89,7 @@ def test_a_suite_trains_each_pilot_on_every_process_it_is_given(tmp_path):
            "--device", "cpu", "--nproc", "2", "--max-samples", "64"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
+    assert "0 of 3 finished: run the same command again without --max-samples" in p.stderr  # not "Calibrate with"
     for e in suite.pilots:
         assert json.loads((root / e.name / "parallelism.json").read_text())["processes"] == 2
         assert [m.samples for m in rundir.read_metrics(root / e.name) if m.kind == "train"][-1] == 64

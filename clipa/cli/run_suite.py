@@ -74,8 +74,13 @@ def run_suite(path: Path, backend, root: Optional[Path], opts, check, freeze) ->
                               f"suite with: {resume_command(path, root, backend.name, opts)}")
             return code
     if not opts.dry_run:
-        dirs = " ".join(str(root / p.name) for p, _, _ in recs)
-        console.print(f"suite {suite.name}: {len(recs)} pilots in {time.monotonic() - t0:.0f} s wall, "
-                      f"{_cpu_s() - c0:.0f} CPU-s (this process and its workers). Calibrate with:\n"
-                      f"  clipa-report --calibrate {dirs}")
+        took = (f"suite {suite.name}: {len(recs)} pilots in {time.monotonic() - t0:.0f} s wall, "
+                f"{_cpu_s() - c0:.0f} CPU-s (this process and its workers)")
+        done = sum((root / p.name / rundir.ACHIEVED).exists() for p, _, _ in recs)
+        if done < len(recs):  # --max-samples stopped them: the calibration needs finished pilots
+            console.print(f"{took}; {done} of {len(recs)} finished: run the same command again without "
+                          "--max-samples to finish them")
+        else:
+            console.print(f"{took}. Calibrate with:\n  clipa-report --calibrate "
+                          + " ".join(str(root / p.name) for p, _, _ in recs))
     return 0
