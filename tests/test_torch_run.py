@@ -113,6 +113,11 @@ def test_user_mistakes_are_one_line_exit_2(tmp_path, data):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "dataset.train" in r.stderr and "nowhere" in r.stderr
 
+    r = _run(_recipe(tmp_path, data), tmp_path / "r3", "--nproc", "3")  # each of the 3 workers said it, after
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [  # the run directory was made
+        "error: stages[0].global_batch: 16 is not divisible by 3 processes"], r.stderr
+    assert not (tmp_path / "r3").exists()
+
 
 def test_two_process_torchrun_launch(tmp_path, data):
     rec = yaml.safe_load(_recipe(tmp_path, data).read_text())

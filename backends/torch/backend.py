@@ -21,6 +21,7 @@ class TorchBackend:
         from clipa.backends.torch import launch, worker
 
         launch.check(opts)
+        launch.check_batches(recipe, opts.nproc * opts.nnodes)  # before the run directory is claimed
         console = Console(stderr=True, soft_wrap=True)
         run_dir = fs.path(run_dir)
         resume = resume_command(recipe_path, run_dir, self.name, opts)

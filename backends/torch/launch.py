@@ -65,6 +65,13 @@ WORKER = "clipa.backends.torch.worker"
 TORCHRUN = "clipa.backends.torch.torchrun"  # torchrun, quiet where a worker said why it stopped
 
 
+def check_batches(recipe: Recipe, processes: int) -> None:
+    """UserError naming the first stage whose global batch the processes cannot share evenly."""
+    for i, st in enumerate(recipe.stages):
+        if st.global_batch % processes:
+            raise UserError(f"stages[{i}].global_batch: {st.global_batch} is not divisible by {processes} processes")
+
+
 def check(opts: LaunchOptions) -> None:
     """UserError for a device this backend does not know, or (launching, not a dry run) one this machine
     lacks: a worker would otherwise fail in torch with a traceback, or "gpu" train on the CPU; and nodes

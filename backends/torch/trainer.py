@@ -21,7 +21,6 @@ from clipa.backends.loop import weights_meta
 from clipa.backends.runstate import CorruptCheckpoint
 from clipa.backends.torch import checkpoint, dist as tdist, evaluate, launch
 from clipa.backends.torch.model import CLIPA, LOGIT_SCALE_MAX
-from clipa.errors import UserError
 from clipa.recipe import Recipe, Stage
 
 
@@ -62,10 +61,7 @@ class TorchTrainer:
 
     def __init__(self, recipe: Recipe, run_dir, world: tdist.World, compute_threads: Optional[dict[str, int]] = None):
         """``compute_threads``: torch's thread count for each stage, by name (CPU; None: leave torch's)."""
-        for i, st in enumerate(recipe.stages):
-            if st.global_batch % world.world_size:
-                raise UserError(f"stages[{i}].global_batch: {st.global_batch} is not divisible by "
-                                f"{world.world_size} processes")
+        launch.check_batches(recipe, world.world_size)  # clipa-run checked it; a SLURM job's tasks check here
         self.recipe, self.run_dir, self.w = recipe, fs.path(run_dir), world
         self.compute_threads = compute_threads
         self.n_devices = self.world = world.world_size
