@@ -84,6 +84,9 @@ def weights_meta(recipe: Recipe, st: Stage) -> dict[str, str]:
             "pos_embed": st.pos_embed, "format": "clipa-torch-1"}
 
 
+PROCESSES = "processes"  # checkpoint key: the processes that wrote it (their number sets each one's data)
+
+
 @dataclass
 class _Window:
     """The losses since the last log line, and when that line was written."""
@@ -116,6 +119,11 @@ class _Run:
             self.pos = rs.RunProgress.from_state(state)
             self.log.say(f"resuming {self.run_dir} from {self.last_ckpt} "
                          f"(stage {recipe.stages[self.pos.stage].name}, step {self.pos.step})")
+            was = state.get(PROCESSES)
+            if was is not None and was != trainer.world:
+                self.log.say(f"[yellow]warning:[/yellow] resumed on {trainer.world} processes from a checkpoint "
+                             f"{was} wrote: training goes on, but each process's share of the data depends on their "
+                             "number, so the samples from here are not those an uninterrupted run draws")
         if trainer.is_main:  # a fresh run drops the lines of a process killed before its first checkpoint
             rs.truncate_metrics(self.metrics_path, self.pos.metrics_bytes)
         self.bad_before = dict(state.get(rs.SKIPPED_KEYS, {})) if state else {}  # bad samples found earlier
@@ -171,6 +179,7 @@ class _Run:
         meta = rs.checkpoint_meta(self.pos, skipped=skipped, reasons=reasons, time_s=self.elapsed(),
                                   stage_s=time.monotonic() - stage_t0, metrics_path=self.metrics_path)
         meta[rs.SKIPPED_KEYS] = {**self.bad_before, **found}
+        meta[PROCESSES] = self.tr.world
         self.save_shard_counts()
         self.last_ckpt = self.tr.save(k, self.pos.step, meta)
         self.saved_at = time.monotonic()

@@ -147,6 +147,16 @@ def test_a_run_on_other_devices_than_its_recipe_was_planned_for_says_so(tmp_path
                      "that machine: clipa-run ... --nproc 8"], r.stderr[-3000:]
 
 
+def test_a_resume_on_another_number_of_processes_says_the_data_order_changed(tmp_path, data):
+    recipe = _recipe(tmp_path, data)
+    first = _run(recipe, tmp_path / "run", "--max-samples", "32")  # stops after a checkpoint
+    assert first.returncode == 0 and "warning: resumed" not in first.stderr, first.stderr[-3000:]
+    again = _run(recipe, tmp_path / "run", "--nproc", "2", "--max-samples", "64")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert ("warning: resumed on 2 processes from a checkpoint 1 wrote: training goes on, but each process's share "
+            "of the data depends on their number") in again.stderr, again.stderr[-3000:]
+
+
 def test_nodes_that_never_meet_are_one_line(tmp_path):
     """Node 1 of 2 never comes: torchrun's rendezvous times out (here after 3 s, by default 900 s) in one
     line naming the address, not its traceback."""
