@@ -128,6 +128,7 @@ def test_a_later_stage_or_a_resumed_run_counts_past_samples_without_reading_ever
     from clipa.backends.data import webdataset_io as wio
 
     paths = make_shards(tmp_path, 12, 5)  # 60 samples an epoch
+    wio.take_unsaved()  # what earlier tests in this process counted
     walks = wio._index_cached.cache_info
     before = walks().misses
     first = list(islice(RankStream(paths, 0, 1, 0, DataStats(), block=8).refs(150), 6))  # 2.5 epochs in
