@@ -71,9 +71,11 @@ def run(
     given = {k for k in ctx.params if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
     for name in sorted(backends.LAUNCH_FLAGS - bk.flags):  # a flag the backend would ignore is an error
         not_with("--" + name.replace("_", "-"), name in given, f"to --backend {backend}")
+    opts = backends.LaunchOptions(
+        nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id,
+        tpu=tpu, zone=zone, project=project, dry_run=dry_run, device=device, max_samples=max_samples,
+    )
     if is_suite:
-        opts = backends.LaunchOptions(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-                                      rdzv_id=rdzv_id, device=device, dry_run=dry_run, max_samples=max_samples)
         return _suite(recipe, bk, run_dir, opts, given)
     for name in ("nodes", "gpus_per_node", "partition", "time"):
         not_with("--" + name.replace("_", "-"), name in given and not slurm, "without --slurm")
@@ -86,10 +88,6 @@ def run(
     run_dir = fs.path(run_dir) if run_dir else rundir.default_run_dir(rec.name)
     _check_before_claiming(rec, run_dir)
     rec = _frozen_predictions(rec, run_dir, read_existing=not dry_run)
-    opts = backends.LaunchOptions(
-        nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id,
-        tpu=tpu, zone=zone, project=project, dry_run=dry_run, device=device, max_samples=max_samples,
-    )
     with runlock.scope():
         if slurm:
             from clipa.backends.torch import slurm as slurm_mod

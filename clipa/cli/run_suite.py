@@ -19,6 +19,7 @@ from rich.console import Console
 from clipa import recipe as recipe_mod
 from clipa import rundir
 from clipa import suite as suite_mod
+from clipa.backends.runstate import resume_command
 from clipa.errors import Interrupted, NoRoom
 
 
@@ -49,6 +50,7 @@ def run_suite(path: Path, backend, root: Optional[Path], opts, check, freeze) ->
     for p, _, rec in recs:  # every mistake before any pilot starts
         if not opts.dry_run:
             check(rec, root / p.name)
+    again = resume_command(path, root, backend.name, opts)  # resumes the suite, the pilots after a stopped one too
     t0, c0 = time.monotonic(), _cpu_s()
     for i, (p, rpath, rec) in enumerate(recs):
         run_dir = root / p.name
@@ -61,17 +63,12 @@ def run_suite(path: Path, backend, root: Optional[Path], opts, check, freeze) ->
         try:
             code = backend.launch(rpath, rec, run_dir, opts)
         except (Interrupted, NoRoom) as e:  # resume the suite, not the pilot alone (its data comes from the suite)
-            from clipa.backends.runstate import resume_command
-
-            said = f"{str(e).rsplit('resume with: ', 1)[0]}resume the suite with: " \
-                   f"{resume_command(path, root, backend.name, opts)}"
+            said = f"{str(e).rsplit('resume with: ', 1)[0]}resume the suite with: {again}"
             raise (Interrupted(e.signum, said) if isinstance(e, Interrupted) else NoRoom(said)) from None
         if code:  # from torchrun (--nproc): its workers said how to resume the pilot alone, not the suite
             if code != 2:
-                from clipa.backends.runstate import resume_command
-
                 console.print(f"suite {suite.name}: pilot {i + 1}/{len(recs)} stopped (exit {code}); resume the "
-                              f"suite with: {resume_command(path, root, backend.name, opts)}")
+                              f"suite with: {again}")
             return code
     if not opts.dry_run:
         took = (f"suite {suite.name}: {len(recs)} pilots in {time.monotonic() - t0:.0f} s wall, "
