@@ -54,22 +54,17 @@ def _head(p: Path) -> bytes:
         raise UserError(f"{p}: cannot read ({e.strerror})") from None
 
 
-def _is_tar(p: Path) -> bool:
-    """A plain tar named without .tar (``ustar`` in its first header): a shard, not a list file."""
-    return _head(p)[_USTAR] == b"ustar"
-
-
-def _not_compressed(p: Path) -> None:
-    head = _head(p)
+def _not_compressed(p: Path, head: bytes) -> None:
     kind = next((k for magic, k in _COMPRESSED.items() if head.startswith(magic)), None)
     if kind is not None:
         raise UserError(f"{p}: a {kind}-compressed file; clipa reads plain .tar shards by random access to their "
                         "members: decompress the shards first")
 
 
-def _list_text(p: Path) -> str:
-    """A list file's text; a compressed shard or any other binary file given for one is a one-line error."""
-    _not_compressed(p)
+def _list_text(p: Path, head: bytes) -> str:
+    """A list file's text (``head``: its first bytes); a compressed shard or any other binary file given for
+    one is a one-line error."""
+    _not_compressed(p, head)
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -80,11 +75,11 @@ def _list_text(p: Path) -> str:
 def check_first_shard(path: Path) -> None:
     """``path`` is a plain tar holding at least one usable sample (an image and its caption); else a
     one-line UserError saying what it holds instead."""
-    _not_compressed(path)
+    _not_compressed(path, _head(path))
     idx = index_shard(path)
     if idx.entries:
         return
-    if not idx.errors.keys() - {"corrupt_shard"} and "corrupt_shard" in idx.errors:
+    if set(idx.errors) == {"corrupt_shard"}:
         raise UserError(f"{path}: not a readable tar shard")
     raise UserError(f"{path}: no usable sample ({describe(idx.errors)}); a sample is KEY.{'/'.join(IMAGE_EXTS)} "
                     f"with its caption in KEY.{TEXT_EXT}")
@@ -114,8 +109,9 @@ def expand_shards(spec: str) -> list[Path]:
             if not found:
                 raise UserError(f"{p}: directory holds no .tar shards")
             out += found
-        elif p.is_file() and not part.endswith(".tar") and not _is_tar(p):
-            lines = [ln.split("#")[0].strip() for ln in _list_text(p).splitlines()]
+        elif p.is_file() and not part.endswith(".tar") and (head := _head(p))[_USTAR] != b"ustar":
+            # a list file (a plain tar named without .tar, "ustar" in its first header, is a shard)
+            lines = [ln.split("#")[0].strip() for ln in _list_text(p, head).splitlines()]
             for ln in filter(None, lines):
                 q = ln if os.path.isabs(ln) else str(p.parent / ln)
                 out += expand_shards(q)
@@ -217,7 +213,9 @@ def index_shard(path: Path) -> ShardIndex:
     indexes the same first shards for the thread choice's decode probe and for each stage's sample
     counting and order."""
     st = os.stat(path)
-    return _index_cached(Path(path), (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    idx = _index_cached(Path(path), (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    _remember(path, (st.st_size, st.st_mtime_ns), idx)
+    return idx
 
 
 @functools.lru_cache(maxsize=8)
@@ -236,7 +234,6 @@ def _index_cached(path: Path, version: tuple) -> ShardIndex:
         if POS_EXT in g:
             members.append((POS_EXT, *g[POS_EXT]))
         entries.append(SampleEntry(key, tuple(members)))
-    _remember(path, version[1:3], ShardSummary(len(entries), dict(errors)))
     return ShardIndex(path, entries, errors)
 
 
@@ -259,11 +256,11 @@ _SUMMARIES: dict[str, tuple[tuple[int, int], ShardSummary]] = {}
 _UNSAVED: set[str] = set()
 
 
-def _remember(path: Path, version: tuple[int, int], summary: ShardSummary) -> None:
+def _remember(path: Path, version: tuple[int, int], idx: ShardIndex) -> None:
     key = str(path)
     hit = _SUMMARIES.get(key)
     if hit is None or hit[0] != version:
-        _SUMMARIES[key] = (version, summary)
+        _SUMMARIES[key] = (version, ShardSummary(len(idx.entries), dict(idx.errors)))
         _UNSAVED.add(key)
 
 
@@ -274,8 +271,8 @@ def shard_summary(path: Path) -> ShardSummary:
     hit = _SUMMARIES.get(str(path))
     if hit is not None and hit[0] == (st.st_size, st.st_mtime_ns):
         return hit[1]
-    idx = index_shard(path)
-    return ShardSummary(len(idx.entries), dict(idx.errors))
+    index_shard(path)
+    return _SUMMARIES[str(path)][1]
 
 
 def take_unsaved() -> dict[str, list]:
