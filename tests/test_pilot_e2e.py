@@ -34,18 +34,25 @@ TARGET = {
 }
 
 
+def _tiny_suite(tmp_path) -> tuple:
+    """TARGET's pilots (clipa-plan --pilot at share 0.6) in tmp_path/suite: (target, suite folder, suite, the
+    clipa-run command that trains them into tmp_path/pilots on the CPU)."""
+    target = tmp_path / "tiny.yaml"
+    target.write_text(yaml.safe_dump(TARGET))
+    suite_dir = tmp_path / "suite"
+    assert run_app(plan_app, ["--pilot", "--target", str(target), "--hw", "cpu", "--pilot-share", "0.6",
+                              "--out", str(suite_dir)]) == 0
+    cmd = [sys.executable, "-m", "clipa.cli.run", str(suite_dir / "suite.yaml"), "--run-dir", str(tmp_path / "pilots"),
+           "--device", "cpu"]
+    return target, suite_dir, suite_mod.load(suite_dir / "suite.yaml"), cmd
+
+
 @pytest.mark.slow
 def test_pilot_suite_runs_in_one_command_and_calibrates(tmp_path, capsys):
     pytest.importorskip("torch")
-    target = tmp_path / "tiny.yaml"
-    target.write_text(yaml.safe_dump(TARGET))
-    suite_dir, root = tmp_path / "suite", tmp_path / "pilots"
-    assert run_app(plan_app, ["--pilot", "--target", str(target), "--hw", "cpu", "--pilot-share", "0.6",
-                              "--out", str(suite_dir)]) == 0
-    suite = suite_mod.load(suite_dir / "suite.yaml")
+    target, _, suite, cmd = _tiny_suite(tmp_path)
+    root = tmp_path / "pilots"
     assert len(suite.pilots) == 3
-    cmd = [sys.executable, "-m", "clipa.cli.run", str(suite_dir / "suite.yaml"), "--run-dir", str(root),
-           "--device", "cpu"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stderr[-3000:]
     dirs = [root / e.name for e in suite.pilots]
@@ -79,14 +86,9 @@ def test_a_suite_trains_each_pilot_on_every_process_it_is_given(tmp_path):
     machine's pilots train on all its GPUs (a suite refused --nproc: an a100x8 plan's pilots, sized for 8
     GPUs, trained on one)."""
     pytest.importorskip("torch")
-    target = tmp_path / "tiny.yaml"
-    target.write_text(yaml.safe_dump(TARGET))
-    suite_dir, root = tmp_path / "suite", tmp_path / "pilots"
-    assert run_app(plan_app, ["--pilot", "--target", str(target), "--hw", "cpu", "--pilot-share", "0.6",
-                              "--out", str(suite_dir)]) == 0
-    suite = suite_mod.load(suite_dir / "suite.yaml")
-    cmd = [sys.executable, "-m", "clipa.cli.run", str(suite_dir / "suite.yaml"), "--run-dir", str(root),
-           "--device", "cpu", "--nproc", "2", "--max-samples", "64"]
+    _, suite_dir, suite, cmd = _tiny_suite(tmp_path)
+    root = tmp_path / "pilots"
+    cmd += ["--nproc", "2", "--max-samples", "64"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
     assert "0 of 3 finished: run the same command again without --max-samples" in p.stderr  # not "Calibrate with"
