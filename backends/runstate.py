@@ -18,7 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from clipa import fs, rundir, runlock
+from clipa import fs, launching, rundir, runlock
 from clipa import recipe as recipe_mod
 from clipa.backends import tracking
 from clipa.costmodels import flops, hardware, memory
@@ -89,7 +89,7 @@ def hardware_mismatch(recipe: Recipe, n_devices: int, device_name: str) -> Optio
         got = f"on {n_devices} device{'s' if n_devices > 1 else ''}"
     else:
         return None
-    how = "" if hw.name.startswith("tpu-") else f"; on that machine: clipa-run ... --nproc {hw.n_devices}"
+    how = "" if hw.name.startswith("tpu-") else f"; on that machine: {launching.launch_command('...', hw.name, '')}"
     return (f"the recipe is planned for {hw.name} ({hw.n_devices} x {hw.device}) and this run trains {got}: its "
             f"predicted time and cost, and the per-device batch its memory plan assumed, are for {hw.name}{how}")
 

@@ -46,13 +46,12 @@ def validate(opts: LaunchOptions) -> None:
 def check_shared_run_dir(hardware_name: str, run_dir) -> None:
     """UserError when the recipe's TPU slice spans several hosts (or may: v5p's host size is in no source)
     and ``run_dir`` is a local path, which each worker would fill on its own disk."""
+    from clipa import launching
     from clipa.costmodels import hardware
 
-    if fs.is_url(run_dir) or not hardware_name.startswith("tpu-"):
+    if fs.is_url(run_dir) or not launching.multi_host_tpu(hardware_name):
         return
     hosts = hardware.tpu_hosts(hardware_name)
-    if hosts == 1:
-        return
     why = f"{hardware_name} has {hosts} hosts" if hosts else f"the host count of {hardware_name} is in no source at hand"
     raise UserError(f"--run-dir {run_dir}: {why}; the run directory must be shared by every worker "
                     f"(--run-dir gs://BUCKET/RUN), a local path would split checkpoints and metrics across hosts")
