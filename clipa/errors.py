@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
-from pathlib import Path
 from collections.abc import Hashable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml

@@ -173,7 +173,8 @@ class _Search:
                 break
             self.score([i for i in order[pos:pos + CHUNK] if bound[i] >= cut - 1e-9])
             pos += CHUNK
-        could = [i for i in self.order if i not in self.scorer.pred and self.ctx.law.support.could_be_inside(self.feats[i])]
+        support = self.ctx.law.support
+        could = [i for i in self.order if i not in self.scorer.pred and support.could_be_inside(self.feats[i])]
         for k in range(0, len(could), CHUNK):
             _, cut = self.thresholds()
             batch = [i for i in could[k:k + CHUNK] if bound[i] >= cut - 1e-9]

@@ -2,9 +2,9 @@
 recipe would be with the same flags (torchrun on N GPUs for the GPU machine the pilots were planned for).
 
 On one process the pilots train in this process: start-up (imports, the tokenizer, the CPU peak) costs
-about as much as a small pilot on a 2-core machine (~30 s), and pilots are meant to be cheap. Each pilot gets its own run
-directory, ROOT/NAME, and is resumed like any run (a finished one is skipped), so the same command
-again continues an interrupted suite. A demo suite generates its data once, into ROOT/data, and
+about as much as a small pilot on a 2-core machine (~30 s), and pilots are meant to be cheap. Each pilot
+gets its own run directory, ROOT/NAME, and is resumed like any run (a finished one is skipped), so the
+same command again continues an interrupted suite. A demo suite generates its data once, into ROOT/data, and
 every pilot reads it: the same images the target run will be trained and judged on.
 """
 from __future__ import annotations
