@@ -67,11 +67,16 @@ class DatasetSpec(_Strict):
     workers: int = Field(2, ge=0, description="data-loading worker processes per device")
 
 
+# The price kinds a recipe can be costed at; the cost models hold a price per kind where a source gives one.
+PRICING = ("on-demand", "spot", "committed-1y", "committed-3y")
+
+
 class HardwareSpec(_Strict):
     name: str = Field(description="hardware name, e.g. 'a100x8', 'tpu-v4-64', 'cpu' (clipa.costmodels.hardware)")
     usd_per_hour: Optional[float] = Field(None, ge=0, description="price of the whole machine/slice, $/hour")
-    pricing: Literal["on-demand", "spot"] = Field("on-demand", description="spot: preemptible, priced as such "
-                                                  "(clipa-plan --pricing spot), checkpointing often")
+    pricing: Literal[PRICING] = Field("on-demand", description="which price usd_per_hour is (clipa-plan --pricing): "
+                                      "spot = preemptible, checkpointing often; committed-1y/-3y = a 1- or 3-year "
+                                      "committed-use discount")
     # The name is checked against the cost models where the recipe is used (clipa.cli._common.load_recipe),
     # not here: the recipe imports no cost model (data flows one way: costmodels -> recipe).
 

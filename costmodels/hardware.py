@@ -5,15 +5,15 @@ Names: ``a100x8``, ``a100-40gbx8``, ``h100x8`` (8-GPU machines), ``tpu-v3-N``, `
 for v5e, see ``data/hardware.yaml``) and ``cpu`` (this machine, its peak measured once and cached).
 
 Figures and their sources live in ``data/hardware.yaml``; cloud prices are rows of
-``data/cloud_prices.csv``, per pricing kind (``PRICING``: on-demand, or spot/preemptible where a source
-gives one). A user file (``prices=``, the CLIs' ``--prices FILE``) overrides them; it is a YAML mapping
-from a name (``h100x8``, ``tpu-v4-64``) or a TPU family (``tpu-v4``) to fields::
+``data/cloud_prices.csv``, per pricing kind (``PRICING``: on-demand, spot/preemptible, and 1- or 3-year
+committed-use, where a source gives one). A user file (``prices=``, the CLIs' ``--prices FILE``) overrides
+them; it is a YAML mapping from a name (``h100x8``, ``tpu-v4-64``) or a TPU family (``tpu-v4``) to fields::
 
     h100x8: {usd_per_hour: 80.0, spot_usd_per_hour: 30.0, source: "my cloud's price page", date: "2025-01-01"}
     tpu-v4: {usd_per_device_hour: 3.0, source: "...", date: "..."}   # per chip-hour
 
-Fields: usd_per_hour (whole machine/slice), usd_per_device_hour, spot_usd_per_hour,
-spot_usd_per_device_hour, peak_flops (per device, FLOP/s), memory_bytes (per device), cpu_cores
+Fields: usd_per_hour (whole machine/slice), usd_per_device_hour, the same prefixed spot_, committed_1y_ or
+committed_3y_ for those prices, peak_flops (per device, FLOP/s), memory_bytes (per device), cpu_cores
 (total), source, date.
 """
 from __future__ import annotations
@@ -33,13 +33,15 @@ import yaml
 
 from clipa import fs
 from clipa.errors import UserError, load_yaml
+from clipa.recipe import PRICING
 
 DATA = Path(__file__).parent / "data" / "hardware.yaml"
-PRICING = ("on-demand", "spot")
-# The override fields that set the price of each pricing kind: (whole machine, per device).
+# The override fields that set the price of each pricing kind (PRICING): (whole machine, per device).
 _PRICE_FIELDS = {"on-demand": ("usd_per_hour", "usd_per_device_hour"),
-                 "spot": ("spot_usd_per_hour", "spot_usd_per_device_hour")}
-_OVERRIDE_FIELDS = {*_PRICE_FIELDS["on-demand"], *_PRICE_FIELDS["spot"], "peak_flops", "memory_bytes", "cpu_cores",
+                 "spot": ("spot_usd_per_hour", "spot_usd_per_device_hour"),
+                 "committed-1y": ("committed_1y_usd_per_hour", "committed_1y_usd_per_device_hour"),
+                 "committed-3y": ("committed_3y_usd_per_hour", "committed_3y_usd_per_device_hour")}
+_OVERRIDE_FIELDS = {*(f for pair in _PRICE_FIELDS.values() for f in pair), "peak_flops", "memory_bytes", "cpu_cores",
                     "source", "date"}
 _TPU_RE = re.compile(r"^(tpu-v(?:3|4|5e|5p))-(\d+)$")
 
@@ -60,6 +62,7 @@ class Hardware:
     price_source: str = ""            # where usd_per_hour comes from, with its date and region
     pricing: str = "on-demand"        # which price usd_per_hour is: one of PRICING
     price_basis: str = ""             # the price in a few words (provider, machine, region, month)
+    price_given: bool = False         # usd_per_hour is the user's (a --prices file), not the cost models'
 
     def require_price(self) -> float:
         """$/hour of the whole machine, or a UserError saying how to give one."""
@@ -262,7 +265,7 @@ def _apply(hw: Hardware, fields: dict, where: str) -> Hardware:
         changes["usd_per_hour"] = float(fields[whole])
     if "usd_per_hour" in changes:
         cited = (f": {fields['source']}" if "source" in fields else "") + (f" ({fields['date']})" if "date" in fields else "")
-        changes.update(price_source=where + cited, price_basis=where)
+        changes.update(price_source=where + cited, price_basis=where, price_given=True)
     return replace(hw, **changes)
 
 

@@ -81,11 +81,21 @@ def totals(stages: Sequence[tuple[StageRate, float]]) -> tuple[Optional[float], 
 
 def resolve_hardware(rec: recipe_mod.Recipe, hw_name: Optional[str] = None,
                      prices: Optional[Path] = None) -> hardware.Hardware:
-    """The hardware to cost on: ``hw_name`` if given, else the recipe's (with its price override)."""
+    """The hardware to cost on: ``hw_name`` if given, else the recipe's. Its price: a ``prices`` file's, else the
+    recipe's own ``hardware.usd_per_hour`` (on the recipe's hardware), else the cost models'."""
     hw = hardware.get(hw_name or rec.hardware.name, prices, rec.hardware.pricing)
-    if hw_name is None and rec.hardware.usd_per_hour is not None:
-        hw = replace(hw, usd_per_hour=rec.hardware.usd_per_hour)
+    own = rec.hardware.usd_per_hour
+    if own is not None and hw.name == rec.hardware.name and not hw.price_given:
+        hw = replace(hw, usd_per_hour=own, price_source="the recipe's hardware.usd_per_hour",
+                     price_basis="the recipe's price")
     return hw
+
+
+def for_hardware(rec: recipe_mod.Recipe, hw: hardware.Hardware) -> recipe_mod.Recipe:
+    """``rec`` to run on ``hw``, with the pricing kind and $/hour its predictions use written in: clipa-run
+    takes no --prices, and the run's achieved cost must be at the price it is compared with."""
+    spec = rec.hardware.model_copy(update={"name": hw.name, "pricing": hw.pricing, "usd_per_hour": hw.usd_per_hour})
+    return rec.model_copy(update={"hardware": spec})
 
 
 def _stage_prediction(enc, stage: recipe_mod.Stage, rate: StageRate) -> recipe_mod.StagePrediction:

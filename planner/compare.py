@@ -78,11 +78,23 @@ def plan_all(hw_names: list[str], *, pricing: str = "on-demand", prices=None, ca
         notes = [n for n in (throughput.uncalibrated_note(hw, calibration),) if n]
         if pricing == "spot":
             notes.append(spot.note(hw, res.recipe.train.checkpoint_every_minutes))
+        if pricing.startswith("committed-") and hw.usd_per_hour is not None:
+            notes.append(_commitment_note(hw, res.recipe.predictions.wall_hours))
         options.append(Option(name, res, hw, notes=notes))
     planned = [o for o in options if o.result is not None]
     if not planned:
         raise UserError("no hardware could be planned: " + "; ".join(f"{o.hw_name}: {o.error}" for o in options))
     return Comparison(options, min(planned, key=lambda o: o.key(objective)), objective)
+
+
+def _commitment_note(hw: hardware.Hardware, wall_hours: float) -> str:
+    """What a committed-use price hides: the commitment is paid for its whole term, used or not."""
+    years = int(hw.pricing.removeprefix("committed-").removesuffix("y"))
+    term_hours = years * 365 * 24
+    return (f"{hw.pricing} pricing on {hw.name}: ${hw.usd_per_hour:,.2f}/hour ({hw.price_source}) is a "
+            f"{years}-year commitment's rate, billed for all {term_hours:,} hours of the term whether used or not "
+            f"(${hw.usd_per_hour * term_hours:,.0f}); this run's {wall_hours:,.0f} hours of wall time are "
+            f"{wall_hours / term_hours:.1%} of it, and its $ above are that share")
 
 
 def _usd(x: Optional[float]) -> str:

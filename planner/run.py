@@ -7,7 +7,7 @@ from typing import Optional
 
 from clipa import recipe as recipe_mod
 from clipa.costmodels import hardware
-from clipa.costmodels.predict import predict_recipe
+from clipa.costmodels.predict import for_hardware, predict_recipe
 from clipa.errors import UserError
 from clipa.planner import optimize, published, spot
 from clipa.planner import search_space as ss
@@ -75,8 +75,9 @@ def make_plan(*, budget_usd: Optional[float], device_hours: Optional[float], hw_
     rec = ss.build_recipe(best.point, best.samples, dataset=dataset, hardware=hw.name,
                           name=name or recipe_name(best), ft_batch=best.ft_batch,
                           grad_checkpointing=best.grad_checkpointing)
+    rec = for_hardware(rec, hw)
     if pricing == "spot":
-        rec = spot.apply(rec, hw)
+        rec = spot.apply(rec)
     preds = predict_recipe(rec, hw_name, prices, calibration)
     rec = rec.model_copy(update={"predictions": preds.model_copy(update={"front": front_points(result.pareto)})})
     nearest = published.nearest(hw_name, dataset, rec.predictions.device_hours, prices=prices, pricing=pricing,

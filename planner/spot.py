@@ -26,15 +26,12 @@ def expected_loss(minutes: float) -> float:
     return minutes / 2 / (HOURS_BETWEEN_PREEMPTIONS * 60)
 
 
-def apply(rec: recipe_mod.Recipe, hw: hardware.Hardware) -> recipe_mod.Recipe:
-    """``rec`` marked spot, priced at ``hw``'s spot price (written into the recipe, so the run's achieved
-    cost uses it; None where no source gives one) and checkpointing at least every ``checkpoint_minutes()``
-    (a recipe that already checkpoints more often keeps its interval)."""
+def apply(rec: recipe_mod.Recipe) -> recipe_mod.Recipe:
+    """``rec`` checkpointing at least every ``checkpoint_minutes()`` (a recipe that already checkpoints more
+    often keeps its interval)."""
     current = rec.train.checkpoint_every_minutes
     minutes = checkpoint_minutes() if current is None else min(current, checkpoint_minutes())
-    train = rec.train.model_copy(update={"checkpoint_every_minutes": minutes})
-    spec = rec.hardware.model_copy(update={"usd_per_hour": hw.usd_per_hour, "pricing": "spot"})
-    return rec.model_copy(update={"train": train, "hardware": spec})
+    return rec.model_copy(update={"train": rec.train.model_copy(update={"checkpoint_every_minutes": minutes})})
 
 
 def note(hw: hardware.Hardware, minutes: float) -> str:

@@ -64,13 +64,16 @@ def test_every_listed_price_has_a_source_and_date_and_equals_its_row():
             continue
         row = rows[e["row"]]
         seen += 1
-        assert row["key"].split("/")[0] == where and row["pricing_kind"] in ({"spot", "preemptible"} if kind == "spot" else {kind})
+        kinds = {"spot": {"spot", "preemptible"}, "committed-1y": {"committed"}, "committed-3y": {"committed"}}
+        assert row["key"] == f"{where}/{kind}" and row["pricing_kind"] in kinds.get(kind, {kind}), where
+        if kind.startswith("committed-"):                      # the term is in the quote: '1-year Commitment'
+            assert f"{kind[-2]}-year Commitment" in row["quote"], where
         assert row["region"].startswith(e["region"]) and e["date"] in row["source_date"], where
         if "usd_per_chip_hour" in e:
             assert row["unit"] == "per chip-hour" and e["usd_per_chip_hour"] == float(row["usd_per_hour"]), where
         else:
             assert "8-GPU instance-hour" in row["unit"] and e["usd_per_hour"] == float(row["usd_per_hour"]), where
-    assert seen == 12                                           # h100x8 and TPU v3 (pod, v3-8)/v4/v5e/v5p, both kinds
+    assert seen == 20        # h100x8 and TPU v3 (pod, v3-8)/v4/v5e/v5p on-demand and spot; committed: the 4 families
     for dev in data["devices"].values():
         assert dev["source"] and (dev["date"] or dev["peak_flops"] is None)
     assert "benchmarks/decode_rate.py" in data["decode"]["source"]
@@ -110,6 +113,26 @@ def test_spot_prices_where_a_source_gives_them():
         a.require_price()
     with pytest.raises(UserError, match="--pricing: unknown pricing 'reserved'"):
         hardware.get("a100x8", pricing="reserved")
+
+
+def test_committed_prices_where_a_source_gives_them(tmp_path):
+    assert hardware.get("tpu-v4-64", pricing="committed-1y").usd_per_hour == pytest.approx(32 * 2.0286)
+    assert hardware.get("tpu-v5e-8", pricing="committed-3y").usd_per_hour == pytest.approx(8 * 0.54)
+    for name in ("tpu-v3-32", "tpu-v4-8", "tpu-v5e-8"):
+        od, y1, y3 = (hardware.get(name, pricing=k).usd_per_hour for k in ("on-demand", "committed-1y", "committed-3y"))
+        assert y3 < y1 < od, name
+    # A v3-8 is billed as a 'TPU v3 device', not at the pod's committed rate; no GPU machine has one at hand.
+    for name in ("tpu-v3-8", "a100x8", "h100x8"):
+        hw = hardware.get(name, pricing="committed-3y")
+        assert hw.usd_per_hour is None, name
+        with pytest.raises(UserError, match=f"no committed-3y price known for hardware '{name}'.*committed_3y_usd_per_hour"):
+            hw.require_price()
+    f = tmp_path / "p.yaml"
+    f.write_text("tpu-v3: {committed_1y_usd_per_device_hour: 1.0}\nh100x8: {committed_3y_usd_per_hour: 40}")
+    assert hardware.get("tpu-v3-8", f, pricing="committed-1y").usd_per_hour == 4.0
+    assert hardware.get("h100x8", f, pricing="committed-3y").usd_per_hour == 40
+    assert hardware.get("h100x8", f).usd_per_hour == pytest.approx(88.4899999025753)  # other kinds untouched
+    assert set(hardware._PRICE_FIELDS) == set(hardware.PRICING)
 
 
 def test_spot_override(tmp_path):

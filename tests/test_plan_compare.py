@@ -60,14 +60,65 @@ def test_spot_plan_says_so_and_checkpoints_often(tmp_path):
     assert obj["predicted_top1"] >= ondemand["predicted_top1"]       # the same dollars buy more on spot
 
 
+def test_committed_plan_is_priced_at_the_commitment_and_says_what_the_term_costs(tmp_path):
+    obj, rec = _plan_json(tmp_path, "--budget", "10000", "--hw", "tpu-v4-64", "--pricing", "committed-1y")
+    price = 32 * 2.0286                                        # cloud_prices.csv tpu-v4/committed-1y, 32 chips
+    assert rec.hardware.pricing == "committed-1y" and rec.hardware.usd_per_hour == pytest.approx(price)
+    assert obj["cost_usd"] == pytest.approx(obj["wall_hours"] * price, rel=1e-3)
+    assert obj["cost_usd"] <= 10000 < obj["wall_hours"] * hardware.get("tpu-v4-64").usd_per_hour
+    note = next(n for n in obj["notes"] if n.startswith("committed-1y pricing on tpu-v4-64"))
+    assert "8,760 hours of the term whether used or not" in note and f"${price * 8760:,.0f}" in note
+    # A GPU machine has no committed price in the sources at hand: the one line says how to give one.
+    r, _ = _plan(tmp_path, "--budget", "10000", "--hw", "h100x8", "--pricing", "committed-3y")
+    assert r.returncode == 2 and "no committed-3y price known for hardware 'h100x8'" in r.stderr
+    assert "committed_3y_usd_per_hour" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_recipe_carries_the_price_its_predictions_used(tmp_path):
+    # clipa-run takes no --prices: a plan priced by the user's file must write that price into its recipe,
+    # or the run's achieved cost (and a later --predict) would be at the catalog's price.
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("a100x8: {usd_per_hour: 5.0, source: my quote}\n")
+    obj, rec = _plan_json(tmp_path, "--budget", "10000", "--hw", "a100x8", "--prices", str(mine))
+    assert (rec.hardware.usd_per_hour, rec.hardware.pricing) == (5.0, "on-demand")
+    assert obj["cost_usd"] == pytest.approx(obj["wall_hours"] * 5.0, rel=1e-3)
+    recipe = tmp_path / "plan.yaml"
+    again = tmp_path / "again.yaml"
+    r = subprocess.run([sys.executable, "-m", "clipa.cli.plan", "--predict", str(recipe), "--json", "--out", str(again)],
+                       capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["cost_usd"] == pytest.approx(obj["cost_usd"], rel=1e-3)
+    # A prices file that prices the recipe's hardware wins over the recipe's own price, and is written.
+    other = tmp_path / "other.yaml"
+    other.write_text("a100x8: {usd_per_device_hour: 1.0}\n")
+    r = subprocess.run([sys.executable, "-m", "clipa.cli.plan", "--predict", str(recipe), "--json", "--prices",
+                        str(other), "--out", str(again)], capture_output=True, text=True, env=ENV, cwd=tmp_path,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["cost_usd"] == pytest.approx(obj["wall_hours"] * 8.0, rel=1e-3)
+    assert recipe_mod.load(again).hardware.usd_per_hour == 8.0
+    # --predict on other hardware writes a recipe for that hardware, at its price.
+    r = subprocess.run([sys.executable, "-m", "clipa.cli.plan", "--predict", str(recipe), "--hw", "h100x8",
+                        "--out", str(again)], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    moved = recipe_mod.load(again).hardware
+    assert (moved.name, moved.usd_per_hour) == ("h100x8", pytest.approx(hardware.get("h100x8").usd_per_hour))
+    # So do the pilots of a plan priced by the user's file.
+    r = subprocess.run([sys.executable, "-m", "clipa.cli.plan", "--pilot", "--budget", "10000", "--hw", "a100x8",
+                        "--prices", str(mine), "--out", str(tmp_path / "pilots")],
+                       capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    pilots = [recipe_mod.load(p) for p in (tmp_path / "pilots").glob("*-pilot*.yaml")]
+    assert len(pilots) == 3 and {p.hardware.usd_per_hour for p in pilots} == {5.0}
+
+
 def test_spot_never_checkpoints_less_often_than_the_recipe():
     from clipa.planner import published
 
     rec = next(iter(published.load_all().values()))
-    hw = hardware.get("h100x8", pricing="spot")
     for every in (5.0, 600.0):
         rec2 = rec.model_copy(update={"train": rec.train.model_copy(update={"checkpoint_every_minutes": every})})
-        got = spot.apply(rec2, hw).train.checkpoint_every_minutes
+        got = spot.apply(rec2).train.checkpoint_every_minutes
         assert got == min(every, spot.checkpoint_minutes())
     assert spot.expected_loss(spot.checkpoint_minutes()) <= spot.LOST_FRACTION
 

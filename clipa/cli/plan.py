@@ -59,8 +59,9 @@ def plan(
                                      "several, comma-separated, are compared side by side; "
                                      "with --predict, default: the recipe's", rich_help_panel=BUDGET),
     deadline: Optional[float] = typer.Option(None, help="wall-clock deadline in days", rich_help_panel=BUDGET),
-    pricing: str = typer.Option("on-demand", help="on-demand | spot (preemptible prices where a source gives them; "
-                                "the recipe checkpoints often)", rich_help_panel=BUDGET),
+    pricing: str = typer.Option("on-demand", help="on-demand | spot (preemptible: the recipe checkpoints often) | "
+                                "committed-1y | committed-3y (a committed-use discount: TPUs in the sources at hand)",
+                                rich_help_panel=BUDGET),
     prices: Optional[Path] = typer.Option(None, help="YAML file overriding hardware prices/peaks", rich_help_panel=BUDGET),
     calibration: Optional[Path] = typer.Option(None, help="calibration file from clipa-report --calibrate",
                                                rich_help_panel=BUDGET),
@@ -142,10 +143,11 @@ def _pilot(console: Console, a: SimpleNamespace, given: set, cal) -> None:
 def _predict(console: Console, a: SimpleNamespace, given: set, cal) -> None:
     """--predict: price an existing recipe (and write it with its predictions with --out)."""
     _only(given, _PREDICT_OK, "to --predict (it prices an existing recipe)")
-    from clipa.costmodels.predict import predict_recipe
+    from clipa.costmodels.predict import for_hardware, predict_recipe, resolve_hardware
 
     rec = load_recipe(a.predict)
-    rec = rec.model_copy(update={"predictions": predict_recipe(rec, a.hw, a.prices, cal)})
+    rec = for_hardware(rec, resolve_hardware(rec, a.hw, a.prices))
+    rec = rec.model_copy(update={"predictions": predict_recipe(rec, calibration=cal)})
     if a.out is not None:  # the recipe with these predictions: clipa-run keeps them for the report
         recipe_mod.dump(rec, a.out)
     _emit(console, rec, str(a.predict), a.as_json, f"Predictions for {a.predict}")

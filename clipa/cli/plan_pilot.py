@@ -31,22 +31,18 @@ def _target(target: Optional[Path], dataset: str, hw: str, plan_kwargs: dict, wi
         from clipa.planner import compare
 
         rec = compare.plan_all([hw], dataset=dataset, quiet=True, **plan_kwargs).result.recipe
-    rec = with_data(rec)
-    if rec.hardware.name != hw:
-        rec = rec.model_copy(update={"hardware": recipe_mod.HardwareSpec(name=hw, pricing=rec.hardware.pricing)})
-    return rec
+    return with_data(rec)
 
 
 def _budget_hours(rec, hw_name: str, budget: Optional[float], device_hours: Optional[float], prices, cal,
                   from_target: bool) -> float:
     """The budget in device-hours: --gpu-hours, --budget at the hardware's price, or the target's own cost."""
-    from clipa.costmodels import hardware
-    from clipa.costmodels.predict import predict_recipe
+    from clipa.costmodels.predict import predict_recipe, resolve_hardware
 
     if device_hours is not None:
         return device_hours
     if budget is not None:
-        hw = hardware.get(hw_name, prices, rec.hardware.pricing)
+        hw = resolve_hardware(rec, hw_name, prices)
         hw.require_price()
         if hw.usd_per_hour <= 0:
             raise UserError(f"--budget: {hw.name} costs $0/hour, so a dollar budget means nothing; give --gpu-hours")
@@ -59,6 +55,7 @@ def _budget_hours(rec, hw_name: str, budget: Optional[float], device_hours: Opti
 def run(console: Console, *, target: Optional[Path], dataset: str, hw: Optional[str], budget: Optional[float],
         device_hours: Optional[float], share: float, prices, cal, out: Optional[Path], as_json: bool, plan_kwargs: dict,
         with_data) -> None:
+    from clipa.costmodels.predict import for_hardware, resolve_hardware
     from clipa.planner import pilot as pilot_mod
 
     if hw is not None and "," in hw:
@@ -69,6 +66,7 @@ def run(console: Console, *, target: Optional[Path], dataset: str, hw: Optional[
                      "cpu" if dataset == "demo" else "a100x8")
     rec = _target(target, dataset, hw_name, {**plan_kwargs, "budget_usd": budget, "device_hours": device_hours,
                                              "prices": prices, "calibration": cal}, with_data)
+    rec = for_hardware(rec, resolve_hardware(rec, hw_name, prices))  # the pilots run, and are priced, as predicted
     hours = _budget_hours(rec, hw_name, budget, device_hours, prices, cal, target is not None or dataset == "demo")
     pilots = pilot_mod.design(rec, hours, share, hw_name=hw_name, prices=prices, calibration=cal)
     out_dir = out or DEFAULT_DIR
