@@ -9,6 +9,8 @@ unit); steps are derived from samples and the global batch only at the edges.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -245,6 +247,8 @@ class Predictions(_Strict):
                                       "its fitted data (empty: inside)")
     front: list[FrontPoint] = Field([], description="the planner's Pareto front on this hardware and dataset as it "
                                     "planned (at most 12 points, cheapest first): clipa-report plots it as written")
+    recipe_digest: Optional[str] = Field(None, description="the recipe they were made for (Recipe.digest): clipa-run "
+                                         "refuses predictions that a later edit of the recipe left behind")
 
 
 class Provenance(_Strict):
@@ -281,6 +285,27 @@ class Recipe(_Strict):
         if not any(c.isalnum() for c in v):
             raise ValueError(f"{v!r} has no letter or digit; it names the run directory")
         return v
+
+    def digest(self) -> str:
+        """What its predictions depend on, as a short hash: the encoder, the dataset's name, the hardware and
+        its price, the stages, and the two train fields the cost models read. Fields left at their default
+        are left out, so a field a later clipa adds does not change it."""
+        train = self.train.model_dump(mode="json", include={"grad_checkpointing", "eval_every_samples"})
+        parts = self.model_dump(mode="json", include={"encoder", "hardware", "stages"}, exclude_defaults=True)
+        parts.update(dataset=self.dataset.name, train=train)
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def check_predictions(self, source: str) -> None:
+        """UserError when the recipe's predictions were made for another version of it (edited since)."""
+        p = self.predictions
+        if p is None or (p.recipe_digest in (None, self.digest()) and p.hardware == self.hardware.name):
+            return
+        where = (f"made for hardware {p.hardware}, the recipe says {self.hardware.name}" if p.hardware != self.hardware.name
+                 else "made for this recipe before an edit of its encoder, dataset, hardware, stages or "
+                      "train.grad_checkpointing/eval_every_samples")
+        raise UserError(f"{source}: predictions: {where}; the report would compare the run with them. Predict it "
+                        f"again (clipa-plan --predict {source} --out {source}, adding --calibration FILE if it "
+                        f"was calibrated) or delete its predictions block")
 
     @model_validator(mode="after")
     def _fits_encoder(self):

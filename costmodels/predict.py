@@ -138,4 +138,5 @@ def predict_recipe(rec: recipe_mod.Recipe, hw_name: Optional[str] = None, prices
         cost_model_version=version,
         stages=stages,
         extrapolation=final.extrapolation,
+        recipe_digest=rec.digest(),
     )

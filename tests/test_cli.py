@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tiny_run import default_sigint, tiny, write
 
@@ -165,6 +166,30 @@ def test_plan_with_data_flags_launches_as_written(tmp_path, shards):
     assert d.returncode == 0, d.stderr[-2000:]
     assert "--nproc-per-node 8" in d.stdout, d.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run directory claimed
+
+
+def test_a_recipe_edited_after_its_predictions_is_refused_until_predicted_again(tmp_path, shards):
+    """The report compares a run with its recipe's predictions: after an edit they describe another run."""
+    out = tmp_path / "plan.yaml"
+    r = _cli("clipa-plan", "--budget", "10000", "--hw", "a100x8", "--out", out, "--train-data", shards["train"],
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    planned = yaml.safe_load(out.read_text())
+    edited = {**planned, "dataset": {**planned["dataset"], "workers": 1}}      # not what predictions depend on
+    write(edited, out)
+    assert _cli("clipa-run", out, "--dry-run", "--nproc", "8", cwd=tmp_path).returncode == 0
+    edited["stages"][0]["samples"] //= 2                                       # half the pre-training
+    write(edited, out)
+    _one_line_error(_cli("clipa-run", out, "--dry-run", "--nproc", "8", cwd=tmp_path), 2,
+                    f"{out}: predictions: made for this recipe before an edit of its encoder, dataset, hardware, stages")
+    write({**edited, "hardware": {"name": "h100x8"}}, out)
+    _one_line_error(_cli("clipa-run", out, "--dry-run", "--nproc", "8", cwd=tmp_path), 2,
+                    "predictions: made for hardware a100x8, the recipe says h100x8")
+    write(edited, out)
+    assert _cli("clipa-plan", "--predict", out, "--out", out, cwd=tmp_path).returncode == 0   # the fix it names
+    assert _cli("clipa-run", out, "--dry-run", "--nproc", "8", cwd=tmp_path).returncode == 0
+    again = recipe.load(out).predictions
+    assert again.stages[0].samples == edited["stages"][0]["samples"] and again.device_hours < planned["predictions"]["device_hours"]
 
 
 def test_plan_checks_the_zero_shot_set_as_clipa_run_will(tmp_path, shards):

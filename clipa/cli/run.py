@@ -67,6 +67,8 @@ def run(
 
     is_suite = suite_mod.is_suite(recipe)
     rec = None if is_suite else load_recipe(recipe)
+    if rec is not None:
+        rec.check_predictions(str(recipe))
     bk = backends.get(backend)
     given = {k for k in ctx.params if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
     for name in sorted(backends.LAUNCH_FLAGS - bk.flags):  # a flag the backend would ignore is an error

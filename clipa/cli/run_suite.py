@@ -47,7 +47,8 @@ def run_suite(path: Path, backend, root: Optional[Path], opts, check, freeze) ->
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     root = Path(root) if root is not None else rundir.default_run_dir(suite.name)
     recs = [(p, path.parent / p.recipe, recipe_mod.load(path.parent / p.recipe)) for p in suite.pilots]
-    for p, _, rec in recs:  # every mistake before any pilot starts
+    for p, rpath, rec in recs:  # every mistake before any pilot starts
+        rec.check_predictions(str(rpath))
         if not opts.dry_run:
             check(rec, root / p.name)
     again = resume_command(path, root, backend.name, opts)  # resumes the suite, the pilots after a stopped one too
