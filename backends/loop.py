@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.markup import escape
 
-from clipa import fs, rundir
+from clipa import fs, launching, rundir
 from clipa.backends import logline, runstate as rs
 from clipa.backends.data import webdataset_io
 from clipa.backends.schedule import lr_at
@@ -109,7 +109,7 @@ class _Run:
         self.mfu = rs.mfu_fn(recipe, trainer.n_devices)
         self.t_start = self.saved_at = time.monotonic()
         self.log = logline.Lines(console, trainer.is_main, recipe)
-        mismatch = rs.hardware_mismatch(recipe, trainer.n_devices, trainer.device_name)
+        mismatch = launching.hardware_mismatch(recipe.hardware.name, trainer.n_devices, trainer.device_name)
         if mismatch:
             self.log.say(f"[yellow]warning:[/yellow] {escape(mismatch)}")
         self.log.preparing(dataset)

@@ -18,7 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from clipa import fs, launching, rundir, runlock
+from clipa import fs, rundir, runlock
 from clipa import recipe as recipe_mod
 from clipa.backends import tracking
 from clipa.costmodels import flops, hardware, memory
@@ -73,25 +73,6 @@ class RunProgress:
 
 
 MfuFn = Callable[[Stage, float], Optional[float]]
-
-
-def hardware_mismatch(recipe: Recipe, n_devices: int, device_name: str) -> Optional[str]:
-    """A warning when the run trains on other devices than the recipe was planned for (a forgotten --nproc,
-    a GPU recipe started where torch finds no GPU): its predicted time and cost, and the memory plan's
-    per-device share of the global batch, are for the recipe's hardware. None when they match; the local
-    'cpu' hardware matches any process count."""
-    hw = hardware.get(recipe.hardware.name)
-    if hw.name == "cpu":
-        return None
-    if device_name == "cpu":
-        got = f"on cpu ({n_devices} process{'es' if n_devices > 1 else ''})"
-    elif n_devices != hw.n_devices:
-        got = f"on {n_devices} device{'s' if n_devices > 1 else ''}"
-    else:
-        return None
-    how = "" if hw.name.startswith("tpu-") else f"; on that machine: {launching.launch_command('...', hw.name, '')}"
-    return (f"the recipe is planned for {hw.name} ({hw.n_devices} x {hw.device}) and this run trains {got}: its "
-            f"predicted time and cost, and the per-device batch its memory plan assumed, are for {hw.name}{how}")
 
 
 def mfu_fn(recipe: Recipe, n_devices: int) -> MfuFn:

@@ -7,6 +7,7 @@ need a run directory they all see. Words in capitals are the user's to fill in.
 from __future__ import annotations
 
 import shlex
+from typing import Optional
 
 from clipa.costmodels import hardware
 
@@ -29,3 +30,23 @@ def launch_command(path, hardware_name: str, name: str, suite: bool = False) -> 
     elif hw.n_devices > 1:
         extra = ["--nproc", str(hw.n_devices)]
     return shlex.join(["clipa-run", str(path), *extra])
+
+
+def hardware_mismatch(hardware_name: str, n_devices: int, device_name: str, run: str = "this run trains") -> Optional[str]:
+    """What a run on other devices than its recipe's hardware must say (a forgotten --nproc, a GPU recipe
+    started where torch finds no GPU, an H100 recipe on A100s): its predicted time and cost, and the memory
+    plan's per-device share of the global batch, are for the recipe's hardware. None when they match; the
+    local 'cpu' hardware matches any process count. ``run``: the sentence's subject and verb."""
+    hw = hardware.get(hardware_name)
+    if hw.name == "cpu":
+        return None
+    other = None if device_name == "cpu" or hw.name.startswith("tpu-") else hardware.gpu_machine(device_name)
+    if device_name == "cpu":
+        got = f"on cpu ({n_devices} process{'es' if n_devices > 1 else ''})"
+    elif n_devices != hw.n_devices or (other is not None and hardware.get(other).peak_flops != hw.peak_flops):
+        got = f"on {n_devices} x {device_name}"
+    else:
+        return None
+    how = "" if hw.name.startswith("tpu-") else f"; on that machine: {launch_command('...', hw.name, '')}"
+    return (f"the recipe is planned for {hw.name} ({hw.n_devices} x {hw.device}) and {run} {got}: its "
+            f"predicted time and cost, and the per-device batch its memory plan assumed, are for {hw.name}{how}")

@@ -152,6 +152,24 @@ def test_latest_run_is_the_default(tmp_path, capsys, monkeypatch):
     assert run_app(app, ["--no-plots"]) == 2  # no ./runs here
 
 
+@pytest.mark.parametrize("device,n,said", [
+    ("cpu", 1, "the run trained on cpu (1 process)"),
+    ("NVIDIA A100-SXM4-80GB", 1, "the run trained on 1 x NVIDIA A100-SXM4-80GB"),
+    ("NVIDIA A100-SXM4-80GB", 8, "the run trained on 8 x NVIDIA A100-SXM4-80GB"),       # an H100 plan on A100s
+    ("NVIDIA H100 80GB HBM3", 8, None),
+    ("NVIDIA H200", 8, None),                                                         # the H100's dense peak
+])
+def test_report_says_when_the_run_trained_on_other_devices_than_predicted_for(tmp_path, device, n, said):
+    d = write_run(tmp_path / "run", demo_recipe(hardware="h100x8"))
+    a = rundir.read_achieved(d).model_dump()
+    a.update(device=device, n_devices=n)
+    rundir.write_achieved(d, rundir.Achieved.model_validate(a))
+    lines = [s for s in tables.status_lines(load_run(d)) if s.startswith("the recipe is planned for")]
+    assert lines == ([] if said is None else [f"the recipe is planned for h100x8 (8 x H100-80GB) and {said}: its "
+                     "predicted time and cost, and the per-device batch its memory plan assumed, are for h100x8; "
+                     "on that machine: clipa-run ... --nproc 8"])
+
+
 def test_report_names_skipped_samples_and_uncalibrated_predictions(tmp_path):
     d = write_run(tmp_path / "run", demo_recipe())
     a = rundir.read_achieved(d).model_dump()

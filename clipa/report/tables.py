@@ -12,7 +12,7 @@ from typing import Optional
 
 from rich.table import Table
 
-from clipa import datasets
+from clipa import datasets, launching
 from clipa.errors import UserError
 from clipa.report.load import Run
 
@@ -173,13 +173,17 @@ LAW_DATASETS = datasets.published()
 
 
 def caveat_lines(run: Run) -> list[str]:
-    """What a reader must know before trusting the comparison: skipped data, uncalibrated predictions."""
+    """What a reader must know before trusting the comparison: skipped data, a run on other devices than
+    predicted for, uncalibrated predictions."""
     out = []
     a = run.achieved
     if a is not None and a.skipped_samples:
         reasons = getattr(a, "skipped_reasons", None) or {}
         why = ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items()))
         out.append(f"skipped samples: {a.skipped_samples:,}" + (f" ({why})" if why else ""))
+    if a is not None and peak_flops_per_device(run.recipe.hardware.name):  # hardware the cost models know
+        mismatch = launching.hardware_mismatch(run.recipe.hardware.name, a.n_devices, a.device, "the run trained")
+        out += [mismatch] if mismatch else []
     p = run.predictions
     if p is not None and "calibrated" not in p.cost_model_version and run.recipe.dataset.name not in LAW_DATASETS:
         out.append(f"top-1 prediction uncalibrated: no published run on dataset {run.recipe.dataset.name!r}. "
