@@ -111,7 +111,7 @@ def convert(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if "visual.cls_token" not in w:
         raise UserError("class token: the run's image tower has none, and OpenCLIP's VisionTransformer always "
                         "prepends one that takes part in attention; train with encoder.class_token: true "
-                        "(torch backend) to export")
+                        "to export")
     out: dict[str, np.ndarray] = {}
     take = w.pop
     width = w["visual.pos_embed"].shape[-1]

@@ -47,7 +47,7 @@ def _name_in(check):
 class EncoderSpec(_Strict):
     name: _name_in(encoders.get) = Field(description="registry name, e.g. 'L/16' (clipa.encoders)")
     class_token: bool = Field(False, description="prepend a learned class token to the image tower, as OpenCLIP's "
-                                                 "ViT does (clipa-export needs it; torch backend only)")
+                                                 "ViT does (clipa-export needs it)")
 
     @property
     def spec(self) -> encoders.Encoder:

@@ -43,7 +43,7 @@ def vision_forward_flops(enc: Encoder, image_tokens: int, patch_tokens: Optional
     embedded = image_tokens if patch_tokens is None else patch_tokens
     patch = 2.0 * embedded * (3 * v.patch * v.patch) * v.width
     head = 2.0 * v.width * enc.embed_dim
-    return patch + _blocks_flops(image_tokens, v.width, v.depth, v.mlp_dim) + head
+    return patch + _blocks_flops(image_tokens + v.class_token, v.width, v.depth, v.mlp_dim) + head
 
 
 def eval_image_flops(enc: Encoder, image_size: int) -> float:
@@ -87,7 +87,8 @@ def recompute_flops(enc: Encoder, image_tokens: int, text_len: int) -> float:
     "4x" rule): 3.7x for B/16 at 224 px.
     """
     v, t = enc.vision, enc.text
-    vis = _blocks_flops(image_tokens, v.width, v.depth, v.mlp_dim) - v.depth * 2.0 * image_tokens * v.mlp_dim * v.width
+    n = image_tokens + v.class_token  # the blocks' sequence: kept patch tokens and OpenCLIP's class token if any
+    vis = _blocks_flops(n, v.width, v.depth, v.mlp_dim) - v.depth * 2.0 * n * v.mlp_dim * v.width
     txt = _blocks_flops(text_len, t.width, t.depth, t.mlp_dim) - t.depth * 2.0 * text_len * t.mlp_dim * t.width
     return vis + txt
 

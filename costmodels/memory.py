@@ -62,7 +62,8 @@ def vision_params(enc: Encoder, image_size: Optional[int] = None) -> int:
     pos = v.tokens(image_size) * v.width if image_size is not None else 0
     norm_after_pool = 2 * v.width
     proj = v.width * enc.embed_dim                                    # no bias
-    return patch + pos + v.depth * _block_params(v.width, v.mlp_dim) + norm_after_pool + proj
+    cls = v.width if v.class_token else 0                             # OpenCLIP's class token (clipa-export)
+    return patch + pos + cls + v.depth * _block_params(v.width, v.mlp_dim) + norm_after_pool + proj
 
 
 def text_params(enc: Encoder) -> int:
@@ -103,7 +104,7 @@ def vision_activation_bytes(enc: Encoder, image_tokens: int, *, grad_checkpointi
                             precision: str = "bf16") -> float:
     """Bytes the image tower's blocks save for backward, per image."""
     v = enc.vision
-    return _tower_activation_bytes(image_tokens, v.width, v.depth, v.mlp_dim, v.heads, _ACT_BYTES[precision],
+    return _tower_activation_bytes(image_tokens + v.class_token, v.width, v.depth, v.mlp_dim, v.heads, _ACT_BYTES[precision],
                                    _RESID_BYTES, grad_checkpointing)
 
 

@@ -13,7 +13,7 @@ import reference_modules as ref  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from clipa import encoders  # noqa: E402
+from clipa import encoders, recipe  # noqa: E402
 from clipa.costmodels import flops  # noqa: E402
 
 BATCH = 2
@@ -111,16 +111,18 @@ def test_flops_grow_with_tokens_and_reject_empty_inputs():
         flops.text_forward_flops(enc, 0)
 
 
-@pytest.mark.parametrize("checkpoint", [False, True])
-def test_train_flops_match_clipa_torch_model(checkpoint):
-    """The backend's own model, masked (keep 137 of 196 tokens) and with text 32, fwd+bwd."""
+@pytest.mark.parametrize("checkpoint,class_token,size,kept", [(False, False, 224, 137), (True, False, 224, 137),
+                                                                 (False, True, 64, 8), (True, True, 64, 8)])
+def test_train_flops_match_clipa_torch_model(checkpoint, class_token, size, kept):
+    """The backend's own model, masked (keep 137 of 196 tokens; with OpenCLIP's class token 8 of 16, where
+    the token is 1 in 9 of the blocks' sequence) and with text 32, fwd+bwd."""
     model_mod = pytest.importorskip("clipa.backends.torch.model")
-    enc = encoders.get("B/16")
+    enc = recipe.EncoderSpec(name="B/16", class_token=class_token).spec
     with torch.device("meta"):
-        m = model_mod.CLIPA(enc, 224)
-        image = torch.randn(BATCH, 3, 224, 224)
+        m = model_mod.CLIPA(enc, size)
+        image = torch.randn(BATCH, 3, size, size)
         text = torch.randint(1, 100, (BATCH, 32))
-        keep = torch.arange(137).expand(BATCH, -1)
+        keep = torch.arange(kept).expand(BATCH, -1)
     m.train()
     m.set_grad_checkpointing(checkpoint)
 
@@ -128,5 +130,6 @@ def test_train_flops_match_clipa_torch_model(checkpoint):
         img, txt, scale = m(image, text, keep)
         (scale * img @ txt.T).sum().backward()
     counted = _count(step)
-    model = flops.train_flops_per_sample(enc, 137, 32, recompute=checkpoint, patch_tokens=196, global_batch=BATCH)
+    model = flops.train_flops_per_sample(enc, kept, 32, recompute=checkpoint, patch_tokens=(size // 16) ** 2,
+                                         global_batch=BATCH)
     _close(model, counted)

@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import reference_modules as ref  # noqa: E402
 
-from clipa import encoders  # noqa: E402
+from clipa import encoders, recipe  # noqa: E402
 from clipa.costmodels import hardware, memory  # noqa: E402
 from clipa.errors import UserError  # noqa: E402
 
@@ -119,11 +119,11 @@ def test_fits_and_max_batch():
                                        grad_checkpointing=True) == 0
 
 
-@pytest.mark.parametrize("name", ["test", "B/16", "H/14"])
-def test_param_count_matches_clipa_torch_model(name):
+@pytest.mark.parametrize("name,class_token", [("test", False), ("test", True), ("B/16", False), ("H/14", False)])
+def test_param_count_matches_clipa_torch_model(name, class_token):
     """The backend's own model (sin-cos stage, then a learned-position stage at 224 px)."""
     model_mod = pytest.importorskip("clipa.backends.torch.model")
-    enc = encoders.get(name)
+    enc = recipe.EncoderSpec(name=name, class_token=class_token).spec
     with torch.device("meta"):
         m = model_mod.CLIPA(enc, 224)
     assert memory.param_count(enc) == _n(m)

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
 
-from clipa import encoders  # noqa: E402
+from clipa import encoders, recipe  # noqa: E402
 from clipa.backends.jax import convert, model as M, sharding as shd, trainer as T  # noqa: E402
 from clipa.backends.schedule import lr_at  # noqa: E402
 from clipa.backends.torch import dist as tdist  # noqa: E402
@@ -36,9 +36,9 @@ def _batch(seed=0, keep=False):
     return out
 
 
-def _torch_model(pos="sincos"):
+def _torch_model(pos="sincos", enc=ENC):
     torch.manual_seed(0)
-    m = CLIPA(ENC, SIZE)
+    m = CLIPA(enc, SIZE)
     if pos == "learned":
         m.set_stage(SIZE, "learned")
         with torch.no_grad():  # make the learned embedding differ from sin-cos, so the mapping is tested
@@ -50,12 +50,20 @@ def _sd(m):
     return {k: v.detach().numpy().copy() for k, v in m.state_dict().items()}
 
 
-@pytest.mark.parametrize("pos,keep", [("sincos", False), ("sincos", True), ("learned", False)])
-def test_embeddings_match_torch(pos, keep):
-    tm = _torch_model(pos).eval()
+# The class token (encoder.class_token, what clipa-export needs): in attention, not in the pool.
+CLS = recipe.EncoderSpec(name="test", class_token=True).spec
+
+
+@pytest.mark.parametrize("pos,keep,enc", [("sincos", False, ENC), ("sincos", True, ENC), ("learned", False, ENC),
+                                          ("sincos", True, CLS), ("learned", False, CLS)])
+def test_embeddings_match_torch(pos, keep, enc):
+    tm = _torch_model(pos, enc).eval()
+    if enc.vision.class_token:  # timm draws it at 1e-6: make it matter, so that its place and pooling are tested
+        with torch.no_grad():
+            tm.visual.cls_token.normal_(0, 1.0)
     learned = pos == "learned"
     params = convert.torch_to_flax(_sd(tm), learned_pos=learned)
-    jm = M.build(ENC, learned_pos=learned)
+    jm = M.build(enc, learned_pos=learned)
     b = _batch(1, keep)
     with torch.no_grad():
         ti, tt, ts = tm(torch.from_numpy(b["image"]), torch.from_numpy(b["text"]).long(),
@@ -68,11 +76,12 @@ def test_embeddings_match_torch(pos, keep):
     assert np.abs(ti.numpy()[0] - ti.numpy()[1]).max() > 1e-3
 
 
-def test_initial_distributions_match_torch():
+@pytest.mark.parametrize("class_token", [False, True])
+def test_initial_distributions_match_torch(class_token):
     """A fresh model draws every tensor from the PyTorch backend's distribution, so a seed of either backend
     is a sample of the same run. Two had drifted: Flax's truncated_normal(.02) cuts at 2 std (std .0176,
     timm's is .02) and Flax's default conv init had 1.7x the patch embedding's std and a zero bias."""
-    enc = encoders.get("demo")
+    enc = recipe.EncoderSpec(name="demo", class_token=class_token).spec
     torch.manual_seed(0)
     ref = _sd(CLIPA(enc, SIZE))
     got = convert.flax_to_torch(jax.device_get(M.init_params(M.build(enc), jax.random.PRNGKey(0), SIZE, TEXT_LEN)))
@@ -87,8 +96,9 @@ def test_initial_distributions_match_torch():
             assert abs(g.mean() - r.mean()) <= 0.2 * r.std(), k
 
 
-def test_converter_round_trip_is_exact():
-    tm = _torch_model("learned")
+@pytest.mark.parametrize("enc", [ENC, CLS])
+def test_converter_round_trip_is_exact(enc):
+    tm = _torch_model("learned", enc)
     sd = _sd(tm)
     back = convert.flax_to_torch(convert.torch_to_flax(sd, learned_pos=True))
     assert set(back) == set(sd)

@@ -56,7 +56,7 @@ def _hwio_to_oihw(x):
     return np.ascontiguousarray(x.transpose(3, 2, 0, 1))
 
 
-def _pairs(vision_depth: int, text_depth: int, learned_pos: bool) -> list:
+def _pairs(vision_depth: int, text_depth: int, learned_pos: bool, class_token: bool) -> list:
     p = [
         ("visual.patch_embed.proj.weight", ("visual", "patch_embed", "kernel"), _oihw_to_hwio, _hwio_to_oihw),
         ("visual.patch_embed.proj.bias", ("visual", "patch_embed", "bias"), _id, _id),
@@ -72,6 +72,8 @@ def _pairs(vision_depth: int, text_depth: int, learned_pos: bool) -> list:
     ]
     if learned_pos:
         p.append(("visual.pos_embed", ("visual", "pos_embed"), _squeeze0, _unsqueeze0))
+    if class_token:
+        p.append(("visual.cls_token", ("visual", "cls_token"), _id, _id))
     for i in range(vision_depth):
         p += _block_pairs(f"visual.blocks.{i}", ("visual", f"blocks_{i}"))
     for i in range(text_depth):
@@ -92,7 +94,7 @@ def torch_to_flax(state: dict[str, np.ndarray], learned_pos: bool = False) -> di
     Every other torch tensor must be used exactly once: an unknown or missing name is an error.
     """
     keys = set(state)
-    pairs = _pairs(_depth(keys, "visual.blocks"), _depth(keys, "text.blocks"), learned_pos)
+    pairs = _pairs(_depth(keys, "visual.blocks"), _depth(keys, "text.blocks"), learned_pos, "visual.cls_token" in keys)
     params: dict = {}
     used = set()
     for tname, fpath, to_flax, _ in pairs:
@@ -116,7 +118,7 @@ def flax_to_torch(params: dict) -> dict[str, np.ndarray]:
     td = sum(1 for k in params["text"] if k.startswith("blocks_"))
     learned = "pos_embed" in params["visual"]
     out = {}
-    for tname, fpath, _, to_torch in _pairs(vd, td, learned):
+    for tname, fpath, _, to_torch in _pairs(vd, td, learned, "cls_token" in params["visual"]):
         out[tname] = np.asarray(to_torch(np.asarray(_get(params, fpath), np.float32)))
     return out
 

@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from clipa import encoders
-from clipa.errors import UserError
 from clipa.backends.posembed import sincos_2d
 
 # LayerNorm eps of timm's VisionTransformer and of the contract (backends/README.md).
@@ -146,9 +145,12 @@ class ImageTower(nn.Module):
         x = x + pe[None].astype(self.dtype)
         if keep is not None:
             x = jnp.take_along_axis(x, keep[:, :, None].astype(jnp.int32), axis=1)
+        if s.class_token:  # OpenCLIP's token (clipa-export): in attention, not in the pool, no position of its own
+            cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, d))  # timm's init
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, d)), x], axis=1)
         for i in range(s.depth):
             x = _block_cls(self.remat)(s.heads, s.mlp_dim, self.dtype, name=f"blocks_{i}")(x)
-        x = x.mean(axis=1)  # global average pool over the kept tokens
+        x = x[:, int(s.class_token):].mean(axis=1)  # global average pool over the kept patch tokens
         x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="fc_norm")(x)
         return nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, kernel_init=_proj_init(s.width), name="head")(x)
 
@@ -208,8 +210,6 @@ def _l2(x):
 
 
 def build(encoder: encoders.Encoder, *, learned_pos: bool = False, dtype=jnp.float32, remat: bool = False) -> CLIP:
-    if encoder.vision.class_token:  # OpenCLIP's class token (clipa-export) exists in the torch model only
-        raise UserError("encoder.class_token: the JAX backend's image tower has no class token; use --backend torch")
     return CLIP(encoder, learned_pos=learned_pos, dtype=dtype, remat=remat)
 
 
