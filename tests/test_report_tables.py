@@ -1,4 +1,5 @@
 """clipa-report's tables and run loading, on run directories written by the test."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,27 @@ def test_unfinished_run_reports_what_it_has(tmp_path, capsys):
     out = capsys.readouterr()
     assert code == 0
     assert "unfinished" in out.out and "Traceback" not in out.out + out.err
+
+
+def test_json_carries_the_comparison_and_nothing_else_on_stdout(tmp_path):
+    """For scripts and CI: one JSON object with what the tables and status lines say, units in the keys."""
+    done = write_run(tmp_path / "done", demo_recipe(name="done"), top1=31.0, total_wall=80.0)
+    crashed = write_run(tmp_path / "crashed", demo_recipe(name="crashed"), finished=False, stop_after=2000)
+    p = subprocess.run([sys.executable, "-m", "clipa.cli.report", str(done), str(crashed), "--json",
+                        "--out", str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    obj = json.loads(p.stdout)                                  # stdout is the JSON alone
+    assert obj["report"] == str(tmp_path / "report" / "report.html") and obj["calibration"] is None
+    a, b = obj["runs"]
+    assert (a["name"], a["finished"], b["finished"]) == ("done", True, False)
+    top = next(r for r in a["rows"] if (r["stage"], r["metric"]) == ("total", "top1"))
+    assert top == {"stage": "total", "metric": "top1", "predicted": 20.0, "achieved": 31.0,
+                   "rel_err": pytest.approx((20.0 - 31.0) / 31.0), "interval": [10.0, 30.0], "inside": False}
+    wall = next(r for r in a["rows"] if (r["stage"], r["metric"]) == ("total", "wall_hours"))
+    assert wall["achieved"] == pytest.approx(80.0 / 3600)
+    assert {r["metric"] for r in a["rows"]} == set(tables.JSON_KEYS.values())
+    assert "unfinished" in b["notes"][0] and any("stages done: 0/2" in n for n in b["notes"])
+    assert all(r["achieved"] is None for r in b["rows"] if r["stage"] == "total")
 
 
 def test_not_a_run_dir_is_one_line_exit_2(tmp_path):

@@ -15,6 +15,7 @@ Examples:
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -26,7 +27,6 @@ from clipa import fs, rundir
 from clipa.cli._common import entry, version_option
 
 app = typer.Typer(name="clipa-report", add_completion=False, help=__doc__, rich_markup_mode="markdown")
-console = Console(highlight=False)
 
 
 def _fit(runs, out: Path):
@@ -38,7 +38,7 @@ def _fit(runs, out: Path):
     return calibrate(runs, cal_mod.load(out) if out.exists() else None)
 
 
-def _write_calibration(cal, runs, out: Path) -> None:
+def _write_calibration(console: Console, cal, runs, out: Path) -> None:
     from clipa.costmodels import calibration as cal_mod
     from clipa.costmodels.predict import predict_recipe
     from clipa.report.tables import fmt_hours
@@ -84,21 +84,25 @@ def report(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="write the PNGs and the HTML report"),
     front: bool = typer.Option(True, "--front/--no-front", help="draw the accuracy/cost Pareto front the plan saved in the recipe"),
     root: Path = typer.Option(rundir.DEFAULT_ROOT, "--root", help="where to look for the latest run"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables (per run: its "
+                                 "notes and rows of stage, metric, predicted, achieved, rel_err, interval, inside)"),
     version: bool = version_option(),
 ) -> None:
     from clipa.report import tables
     from clipa.report.load import load_run, resolve_dirs
 
+    console = Console(highlight=False, stderr=as_json)  # with --json, stdout carries the JSON alone
     dirs = resolve_dirs(run_dirs or [], root)
     runs = [load_run(d) for d in dirs]
     cal_out = calibration_out or dirs[0].parent / "calibration.yaml"
     cal = _fit(runs, cal_out) if calibrate else None
-    if len(runs) > 1:
+    if len(runs) > 1 and not as_json:
         console.print(tables.compare_table(runs))
-    for r in runs:
+    for r in runs if not as_json else []:
         for i, line in enumerate(tables.status_lines(r)):
             console.print(f"[red]{line}[/red]" if i == 0 and not r.finished else f"  {line}")
         console.print(tables.rich_run_table(r))
+    page = None
     if plots:
         from clipa.report import figures, html
 
@@ -109,7 +113,10 @@ def report(
         for n in notes:
             console.print(f"[dim]{n}[/dim]")
     if cal is not None:
-        _write_calibration(cal, runs, cal_out)
+        _write_calibration(console, cal, runs, cal_out)
+    if as_json:
+        print(json.dumps({"runs": [tables.run_json(r) for r in runs], "report": str(page) if page else None,
+                          "calibration": str(cal_out) if cal is not None else None}, allow_nan=False))
 
 
 main = entry(app)

@@ -7,6 +7,7 @@ on both sides).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -96,6 +97,25 @@ def run_rows(run: Run) -> list[Row]:
             _ratio(m_flops, a.device_hours * 3600 * peak) if a and peak else None),
     ]
     return rows
+
+
+# clipa-report --json: the metric names with their units
+JSON_KEYS = {"top-1 %": "top1", "wall": "wall_hours", "device-h": "device_hours", "cost $": "cost_usd",
+             "samples/s": "samples_per_s", "MFU": "mfu"}
+
+
+def _finite(x: Optional[float]) -> Optional[float]:
+    return x if x is None or math.isfinite(x) else None  # JSON has no NaN or infinity
+
+
+def run_json(run: Run) -> dict:
+    """The run's comparison as plain data (clipa-report --json): what the table and status lines say."""
+    return {"run_dir": str(run.path), "name": run.name, "finished": run.finished,
+            "predictions": run.predictions_source, "notes": status_lines(run),
+            "rows": [{"stage": r.stage, "metric": JSON_KEYS[r.metric], "predicted": _finite(r.predicted),
+                      "achieved": _finite(r.achieved), "rel_err": _finite(r.rel_err),
+                      "interval": list(r.interval) if r.interval else None, "inside": r.inside}
+                     for r in run_rows(run)]}
 
 
 # ---------------------------------------------------------------- formatting
