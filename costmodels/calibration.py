@@ -92,6 +92,23 @@ class Calibration(_Strict):
 
         return CalibratedLaw(base, laws)
 
+    def version_suffix(self, hw_name: str, dataset: str) -> str:
+        """What it calibrates of a prediction on ``hw_name`` and ``dataset``, for cost_model_version:
+        '+calibrated' (time and top-1), '+calibrated-time', '+calibrated-top1', or '' (neither: fitted on
+        other hardware and data)."""
+        time, top1 = hw_name in self.hardware, dataset in self.datasets
+        if not (time or top1):
+            return ""
+        return "+calibrated" + ("" if time and top1 else "-time" if time else "-top1")
+
+    def unused_note(self, hw_name: str, dataset: str) -> Optional[str]:
+        """A line for a prediction the calibration calibrates nothing of, else None."""
+        if self.version_suffix(hw_name, dataset):
+            return None
+        fitted = ", ".join([*self.hardware, *self.datasets]) or "nothing"
+        return (f"--calibration: fitted on {fitted}, neither hardware {hw_name} nor dataset {dataset}: these "
+                f"predictions are uncalibrated")
+
     def overhead_s_per_sample(self, hw_name: str) -> float:
         h = self.hardware.get(hw_name)
         return h.overhead_s_per_sample if h else 0.0
@@ -121,3 +138,8 @@ def load(path: str | Path) -> Calibration:
     if isinstance(data, dict) and data.get("version", FORMAT_VERSION) != FORMAT_VERSION:
         raise UserError(f"{path}: calibration format version {data.get('version')!r}; this clipa reads {FORMAT_VERSION}")
     return validate(Calibration, data, str(path), "calibration file")
+
+
+def top1_calibrated(cost_model_version: str) -> bool:
+    """Whether a prediction's top-1 came from a calibration of its dataset (``Calibration.version_suffix``)."""
+    return cost_model_version.endswith(("+calibrated", "+calibrated-top1"))

@@ -127,7 +127,7 @@ def predict_recipe(rec: recipe_mod.Recipe, hw_name: Optional[str] = None, prices
     for sp, p in zip(stages, per_stage):
         sp.predicted_top1 = round(p.top1 + offset, 3)
     final = law.predict(feats, offset=offset)
-    version = VERSION + ("+calibrated" if calibration is not None else "")
+    version = VERSION + (calibration.version_suffix(hw.name, rec.dataset.name) if calibration is not None else "")
     return recipe_mod.Predictions(
         predicted_top1=round(final.top1, 3),
         predicted_top1_interval=(round(final.low, 3), round(final.high, 3)),

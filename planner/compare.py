@@ -75,7 +75,8 @@ def plan_all(hw_names: list[str], *, pricing: str = "on-demand", prices=None, ca
             options.append(Option(name, error=str(e)))
             continue
         hw = hardware.get(name, prices, pricing)
-        notes = [n for n in (throughput.uncalibrated_note(hw, calibration),) if n]
+        unused = calibration.unused_note(name, res.recipe.dataset.name) if calibration is not None else None
+        notes = [n for n in (throughput.uncalibrated_note(hw, calibration), unused) if n]
         if pricing == "spot":
             notes.append(spot.note(hw, res.recipe.train.checkpoint_every_minutes))
         if pricing.startswith("committed-") and hw.usd_per_hour is not None:

@@ -12,12 +12,13 @@ from report_rundirs import demo_recipe, write_run
 from clipa import recipe as recipe_mod
 from clipa import rundir
 from clipa.cli._common import run_app
+from clipa.cli.plan import app as plan_app
 from clipa.cli.report import app
 from clipa.costmodels import calibration as cal_mod
 from clipa.costmodels import hardware
 from clipa.costmodels.predict import predict_recipe
 from clipa.errors import UserError
-from clipa.report import calibrate
+from clipa.report import calibrate, tables
 from clipa.report.load import load_run
 
 
@@ -51,6 +52,28 @@ def test_bad_file_is_one_line(tmp_path, content, needle):
     with pytest.raises(UserError) as e:
         cal_mod.load(p)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("hw,dataset,suffix", [("cpu", "demo", "+calibrated"), ("cpu", "custom", "+calibrated-time"),
+                                               ("a100x8", "demo", "+calibrated-top1"), ("a100x8", "custom", "")])
+def test_a_prediction_says_what_its_calibration_calibrated(tmp_path, capsys, hw, dataset, suffix):
+    """'+calibrated' on a prediction the file calibrates nothing of (other hardware, other data) hid the
+    report's 'uncalibrated top-1' caveat and claimed what was not done."""
+    rec = demo_recipe("v", dataset=dataset, hardware=hw, predictions=False)
+    got = predict_recipe(rec, calibration=_cal()).cost_model_version
+    assert got == predict_recipe(rec).cost_model_version + suffix
+    assert cal_mod.top1_calibrated(got) == (dataset == "demo")
+    # the report's caveat on a dataset no published run saw goes only with a calibrated top-1
+    run = load_run(write_run(tmp_path / "run", rec.model_copy(update={"predictions": predict_recipe(rec, calibration=_cal())})))
+    assert any("top-1 prediction uncalibrated" in n for n in tables.caveat_lines(run)) == (dataset != "demo")
+    # --predict names a calibration that applies to nothing, on stderr (stdout stays JSON)
+    path = cal_mod.save(_cal(), tmp_path / "cal.yaml")
+    recipe_mod.dump(rec, tmp_path / "r.yaml")
+    assert run_app(plan_app, ["--predict", str(tmp_path / "r.yaml"), "--calibration", str(path), "--json"]) == 0
+    out = capsys.readouterr()
+    json.loads(out.out)
+    unused = f"--calibration: fitted on cpu, demo, neither hardware {hw} nor dataset {dataset}"
+    assert (unused in out.err) == (suffix == "")
 
 
 def test_calibrated_stage_adds_overhead_and_fixed_time():

@@ -152,7 +152,7 @@ def test_calibration_changes_the_prediction_and_the_plan(tmp_path, capsys):
     assert after.predicted_top1 == pytest.approx(_truth(_feats(32768)), abs=4.0)
     lo, hi = after.predicted_top1_interval
     assert lo < after.predicted_top1 < hi and hi - lo < 30
-    assert after.cost_model_version.endswith("+calibrated")
+    assert after.cost_model_version.endswith("+calibrated-top1")  # the file calibrates the dataset only
     assert any("beyond the largest pilot" in e for e in after.extrapolation)
     assert run_app(plan_app, ["--predict", DEMO, "--calibration", str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -160,7 +160,7 @@ def test_calibration_changes_the_prediction_and_the_plan(tmp_path, capsys):
     # --out keeps the recipe with that prediction: clipa-run then reports against it
     assert run_app(plan_app, ["--predict", DEMO, "--calibration", str(path), "--out", str(tmp_path / "d.yaml")]) == 0
     kept = recipe_mod.load(tmp_path / "d.yaml").predictions
-    assert kept.cost_model_version.endswith("+calibrated") and kept.predicted_top1 == pytest.approx(after.predicted_top1, abs=0.01)
+    assert kept.cost_model_version.endswith("+calibrated-top1") and kept.predicted_top1 == pytest.approx(after.predicted_top1, abs=0.01)
     # the planner on the calibrated dataset: the dataset law, not the prior, scores its plans
     from clipa.planner.run import make_plan
 

@@ -151,6 +151,9 @@ def _predict(console: Console, a: SimpleNamespace, given: set, cal) -> None:
     if a.out is not None:  # the recipe with these predictions: clipa-run keeps them for the report
         recipe_mod.dump(rec, a.out)
     _emit(console, rec, str(a.predict), a.as_json, f"Predictions for {a.predict}")
+    unused = cal.unused_note(rec.hardware.name, rec.dataset.name) if cal is not None else None
+    if unused:  # on stderr: --json keeps stdout to the JSON
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {unused}", highlight=False, soft_wrap=True)
 
 
 def _plan(ctx: typer.Context, console: Console, a: SimpleNamespace, given: set, cal) -> None:

@@ -14,6 +14,7 @@ from typing import Optional
 from rich.table import Table
 
 from clipa import datasets, launching
+from clipa.costmodels.calibration import top1_calibrated
 from clipa.errors import UserError
 from clipa.report.load import Run
 
@@ -205,7 +206,7 @@ def caveat_lines(run: Run) -> list[str]:
         mismatch = launching.hardware_mismatch(run.recipe.hardware.name, a.n_devices, a.device, "the run trained")
         out += [mismatch] if mismatch else []
     p = run.predictions
-    if p is not None and "calibrated" not in p.cost_model_version and run.recipe.dataset.name not in LAW_DATASETS:
+    if p is not None and not top1_calibrated(p.cost_model_version) and run.recipe.dataset.name not in LAW_DATASETS:
         out.append(f"top-1 prediction uncalibrated: no published run on dataset {run.recipe.dataset.name!r}. "
                    f"Run: clipa-report --calibrate {run.path}, then clipa-plan --predict RECIPE --calibration "
                    f"{run.path.parent / 'calibration.yaml'}")
