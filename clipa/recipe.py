@@ -21,6 +21,7 @@ from pydantic import (AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 
 from clipa import encoders, fs, reductions
 from clipa.datasets import DATASETS
+from clipa.pricing import PRICING
 from clipa.errors import UserError, load_yaml, validate
 
 
@@ -67,10 +68,6 @@ class DatasetSpec(_Strict):
     val_images: Optional[int] = Field(None, ge=1, description="evaluate on at most this many `val` images: evenly "
                                       "spaced over the sorted files, so each class keeps its share (default: all)")
     workers: int = Field(2, ge=0, description="data-loading worker processes per device")
-
-
-# The price kinds a recipe can be costed at; the cost models hold a price per kind where a source gives one.
-PRICING = ("on-demand", "spot", "committed-1y", "committed-3y")
 
 
 class HardwareSpec(_Strict):

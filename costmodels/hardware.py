@@ -33,7 +33,7 @@ import yaml
 
 from clipa import fs
 from clipa.errors import UserError, load_yaml
-from clipa.recipe import PRICING
+from clipa.pricing import PRICING
 
 DATA = Path(__file__).parent / "data" / "hardware.yaml"
 # The override fields that set the price of each pricing kind (PRICING): (whole machine, per device).
