@@ -6,12 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 pytest.importorskip("jax")
 
 from tiny_run import tiny, write  # noqa: E402
 
+from clipa import recipe as recipe_mod  # noqa: E402
 from clipa import rundir  # noqa: E402
+from clipa.backends.jax import launch as tpu_launch  # noqa: E402
 from clipa.cli.run import app  # noqa: E402
 from clipa.cli._common import run_app  # noqa: E402
 
@@ -31,10 +34,30 @@ def test_tpu_dry_run_prints_gcloud_command(tmp_path, capsys):
     assert argv[:10] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod-1", "--zone", "us-central2-b",
                          "--project", "proj"]
     assert argv[10:12] == ["--worker=all", "--command"] and len(argv) == 13
+    # The worker writes the recipe it was sent (the laptop's file is not on the pod), then trains it.
     inner = shlex.split(argv[12])
-    assert inner == ["env", "CLIPA_JAX_DISTRIBUTED=1", "clipa-run", str(rec), "--backend", "jax",
-                     "--run-dir", "runs/x y"]
+    path = inner[8]
+    assert inner[:6] == ["mkdir", "-p", ".clipa/recipes", "&&", "printf", "%s"] and inner[7] == ">"
+    assert path.startswith(".clipa/recipes/") and path.endswith(".yaml")
+    sent = recipe_mod.from_dict(yaml.safe_load(inner[6]))
+    assert sent.model_copy(update={"predictions": None}) == recipe_mod.load(rec) and sent.predictions is not None
+    assert inner[9:] == ["&&", "env", "CLIPA_JAX_DISTRIBUTED=1", "clipa-run", path, "--backend", "jax",
+                         "--run-dir", "runs/x y"]
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+def test_the_recipe_a_tpu_worker_writes_is_the_one_sent_whatever_it_holds(tmp_path):
+    """The shell on each worker runs ship_recipe's command: the recipe is the user's text, quoted as data."""
+    rec = recipe_mod.load(_recipe(tmp_path))
+    rec = rec.model_copy(update={"notes": "it's $(touch pwned) `touch pwned2` \"x\" ' && touch pwned3 ; \\n\nline 2 é"})
+    write, path = tpu_launch.ship_recipe(rec)
+    work = tmp_path / "worker"
+    work.mkdir()
+    subprocess.run(["bash", "-c", write], cwd=work, check=True)
+    assert recipe_mod.load(work / path) == rec
+    assert sorted(p.name for p in work.iterdir()) == [".clipa"]  # nothing else ran
+    other, again = tpu_launch.ship_recipe(rec.model_copy(update={"notes": "edited"}))[1], tpu_launch.ship_recipe(rec)[1]
+    assert other != path == again  # named by content
 
 
 def test_tpu_without_project_leaves_it_out(tmp_path, capsys):

@@ -34,7 +34,7 @@ class JaxBackend:
         fs.orbax_dir(run_dir)  # a URL orbax cannot write is refused before anything is written
         if opts.tpu:
             launch.check_shared_run_dir(recipe.hardware.name, run_dir)
-            cmd = launch.tpu_command(recipe_path, run_dir, opts)
+            cmd = launch.tpu_command(recipe, run_dir, opts)
             print(f"every worker of {opts.tpu} runs this command and shares the run directory {run_dir}",
                   file=sys.stderr)
             if opts.dry_run:

@@ -2,26 +2,32 @@
 
 ``clipa-run RECIPE --backend jax --tpu NAME --zone ZONE [--project P]`` runs
 
-    gcloud compute tpus tpu-vm ssh NAME --zone ZONE [--project P] --worker=all \
-        --command 'env CLIPA_JAX_DISTRIBUTED=1 clipa-run RECIPE --backend jax --run-dir RUN_DIR'
+    gcloud compute tpus tpu-vm ssh NAME --zone ZONE [--project P] --worker=all --command \
+        'mkdir -p .clipa/recipes && printf %s RECIPE_TEXT > .clipa/recipes/HASH.yaml &&
+         env CLIPA_JAX_DISTRIBUTED=1 clipa-run .clipa/recipes/HASH.yaml --backend jax --run-dir RUN_DIR'
 
 so every worker runs the same recipe and joins the others through ``jax.distributed.initialize``
-(which finds the pod's peers itself on Cloud TPU). The recipe path is used as given on every worker
-(the same checkout on each). The run directory must be one directory every worker sees, big_vision's
-gs:// workdir convention: orbax writes each host's shards there and process 0 the metrics and
-achieved.json, and a restarted pod resumes from it. A local path on a multi-host slice (more chips
-than one host holds, ``costmodels/data/hardware.yaml``) is refused.
+(which finds the pod's peers itself on Cloud TPU). The recipe goes with the command (with the
+predictions frozen at launch), so a recipe planned on a laptop launches as written; its ``dataset``
+paths must be ones every worker can read (gs:// shards, or the same path on each). The run directory
+must be one directory every worker sees, big_vision's gs:// workdir convention: orbax writes each
+host's shards there and process 0 the metrics and achieved.json, and a restarted pod resumes from it.
+A local path on a multi-host slice (more chips than one host holds, ``costmodels/data/hardware.yaml``)
+is refused.
 """
 from __future__ import annotations
 
+import hashlib
 import shlex
 import shutil
 from pathlib import Path
 
 from clipa import fs
+from clipa import recipe as recipe_mod
 from clipa.backends.base import LaunchOptions
 from clipa.backends.jax.sharding import ENV_DISTRIBUTED
 from clipa.errors import UserError
+from clipa.recipe import Recipe
 
 
 def validate(opts: LaunchOptions) -> None:
@@ -57,7 +63,7 @@ def check_shared_run_dir(hardware_name: str, run_dir) -> None:
                     f"(--run-dir gs://BUCKET/RUN), a local path would split checkpoints and metrics across hosts")
 
 
-def worker_command(recipe_path: Path, run_dir: Path, opts: LaunchOptions) -> list[str]:
+def worker_command(recipe_path, run_dir: Path, opts: LaunchOptions) -> list[str]:
     """What each host runs (argument list)."""
     cmd = ["clipa-run", str(recipe_path), "--backend", "jax", "--run-dir", str(run_dir)]
     if opts.device:
@@ -69,10 +75,24 @@ def worker_command(recipe_path: Path, run_dir: Path, opts: LaunchOptions) -> lis
     return cmd
 
 
-def tpu_command(recipe_path: Path, run_dir: Path, opts: LaunchOptions) -> list[str]:
-    """The gcloud argument list that runs ``worker_command`` on all workers of ``opts.tpu``."""
+# Where each worker keeps the recipes --tpu ships to it, relative to the ssh session's directory (the home).
+WORKER_RECIPES = ".clipa/recipes"
+
+
+def ship_recipe(recipe: Recipe) -> tuple[str, str]:
+    """(the shell command that writes ``recipe`` on a worker, its path there), named by its content so that
+    an edited recipe never meets an old file. Every word is quoted: the recipe is the user's text."""
+    text = recipe_mod.to_yaml(recipe)
+    path = f"{WORKER_RECIPES}/{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    return f"mkdir -p {WORKER_RECIPES} && printf %s {shlex.quote(text)} > {path}", path
+
+
+def tpu_command(recipe: Recipe, run_dir: Path, opts: LaunchOptions) -> list[str]:
+    """The gcloud argument list that ships ``recipe`` to all workers of ``opts.tpu`` and runs
+    ``worker_command`` on it there."""
     validate(opts)
-    inner = shlex.join(["env", f"{ENV_DISTRIBUTED}=1", *worker_command(recipe_path, run_dir, opts)])
+    write, path = ship_recipe(recipe)
+    inner = write + " && " + shlex.join(["env", f"{ENV_DISTRIBUTED}=1", *worker_command(path, run_dir, opts)])
     cmd = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", opts.tpu, "--zone", opts.zone]
     if opts.project:
         cmd += ["--project", opts.project]
