@@ -92,8 +92,8 @@ def _commitment_note(hw: hardware.Hardware, wall_hours: float) -> str:
     """What a committed-use price hides: the commitment is paid for its whole term, used or not."""
     years = int(hw.pricing.removeprefix("committed-").removesuffix("y"))
     term_hours = years * 365 * 24
-    return (f"{hw.pricing} pricing on {hw.name}: ${hw.usd_per_hour:,.2f}/hour ({hw.price_source}) is a "
-            f"{years}-year commitment's rate, billed for all {term_hours:,} hours of the term whether used or not "
+    return (f"{hw.pricing} pricing on {hw.name}: ${hw.usd_per_hour:,.2f}/hour is a {years}-year commitment's "
+            f"rate, billed for all {term_hours:,} hours of the term whether used or not "
             f"(${hw.usd_per_hour * term_hours:,.0f}); this run's {wall_hours:,.0f} hours of wall time are "
             f"{wall_hours / term_hours:.1%} of it, and its $ above are that share")
 
@@ -124,15 +124,27 @@ def table(cmp: Comparison, title: str) -> Table:
     return t
 
 
+def price_json(hw: hardware.Hardware) -> dict:
+    """The price a plan on ``hw`` is costed at, and where it comes from."""
+    return {"pricing": hw.pricing, "usd_per_hour": hw.usd_per_hour, "price_basis": hw.price_basis,
+            "price_source": hw.price_source}
+
+
+def price_line(hw: hardware.Hardware) -> str:
+    """The plan's price in one line: a user's own price differs by provider, region and date."""
+    if hw.usd_per_hour is None:
+        return f"price: no {hw.pricing} price known for {hw.name}: costs in device-hours only"
+    return (f"price: ${hw.usd_per_hour:,.2f}/hour for {hw.name} ({hw.pricing}; {hw.price_source}); "
+            f"yours differs? --prices FILE")
+
+
 def json_rows(cmp: Comparison) -> list[dict]:
     rows = []
     for o in cmp.options:
         row = {"hardware": o.hw_name, "picked": o is cmp.best, "error": o.error or None, "notes": o.notes}
         if o.result is not None:
             p = o.result.recipe.predictions
-            row.update(pricing=o.hw.pricing, usd_per_hour=o.hw.usd_per_hour, price_basis=o.hw.price_basis,
-                       price_source=o.hw.price_source,
-                       recipe_name=o.result.recipe.name, predicted_top1=p.predicted_top1,
+            row.update(**price_json(o.hw), recipe_name=o.result.recipe.name, predicted_top1=p.predicted_top1,
                        predicted_top1_interval=list(p.predicted_top1_interval), wall_hours=p.wall_hours,
                        **present.hours_json(p.device_hours), cost_usd=p.cost_usd)
         rows.append(row)

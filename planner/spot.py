@@ -36,8 +36,7 @@ def apply(rec: recipe_mod.Recipe) -> recipe_mod.Recipe:
 
 def note(hw: hardware.Hardware, minutes: float) -> str:
     """What a spot plan checkpointing every ``minutes`` says about itself."""
-    price = "no spot price known" if hw.usd_per_hour is None else f"${hw.usd_per_hour:,.2f}/hour ({hw.price_source})"
-    return (f"spot pricing on {hw.name}: {price}; the run can be preempted: it checkpoints every {minutes:g} min "
+    return (f"spot pricing on {hw.name}: the run can be preempted: it checkpoints every {minutes:g} min "
             f"(train.checkpoint_every_minutes), so, assuming at most one preemption per "
             f"{HOURS_BETWEEN_PREEMPTIONS:g} h of wall time, preemptions cost about {expected_loss(minutes):.1%} of "
             f"the wall time on average (restarts not counted; not in the $ above)")

@@ -39,6 +39,11 @@ def test_budget_plan_with_cited_price(tmp_path, hw):
     assert 0 < obj["cost_usd"] <= 10000
     assert obj["cost_usd"] == pytest.approx(obj["wall_hours"] * price, rel=1e-3)  # the cited price, not a guess
     assert UNCALIBRATED.format(hw) in obj["notes"][0]
+    # the plan says which price it assumed, and where it comes from
+    assert (obj["usd_per_hour"], obj["pricing"]) == (pytest.approx(price), "on-demand")
+    assert "costmodels/data/cloud_prices.csv" in obj["price_source"] and obj["price_basis"]
+    r, _ = _plan(tmp_path, "--budget", "10000", "--hw", hw)
+    assert f"price: ${price:,.2f}/hour for {hw} (on-demand; " in " ".join(r.stdout.split()), r.stdout[-2000:]
 
 
 def test_a100_plan_is_calibrated(tmp_path):
@@ -81,6 +86,7 @@ def test_a_recipe_carries_the_price_its_predictions_used(tmp_path):
     mine.write_text("a100x8: {usd_per_hour: 5.0, source: my quote}\n")
     obj, rec = _plan_json(tmp_path, "--budget", "10000", "--hw", "a100x8", "--prices", str(mine))
     assert (rec.hardware.usd_per_hour, rec.hardware.pricing) == (5.0, "on-demand")
+    assert obj["usd_per_hour"] == 5.0 and obj["price_source"] == f"--prices {mine} [a100x8]: my quote"
     assert obj["cost_usd"] == pytest.approx(obj["wall_hours"] * 5.0, rel=1e-3)
     recipe = tmp_path / "plan.yaml"
     again = tmp_path / "again.yaml"

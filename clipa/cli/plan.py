@@ -193,6 +193,7 @@ def _plan_json(cmp, rec: recipe_mod.Recipe, path: Path) -> None:
     obj["alternatives"] = [present.plan_json(p) for p in result.search.alternatives]
     obj["pareto"] = [present.plan_json(p) for p in result.search.pareto]
     obj["notes"] = cmp.best.notes + _data_warnings(rec)
+    obj.update(compare.price_json(cmp.best.hw))
     obj.update(present.plan_context_json(result))
     if len(cmp.options) > 1:
         obj["hardware_comparison"] = compare.json_rows(cmp)
@@ -212,6 +213,7 @@ def _print_plan(console: Console, a: SimpleNamespace, cmp, rec: recipe_mod.Recip
     )
     if len(cmp.options) > 1:
         present.print_tables(console, compare.table(cmp, f"Best plan per hardware ({a.pricing} prices)"))
+    console.print(compare.price_line(cmp.best.hw), soft_wrap=True, highlight=False, markup=False)
     for note in cmp.best.notes:
         console.print(note, soft_wrap=True, highlight=False)
     for warning in _data_warnings(rec):
