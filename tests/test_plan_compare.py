@@ -93,7 +93,9 @@ def test_a_recipe_carries_the_price_its_predictions_used(tmp_path):
     r = subprocess.run([sys.executable, "-m", "clipa.cli.plan", "--predict", str(recipe), "--json", "--out", str(again)],
                        capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["cost_usd"] == pytest.approx(obj["cost_usd"], rel=1e-3)
+    predicted = json.loads(r.stdout)
+    assert predicted["cost_usd"] == pytest.approx(obj["cost_usd"], rel=1e-3)
+    assert (predicted["usd_per_hour"], predicted["price_source"]) == (5.0, "the recipe's hardware.usd_per_hour")
     # A prices file that prices the recipe's hardware wins over the recipe's own price, and is written.
     other = tmp_path / "other.yaml"
     other.write_text("a100x8: {usd_per_device_hour: 1.0}\n")

@@ -146,11 +146,12 @@ def _predict(console: Console, a: SimpleNamespace, given: set, cal) -> None:
     from clipa.costmodels.predict import for_hardware, predict_recipe, resolve_hardware
 
     rec = load_recipe(a.predict)
-    rec = for_hardware(rec, resolve_hardware(rec, a.hw, a.prices))
+    hw = resolve_hardware(rec, a.hw, a.prices)
+    rec = for_hardware(rec, hw)
     rec = rec.model_copy(update={"predictions": predict_recipe(rec, calibration=cal)})
     if a.out is not None:  # the recipe with these predictions: clipa-run keeps them for the report
         recipe_mod.dump(rec, a.out)
-    _emit(console, rec, str(a.predict), a.as_json, f"Predictions for {a.predict}")
+    _emit(console, rec, hw, str(a.predict), a.as_json, f"Predictions for {a.predict}")
     unused = cal.unused_note(rec.hardware.name, rec.dataset.name) if cal is not None else None
     if unused:  # on stderr: --json keeps stdout to the JSON
         Console(stderr=True).print(f"[yellow]warning:[/yellow] {unused}", highlight=False, soft_wrap=True)
@@ -313,15 +314,17 @@ def _command_line(ctx: typer.Context, given: set) -> str:
     return shlex.join(words)
 
 
-def _emit(console: Console, rec, path: str, as_json: bool, title: str) -> None:
-    from clipa.planner import present
+def _emit(console: Console, rec, hw, path: str, as_json: bool, title: str) -> None:
+    from clipa.planner import compare, present
 
     if as_json:
-        print(json.dumps(recipe_mod.round_figures(present.prediction_json(rec, path)), indent=2))
+        obj = {**recipe_mod.round_figures(present.prediction_json(rec, path)), **compare.price_json(hw)}
+        print(json.dumps(obj, indent=2))
     else:
         present.print_tables(console, present.stage_table(rec, title))
         for line in present.extrapolation_lines(rec.predictions.extrapolation):
             console.print(line, soft_wrap=True, highlight=False)
+        console.print(compare.price_line(hw), soft_wrap=True, highlight=False, markup=False)
 
 
 main = entry(app)
