@@ -185,6 +185,12 @@ def test_a_recipe_edited_after_its_predictions_is_refused_until_predicted_again(
     write({**edited, "hardware": {"name": "h100x8"}}, out)
     _one_line_error(_cli("clipa-run", out, "--dry-run", "--nproc", "8", cwd=tmp_path), 2,
                     "predictions: made for hardware a100x8, the recipe says h100x8")
+    # The edit the plan itself suggests, for a model OpenCLIP loads, and the command that follows it
+    said = " ".join(r.stdout.split())
+    assert (f"OpenCLIP: clipa-export writes a model OpenCLIP loads only from a run trained with encoder: "
+            f"{{name: {planned['encoder']['name']}, class_token: true}}") in said
+    write({**edited, "encoder": {**planned["encoder"], "class_token": True}}, out)
+    _one_line_error(_cli("clipa-run", out, "--dry-run", "--nproc", "8", cwd=tmp_path), 2, "predictions: made for")
     write(edited, out)
     assert _cli("clipa-plan", "--predict", out, "--out", out, cwd=tmp_path).returncode == 0   # the fix it names
     assert _cli("clipa-run", out, "--dry-run", "--nproc", "8", cwd=tmp_path).returncode == 0

@@ -223,6 +223,11 @@ def _print_plan(console: Console, a: SimpleNamespace, cmp, rec: recipe_mod.Recip
     from clipa.launching import launch_command
 
     console.print(storage_line(rec), soft_wrap=True, highlight=False)
+    if not rec.encoder.class_token:  # said before the money is spent, not at clipa-export
+        console.print(f"OpenCLIP: clipa-export writes a model OpenCLIP loads only from a run trained with "
+                      f"encoder: {{name: {rec.encoder.name}, class_token: true}} (one more image token); set it "
+                      f"before clipa-run if you need that, then clipa-plan --predict RECIPE --out RECIPE",
+                      soft_wrap=True, highlight=False, markup=False)
     todo = _todo(rec)
     if todo:
         console.print(f"recipe written to [bold]{escape(str(path))}[/bold]; before clipa-run: {todo}", soft_wrap=True)
