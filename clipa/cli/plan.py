@@ -226,7 +226,7 @@ def _print_plan(console: Console, a: SimpleNamespace, cmp, rec: recipe_mod.Recip
     if not rec.encoder.class_token:  # said before the money is spent, not at clipa-export
         console.print(f"OpenCLIP: clipa-export writes a model OpenCLIP loads only from a run trained with "
                       f"encoder: {{name: {rec.encoder.name}, class_token: true}} (one more image token); set it "
-                      f"before clipa-run if you need that, then clipa-plan --predict RECIPE --out RECIPE",
+                      f"before clipa-run if you need that, then clipa-plan --predict {path} --out {path}",
                       soft_wrap=True, highlight=False, markup=False)
     todo = _todo(rec)
     if todo:
