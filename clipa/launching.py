@@ -40,7 +40,7 @@ def hardware_mismatch(hardware_name: str, n_devices: int, device_name: str, run:
     hw = hardware.get(hardware_name)
     if hw.name == "cpu":
         return None
-    other = None if device_name == "cpu" or hw.name.startswith("tpu-") else hardware.gpu_machine(device_name)
+    other = None if hw.name.startswith("tpu-") else hardware.gpu_machine(device_name)  # None for cpu too
     if device_name == "cpu":
         got = f"on cpu ({n_devices} process{'es' if n_devices > 1 else ''})"
     elif n_devices != hw.n_devices or (other is not None and hardware.get(other).peak_flops != hw.peak_flops):

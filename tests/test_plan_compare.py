@@ -18,11 +18,14 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 UNCALIBRATED = "throughput uncalibrated on {}: utilisation carried over from the A100 fit"
 
 
+def _cli(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "clipa.cli.plan", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, cwd=tmp_path, timeout=600)
+
+
 def _plan(tmp_path, *args):
     out = tmp_path / "plan.yaml"
-    r = subprocess.run([sys.executable, "-m", "clipa.cli.plan", "--out", str(out), *args],
-                       capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
-    return r, out
+    return _cli(tmp_path, "--out", out, *args), out
 
 
 def _plan_json(tmp_path, *args):
@@ -90,8 +93,7 @@ def test_a_recipe_carries_the_price_its_predictions_used(tmp_path):
     assert obj["cost_usd"] == pytest.approx(obj["wall_hours"] * 5.0, rel=1e-3)
     recipe = tmp_path / "plan.yaml"
     again = tmp_path / "again.yaml"
-    r = subprocess.run([sys.executable, "-m", "clipa.cli.plan", "--predict", str(recipe), "--json", "--out", str(again)],
-                       capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    r = _cli(tmp_path, "--predict", recipe, "--json", "--out", again)
     assert r.returncode == 0, r.stderr
     predicted = json.loads(r.stdout)
     assert predicted["cost_usd"] == pytest.approx(obj["cost_usd"], rel=1e-3)
@@ -99,22 +101,17 @@ def test_a_recipe_carries_the_price_its_predictions_used(tmp_path):
     # A prices file that prices the recipe's hardware wins over the recipe's own price, and is written.
     other = tmp_path / "other.yaml"
     other.write_text("a100x8: {usd_per_device_hour: 1.0}\n")
-    r = subprocess.run([sys.executable, "-m", "clipa.cli.plan", "--predict", str(recipe), "--json", "--prices",
-                        str(other), "--out", str(again)], capture_output=True, text=True, env=ENV, cwd=tmp_path,
-                       timeout=600)
+    r = _cli(tmp_path, "--predict", recipe, "--json", "--prices", other, "--out", again)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["cost_usd"] == pytest.approx(obj["wall_hours"] * 8.0, rel=1e-3)
     assert recipe_mod.load(again).hardware.usd_per_hour == 8.0
     # --predict on other hardware writes a recipe for that hardware, at its price.
-    r = subprocess.run([sys.executable, "-m", "clipa.cli.plan", "--predict", str(recipe), "--hw", "h100x8",
-                        "--out", str(again)], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    r = _cli(tmp_path, "--predict", recipe, "--hw", "h100x8", "--out", again)
     assert r.returncode == 0, r.stderr
     moved = recipe_mod.load(again).hardware
     assert (moved.name, moved.usd_per_hour) == ("h100x8", pytest.approx(hardware.get("h100x8").usd_per_hour))
     # So do the pilots of a plan priced by the user's file.
-    r = subprocess.run([sys.executable, "-m", "clipa.cli.plan", "--pilot", "--budget", "10000", "--hw", "a100x8",
-                        "--prices", str(mine), "--out", str(tmp_path / "pilots")],
-                       capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    r = _cli(tmp_path, "--pilot", "--budget", "10000", "--hw", "a100x8", "--prices", mine, "--out", tmp_path / "pilots")
     assert r.returncode == 0, r.stderr
     pilots = [recipe_mod.load(p) for p in (tmp_path / "pilots").glob("*-pilot*.yaml")]
     assert len(pilots) == 3 and {p.hardware.usd_per_hour for p in pilots} == {5.0}
@@ -166,8 +163,7 @@ def test_unpriced_plan_writes_a_recipe_clipa_loads(tmp_path):
     rec = recipe_mod.load(out)
     assert rec.predictions.cost_usd is None and rec.hardware.usd_per_hour is None
     assert all(s.cost_usd is None for s in rec.predictions.stages)
-    again = subprocess.run([sys.executable, "-m", "clipa.cli.plan", "--predict", str(out), "--json"],
-                           capture_output=True, text=True, env=ENV, timeout=300)
+    again = _cli(tmp_path, "--predict", out, "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["cost_usd"] is None          # still spot, still unpriced: never $0
 

@@ -31,7 +31,7 @@ from rich.markup import escape
 from clipa import __version__
 from clipa import datasets
 from clipa import recipe as recipe_mod
-from clipa.cli._common import entry, finite, load_recipe, not_with, version_option
+from clipa.cli._common import entry, err_console, finite, load_recipe, not_with, version_option
 from clipa.errors import UserError
 
 app = typer.Typer(name="clipa-plan", add_completion=False, help=__doc__, rich_markup_mode="markdown")
@@ -154,7 +154,7 @@ def _predict(console: Console, a: SimpleNamespace, given: set, cal) -> None:
     _emit(console, rec, hw, str(a.predict), a.as_json, f"Predictions for {a.predict}")
     unused = cal.unused_note(rec.hardware.name, rec.dataset.name) if cal is not None else None
     if unused:  # on stderr: --json keeps stdout to the JSON
-        Console(stderr=True).print(f"[yellow]warning:[/yellow] {unused}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/yellow] {escape(unused)}", soft_wrap=True)
 
 
 def _plan(ctx: typer.Context, console: Console, a: SimpleNamespace, given: set, cal) -> None:

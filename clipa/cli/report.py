@@ -96,12 +96,13 @@ def report(
     runs = [load_run(d) for d in dirs]
     cal_out = calibration_out or dirs[0].parent / "calibration.yaml"
     cal = _fit(runs, cal_out) if calibrate else None
-    if len(runs) > 1 and not as_json:
-        console.print(tables.compare_table(runs))
-    for r in runs if not as_json else []:
-        for i, line in enumerate(tables.status_lines(r)):
-            console.print(f"[red]{line}[/red]" if i == 0 and not r.finished else f"  {line}")
-        console.print(tables.rich_run_table(r))
+    if not as_json:
+        if len(runs) > 1:
+            console.print(tables.compare_table(runs))
+        for r in runs:
+            for i, line in enumerate(tables.status_lines(r)):
+                console.print(f"[red]{line}[/red]" if i == 0 and not r.finished else f"  {line}")
+            console.print(tables.rich_run_table(r))
     page = None
     if plots:
         from clipa.report import figures, html

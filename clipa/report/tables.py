@@ -202,8 +202,11 @@ def caveat_lines(run: Run) -> list[str]:
         reasons = getattr(a, "skipped_reasons", None) or {}
         why = ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items()))
         out.append(f"skipped samples: {a.skipped_samples:,}" + (f" ({why})" if why else ""))
-    if a is not None and peak_flops_per_device(run.recipe.hardware.name):  # hardware the cost models know
-        mismatch = launching.hardware_mismatch(run.recipe.hardware.name, a.n_devices, a.device, "the run trained")
+    if a is not None:
+        try:
+            mismatch = launching.hardware_mismatch(run.recipe.hardware.name, a.n_devices, a.device, "the run trained")
+        except UserError:  # hardware the cost models do not know: nothing to compare the devices with
+            mismatch = None
         out += [mismatch] if mismatch else []
     p = run.predictions
     if p is not None and not top1_calibrated(p.cost_model_version) and run.recipe.dataset.name not in LAW_DATASETS:
