@@ -7,6 +7,7 @@ clipa-plan can plan for it (``custom`` has no prior of its own, only the LAION l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from clipa.registry import Registry
 
@@ -38,3 +39,18 @@ def published() -> tuple[str, ...]:
 
 def plannable() -> tuple[str, ...]:
     return tuple(d.name for d in DATASETS if d.plannable)
+
+
+# What the law predicts on a published dataset: the published runs' figure, zero-shot top-1 on ImageNet-1k's
+# 1,000 classes (column zero_shot_in1k_top1 of costmodels/data/published_clipa_results.csv).
+PUBLISHED_EVAL_CLASSES = 1000
+
+
+def eval_mismatch(dataset: str, n_classes: Optional[int]) -> Optional[str]:
+    """Why a top-1 measured on ``n_classes`` classes is not what was predicted for ``dataset`` (None when it is)."""
+    if n_classes in (None, PUBLISHED_EVAL_CLASSES) or dataset not in DATASETS or not DATASETS.get(dataset).published:
+        return None
+    return (f"the top-1 predicted on {dataset} is ImageNet-1k zero-shot ({PUBLISHED_EVAL_CLASSES:,} classes, the "
+            f"published runs' figure); the evaluation set has {n_classes:,} classes, so its top-1 is not comparable "
+            "with the prediction (evaluate on ImageNet-1k's val to compare; for a prediction on this set, calibrate "
+            "on --dataset custom pilots)")

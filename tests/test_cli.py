@@ -44,8 +44,15 @@ def _one_line_error(r: subprocess.CompletedProcess, code: int, needle: str) -> N
     ("clipa-plan", ["--budget", "5000", "--hw", "a100x9"], "a100x9"),
     ("clipa-plan", ["--budget", "5000", "--plot", "x.png"], "--plot: does not apply without --fit-report"),
     ("clipa-plan", ["--fit-report", "--budget", "5"], "--budget: does not apply to --fit-report"),
-    ("clipa-plan", ["--budget", "5000", "--train-data", "shards/{00..03}.tar"],
+    ("clipa-plan", ["--budget", "5000", "--dataset", "laion-2b", "--train-data", "shards/{00..03}.tar"],
      "--train-data: shards/00.tar: shard not found (from 'shards/{00..03}.tar')"),
+    # the default dataset is DataComp-1B: a user's own shards must not be predicted as DataComp's unsaid
+    ("clipa-plan", ["--budget", "5000", "--train-data", "shards/{00..03}.tar"],
+     "--train-data: say what these shards hold: --dataset datacomp-1b, laion-2b or laion-400m"),
+    ("clipa-plan", ["--pilot", "--budget", "5000", "--train-data", "shards/{00..03}.tar"],
+     "or --dataset custom (your own data"),
+    ("clipa-plan", ["--budget", "5000", "--dataset", "custom"],
+     "--dataset custom: no published run on it to plan from: plan its pilots (clipa-plan --pilot --dataset custom"),
     ("clipa-run", [], "Missing argument"),
     ("clipa-run", ["no-such.yaml"], "no-such.yaml: recipe file not found"),
     ("clipa-run", ["runs/[exp1].yaml"], "runs/[exp1].yaml: recipe file not found"),  # brackets are text
@@ -151,10 +158,13 @@ def shards(tmp_path_factory):
 def test_plan_with_data_flags_launches_as_written(tmp_path, shards):
     """clipa-plan with the user's data writes a recipe that clipa-run --dry-run accepts, writing nothing."""
     out = tmp_path / "plan.yaml"
-    r = _cli("clipa-plan", "--budget", "10000", "--hw", "a100x8", "--out", out,
+    r = _cli("clipa-plan", "--budget", "10000", "--hw", "a100x8", "--out", out, "--dataset", "datacomp-1b",
              "--train-data", shards["train"], "--val", shards["val"], "--classnames", shards["classnames"],
              "--templates", shards["templates"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
+    # its prediction is ImageNet-1k's top-1; this val set has 10 classes: said before the money is spent
+    assert ("warning: the top-1 predicted on datacomp-1b is ImageNet-1k zero-shot (1,000 classes, the published "
+            "runs' figure); the evaluation set has 10 classes") in " ".join(r.stdout.split())
     rec = recipe.load(out)
     assert rec.dataset.train == shards["train"] and rec.dataset.val == shards["val"]
     assert rec.provenance.command.startswith("clipa-plan --budget 10000 --hw a100x8")
@@ -171,8 +181,8 @@ def test_plan_with_data_flags_launches_as_written(tmp_path, shards):
 def test_a_recipe_edited_after_its_predictions_is_refused_until_predicted_again(tmp_path, shards):
     """The report compares a run with its recipe's predictions: after an edit they describe another run."""
     out = tmp_path / "plan.yaml"
-    r = _cli("clipa-plan", "--budget", "10000", "--hw", "a100x8", "--out", out, "--train-data", shards["train"],
-             cwd=tmp_path)
+    r = _cli("clipa-plan", "--budget", "10000", "--hw", "a100x8", "--out", out, "--dataset", "datacomp-1b",
+             "--train-data", shards["train"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     planned = yaml.safe_load(out.read_text())
     edited = {**planned, "dataset": {**planned["dataset"], "workers": 1}}      # not what predictions depend on
@@ -203,7 +213,8 @@ def test_plan_checks_the_zero_shot_set_as_clipa_run_will(tmp_path, shards):
     folder, or class names without images are refused by the planner, not at launch; no --val is said."""
     few = tmp_path / "few.txt"
     few.write_text("circle\nsquare\n")
-    base = ["--budget", "10000", "--hw", "a100x8", "--out", tmp_path / "p.yaml", "--train-data", shards["train"]]
+    base = ["--budget", "10000", "--hw", "a100x8", "--out", tmp_path / "p.yaml", "--dataset", "laion-2b",
+            "--train-data", shards["train"]]
     for extra, needle in (
         (["--val", shards["val"], "--classnames", few, "--templates", shards["templates"]], "2 class names for 10 folders"),
         (["--val", shards["classnames"], "--classnames", shards["classnames"], "--templates", shards["templates"]],

@@ -210,7 +210,7 @@ def test_pilot_cli_writes_a_suite_within_the_share(tmp_path, capsys):
     assert [p.name for p in s.pilots] == [p["name"] for p in obj["pilots"]]
     assert suite_mod.is_suite(out / "suite.yaml") and not suite_mod.is_suite(out / s.pilots[0].recipe)
     shard = write_shard(tmp_path / "shard.tar", [{"__key__": "k", "jpg": b"x", "txt": b"a cat"}])
-    assert run_app(plan_app, ["--pilot", "--budget", "2000", "--hw", "a100x8", "--train-data", str(shard),
+    assert run_app(plan_app, ["--pilot", "--budget", "2000", "--hw", "a100x8", "--dataset", "custom", "--train-data", str(shard),
                               "--out", str(tmp_path / "mine")]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "warning: no --val: the pilots will not measure their zero-shot top-1" in said  # nothing to fit a law to

@@ -208,3 +208,21 @@ def test_report_names_skipped_samples_and_uncalibrated_predictions(tmp_path):
     cal = cal.model_copy(update={"predictions": cal.predictions.model_copy(
         update={"cost_model_version": "clipa-costmodels-0.1+calibrated"})})
     assert not any("uncalibrated" in s for s in tables.status_lines(load_run(write_run(tmp_path / "cal", cal))))
+
+
+@pytest.mark.parametrize("dataset,classes,said", [
+    ("laion-400m", 10, True),     # the law's ImageNet-1k figure against a 10-class set
+    ("laion-400m", 1000, False),
+    ("demo", 10, False),          # the demo's prediction is for its own held-out set
+])
+def test_report_says_when_the_top1_was_measured_on_another_set_than_predicted(tmp_path, dataset, classes, said):
+    d = write_run(tmp_path / "run", demo_recipe(dataset=dataset))
+    a = rundir.read_achieved(d).model_dump()
+    a.update(eval_classes=classes)
+    rundir.write_achieved(d, rundir.Achieved.model_validate(a))
+    lines = [s for s in tables.status_lines(load_run(d)) if "not comparable" in s]
+    assert lines == ([f"the top-1 predicted on laion-400m is ImageNet-1k zero-shot (1,000 classes, the published "
+                      f"runs' figure); the evaluation set has {classes:,} classes, so its top-1 is not comparable with "
+                      "the prediction (evaluate on ImageNet-1k's val to compare; for a prediction on this set, "
+                      "calibrate on --dataset custom pilots)"]
+                     if said else [])

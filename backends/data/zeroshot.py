@@ -75,6 +75,11 @@ def _read_lines(path: Path, what: str) -> list[str]:
     return [ln.rstrip("\n\r") for ln in text.splitlines() if ln.strip()]
 
 
+def class_folders(root: Path) -> list[Path]:
+    """The classes of an ImageNet-style folder: its sub-folders, in sorted order (the labels' order)."""
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
 def load_zeroshot(val_dir, classnames_file=None, templates_file=None, limit: Optional[int] = None) -> ZeroShotSet:
     """Index ``val_dir``; UserError naming the path for a missing folder/file or a count mismatch.
     ``limit``: at most this many images, evenly spaced over the files in class-folder order (every class
@@ -82,7 +87,7 @@ def load_zeroshot(val_dir, classnames_file=None, templates_file=None, limit: Opt
     root = Path(val_dir)
     if not root.is_dir():
         raise UserError(f"{root}: zero-shot val folder not found")
-    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    folders = class_folders(root)
     if not folders:
         raise UserError(f"{root}: no class folders (expected val/CLASS/*.jpg)")
     if classnames_file:

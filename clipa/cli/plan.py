@@ -5,14 +5,15 @@ Examples:
     clipa-plan --budget 10000 --hw a100x8           # a dollar budget
     clipa-plan --device-hours 2000 --hw tpu-v4-64   # device-hours (GPU or TPU chip)
     clipa-plan --budget 10000 --hw a100x8,h100x8,tpu-v4-64 --pricing spot  # compare
-    clipa-plan --budget 10000 --train-data 'shards/{00000..41455}.tar' --val val/ --classnames cls.txt --templates tpl.txt
+    clipa-plan --budget 10000 --dataset datacomp-1b --train-data 'shards/{00000..41455}.tar' --val val/ --classnames cls.txt --templates tpl.txt
     clipa-plan --predict recipes/published/clipa_v2_h14_datacomp_70_224.yaml --json
     clipa-plan --fit-report
-    clipa-plan --pilot --budget 10000 --hw a100x8 --train-data 'shards/{00000..41455}.tar' --out pilots/
+    clipa-plan --pilot --budget 10000 --hw a100x8 --dataset custom --train-data 'shards/{00000..41455}.tar' --out pilots/
     clipa-plan --pilot --dataset demo --hw cpu --pilot-share 0.2 --out runs/pilots   # the demo's pilots
 
 With --train-data (and --val/--classnames/--templates) the recipe launches as is, with the command the plan
-ends with (clipa-run RECIPE --nproc 8 for a100x8).
+ends with (clipa-run RECIPE --nproc 8 for a100x8). --dataset says what the shards hold: a published dataset, or
+custom (your own data: plan its pilots with --pilot, calibrate on them, then plan with --calibration).
 """
 from __future__ import annotations
 
@@ -116,6 +117,11 @@ def plan(
     from clipa.costmodels import calibration as calib_mod
 
     cal = calib_mod.load(calibration) if calibration else None
+    if "train_data" in given and "dataset" not in given and target is None and predict is None:
+        # The default dataset is DataComp-1B: left unsaid, a user's own shards were predicted as DataComp's.
+        raise UserError("--train-data: say what these shards hold: --dataset datacomp-1b, laion-2b or laion-400m "
+                        "(a copy of it: predictions rest on its published runs), or --dataset custom (your own "
+                        "data: its pilots with --pilot, then a plan with --calibration)")
     if pilot:
         _pilot(console, a, given, cal)
     elif predict is not None:
@@ -162,6 +168,14 @@ def _plan(ctx: typer.Context, console: Console, a: SimpleNamespace, given: set, 
     if a.budget is None and a.device_hours is None:
         raise UserError("give a budget: --budget DOLLARS or --device-hours HOURS")
     calibrated = cal is not None and a.dataset in cal.datasets and cal.datasets[a.dataset].law is not None
+    if a.dataset in recipe_mod.DATASETS and a.dataset not in DATASETS and not calibrated and cal is not None:
+        raise UserError(f"--calibration {a.calibration}: no accuracy law for dataset {a.dataset!r} in it (it has: "
+                        f"{', '.join(d for d in cal.datasets if cal.datasets[d].law is not None) or 'none'}); fit "
+                        f"one with clipa-report --calibrate on finished pilots of {a.dataset}")
+    if a.dataset in recipe_mod.DATASETS and a.dataset not in DATASETS and not calibrated:
+        raise UserError(f"--dataset {a.dataset}: no published run on it to plan from: plan its pilots (clipa-plan "
+                        f"--pilot --dataset {a.dataset} ...), fit them (clipa-report --calibrate), then plan with "
+                        "--calibration FILE")
     if a.dataset not in DATASETS and not calibrated:
         raise UserError(f"--dataset: unknown dataset {a.dataset!r}; known: {', '.join(DATASETS)} (custom: with a "
                         "--calibration fitted on pilots of it)")
@@ -284,11 +298,16 @@ PUBLISHED_EPOCHS = 6
 
 
 def _data_warnings(rec) -> list[str]:
-    """What the user's own data (--train-data without --val, --train-samples) says about the plan."""
+    """What the user's own data (--train-data without --val, --val of another measure than predicted,
+    --train-samples) says about the plan."""
     ds, said = rec.dataset, []
     if ds.train is not None and ds.val is None:
         said.append("no --val: the run will not measure its zero-shot top-1, so clipa-report cannot hold it against "
                     "the prediction (add --val, --classnames and --templates)")
+    if ds.val is not None:
+        from clipa.backends.data import zeroshot
+
+        said += filter(None, [datasets.eval_mismatch(ds.name, len(zeroshot.class_folders(Path(ds.val))))])
     n = ds.train_samples
     if not n:
         return said

@@ -195,7 +195,7 @@ LAW_DATASETS = datasets.published()
 
 def caveat_lines(run: Run) -> list[str]:
     """What a reader must know before trusting the comparison: skipped data, a run on other devices than
-    predicted for, uncalibrated predictions."""
+    predicted for, a top-1 measured on another evaluation set than predicted, uncalibrated predictions."""
     out = []
     a = run.achieved
     if a is not None and a.skipped_samples:
@@ -209,6 +209,8 @@ def caveat_lines(run: Run) -> list[str]:
             mismatch = None
         out += [mismatch] if mismatch else []
     p = run.predictions
+    measure = datasets.eval_mismatch(run.recipe.dataset.name, a.eval_classes) if a and p else None
+    out += [measure] if measure else []
     if p is not None and not top1_calibrated(p.cost_model_version) and run.recipe.dataset.name not in LAW_DATASETS:
         out.append(f"top-1 prediction uncalibrated: no published run on dataset {run.recipe.dataset.name!r}. "
                    f"Run: clipa-report --calibrate {run.path}, then clipa-plan --predict RECIPE --calibration "
