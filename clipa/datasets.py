@@ -32,6 +32,16 @@ for _d in (
     DATASETS.register(_d)
 
 
+def eval_label(dataset: str, val: Optional[str]) -> str:
+    """What a top-1 predicted for ``dataset`` is measured on: the published runs' ImageNet-1k, the demo's
+    held-out split, or, for the user's own data, the evaluation set its pilots were calibrated on."""
+    if dataset == "demo":
+        return "held-out demo split"
+    if dataset in DATASETS and DATASETS.get(dataset).published:
+        return "ImageNet-1k"
+    return f"your evaluation set, {val}" if val else "your evaluation set"
+
+
 def published() -> tuple[str, ...]:
     """Names of the datasets with published runs behind the accuracy law, in the law's order."""
     return tuple(d.name for d in DATASETS if d.published)

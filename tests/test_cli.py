@@ -1,5 +1,6 @@
 """The three CLIs as a shell, CI job or SLURM script meets them: real subprocesses, exit codes, one-line
 errors and no tracebacks for user mistakes; a plan that launches as written."""
+import json
 import os
 import shlex
 import signal
@@ -176,6 +177,21 @@ def test_plan_with_data_flags_launches_as_written(tmp_path, shards):
     assert d.returncode == 0, d.stderr[-2000:]
     assert "--nproc-per-node 8" in d.stdout, d.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run directory claimed
+
+
+@pytest.mark.parametrize("dataset,measured_on", [
+    ("custom", "your evaluation set, {val}"),     # not ImageNet: the top-1 is on the user's own val set
+    ("laion-400m", "ImageNet-1k"),                 # the published runs' figure
+    ("demo", "held-out demo split"),
+])
+def test_a_prediction_names_the_set_its_top1_is_measured_on(tmp_path, shards, dataset, measured_on):
+    rec = tiny(shards)
+    rec["dataset"]["name"] = dataset
+    r = _cli("clipa-plan", "--predict", write(rec, tmp_path / "r.yaml"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"predicted zero-shot top-1 ({measured_on.format(val=shards['val'])}) " in " ".join(r.stdout.split())
+    j = _cli("clipa-plan", "--predict", tmp_path / "r.yaml", "--json", cwd=tmp_path)
+    assert json.loads(j.stdout)["top1_measured_on"] == measured_on.format(val=shards["val"])
 
 
 def test_a_recipe_edited_after_its_predictions_is_refused_until_predicted_again(tmp_path, shards):
