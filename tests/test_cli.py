@@ -334,3 +334,18 @@ def test_plan_warns_when_it_passes_over_the_users_data_more_often_than_any_publi
     assert "no run with more than 6 passes" in warning
     r = _cli("clipa-plan", "--budget", "10000", "--train-samples", "100000000000", "--json", "--out", tmp_path / "h.yaml")
     assert not any("passes over" in n for n in json.loads(r.stdout)["notes"])
+
+
+def test_without_train_samples_the_plan_counts_the_shards_to_warn_of_repeated_data(tmp_path):
+    """No --train-samples: the shards' size, estimated from the first shard's tar headers, still warns."""
+    from clipa.backends.data import webdataset_io
+
+    for i in range(3):
+        webdataset_io.write_shard(tmp_path / f"s{i}.tar", [{"__key__": f"k{i}{j}", "jpg": b"x", "txt": b"a cat"}
+                                                           for j in range(5)])
+    r = _cli("clipa-plan", "--budget", "10000", "--dataset", "laion-2b", "--train-data", tmp_path / "s{0..2}.tar",
+             "--json", "--out", tmp_path / "g.yaml")
+    assert r.returncode == 0, r.stderr[-2000:]
+    warning = next(n for n in json.loads(r.stdout)["notes"] if "passes over" in n)
+    assert warning.startswith("the plan passes over the 15 samples of dataset.train (about: 3 shards x the first's "
+                              "5; --train-samples for the exact count)"), warning

@@ -308,15 +308,29 @@ def _data_warnings(rec) -> list[str]:
         from clipa.backends.data import zeroshot
 
         said += filter(None, [datasets.eval_mismatch(ds.name, len(zeroshot.class_folders(Path(ds.val))))])
-    n = ds.train_samples
+    n, counted = ds.train_samples, ""
+    if not n and ds.train is not None:
+        n, counted = _estimated_samples(ds.train)
     if not n:
         return said
     passes = sum(st.samples for st in rec.stages) / n
     if passes <= PUBLISHED_EPOCHS:
         return said
-    return said + [f"the plan passes over the {n:,} samples of dataset.train {passes:,.1f} times; the accuracy law "
-            f"has no run with more than {PUBLISHED_EPOCHS} passes (CLIPA on LAION-400M), so expect less than "
-            "predicted from repeated data"]
+    return said + [f"the plan passes over the {n:,} samples of dataset.train{counted} {passes:,.1f} times; the "
+            f"accuracy law has no run with more than {PUBLISHED_EPOCHS} passes (CLIPA on LAION-400M), so expect less "
+            "than predicted from repeated data"]
+
+
+def _estimated_samples(train: str) -> tuple[int, str]:
+    """The samples in one pass of the shards, estimated from the first (reading its tar headers only, as
+    clipa-run --dry-run does), and how: a user who gave no --train-samples still hears of a plan that
+    repeats their data many times."""
+    from clipa.backends.data import webdataset_io
+
+    shards = webdataset_io.expand_shards(train)
+    first = webdataset_io.shard_summary(shards[0]).count
+    how = f" (about: {len(shards):,} shards x the first's {first:,}; --train-samples for the exact count)"
+    return len(shards) * first, how if len(shards) > 1 else ""
 
 
 def _todo(rec) -> str:
