@@ -1,8 +1,9 @@
 """The clipa-run command that trains a recipe, or a pilot suite, on the hardware it was planned for.
 
 clipa-plan ends with it and writes it into a suite's header, so that what a plan says is what launches:
-every GPU of the machine (``--nproc``), or the JAX backend on every worker of a TPU slice, whose hosts
-need a run directory they all see. Words in capitals are the user's to fill in.
+every GPU of the machine (``--nproc``), every GPU of several machines (a100x32: ``--slurm --nodes 4``), or the
+JAX backend on every worker of a TPU slice, whose hosts need a run directory they all see. Words in capitals
+are the user's to fill in.
 """
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ def launch_command(path, hardware_name: str, name: str, suite: bool = False) -> 
         if not suite:
             extra += ["--tpu", "TPU_NAME", "--zone", "ZONE"]
             extra += ["--run-dir", f"gs://BUCKET/{name}"] if multi_host_tpu(hw.name) else []
+    elif (k := hardware.machine_count(hw.name)) > 1:
+        # several machines: SLURM starts them all from one command; a suite runs through torchrun on each node
+        per = hw.n_devices // k
+        extra = (["--nproc", str(per), "--nnodes", str(k), "--node-rank", "NODE_RANK", "--rdzv-endpoint",
+                  "HOST0:29500"] if suite else ["--slurm", "--nodes", str(k), "--gpus-per-node", str(per)])
     elif hw.n_devices > 1:
         extra = ["--nproc", str(hw.n_devices)]
     return shlex.join(["clipa-run", str(path), *extra])
@@ -47,6 +53,7 @@ def hardware_mismatch(hardware_name: str, n_devices: int, device_name: str, run:
         got = f"on {n_devices} x {device_name}"
     else:
         return None
-    how = "" if hw.name.startswith("tpu-") else f"; on that machine: {launch_command('...', hw.name, '')}"
+    where = "those machines" if hardware.machine_count(hw.name) > 1 else "that machine"
+    how = "" if hw.name.startswith("tpu-") else f"; on {where}: {launch_command('...', hw.name, '')}"
     return (f"the recipe is planned for {hw.name} ({hw.n_devices} x {hw.device}) and {run} {got}: its "
             f"predicted time and cost, and the per-device batch its memory plan assumed, are for {hw.name}{how}")

@@ -1,6 +1,7 @@
 """Hardware and prices: what a machine or TPU slice can compute, hold and cost.
 
-Names: ``a100x8``, ``a100-40gbx8``, ``h100x8`` (8-GPU machines), ``tpu-v3-N``, ``tpu-v4-N``,
+Names: ``a100x8``, ``a100-40gbx8``, ``h100x8`` (8-GPU machines; ``a100x32`` is four a100x8 machines, any
+multiple of 8 GPUs, priced and costed as that many machines: a cluster of nodes), ``tpu-v3-N``, ``tpu-v4-N``,
 ``tpu-v5e-N``, ``tpu-v5p-N`` (slices; N as in Google's slice names: TensorCores for v3/v4/v5p, chips
 for v5e, see ``data/hardware.yaml``) and ``cpu`` (this machine, its peak measured once and cached).
 
@@ -44,6 +45,7 @@ _PRICE_FIELDS = {"on-demand": ("usd_per_hour", "usd_per_device_hour"),
 _OVERRIDE_FIELDS = {*(f for pair in _PRICE_FIELDS.values() for f in pair), "peak_flops", "memory_bytes", "cpu_cores",
                     "source", "date"}
 _TPU_RE = re.compile(r"^(tpu-v(?:3|4|5e|5p))-(\d+)$")
+_GPUS_RE = re.compile(r"^(.+)x(\d+)$")  # a100x32: 32 GPUs of the a100x8 machines
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,34 @@ def decode_rates() -> tuple[dict[int, float], str]:
 
 
 def names() -> list[str]:
-    """Known names; TPU families are listed with their N placeholder."""
+    """Known names; TPU families are listed with their N placeholder, GPU machines once (a100x8) and as
+    clusters of them (a100xN)."""
     d = _data()
-    return list(d["machines"]) + [f"{fam}-N" for fam in d["tpu_families"]] + ["cpu"]
+    return (list(d["machines"]) + [_GPUS_RE.sub(r"\1xN", m) for m in d["machines"]]
+            + [f"{fam}-N" for fam in d["tpu_families"]] + ["cpu"])
+
+
+def gpu_nodes(name: str) -> Optional[tuple[str, int]]:
+    """(machine, how many) of a GPU name: ('a100x8', 4) for a100x32, ('a100x8', 1) for a100x8; None for a
+    name that is no GPU machine's; UserError for a GPU count that is not a whole number of machines."""
+    m = _GPUS_RE.match(name)
+    if m is None:
+        return None
+    for machine, entry in _data()["machines"].items():
+        per = int(entry["n_devices"])
+        if machine == f"{m.group(1)}x{per}":
+            n = int(m.group(2))
+            if n < per or n % per:
+                raise UserError(f"hardware {name!r}: {machine} machines have {per} GPUs: {m.group(1)}xN takes N a "
+                                f"multiple of {per} (N/{per} machines)")
+            return machine, n // per
+    return None
+
+
+def machine_count(name: str) -> int:
+    """How many GPU machines ``name`` is (4 for a100x32); 1 for one machine, a TPU slice or the cpu."""
+    nodes = gpu_nodes(name)
+    return nodes[1] if nodes else 1
 
 
 def _price(entry: Optional[dict], n_devices: int) -> dict:
@@ -109,14 +136,20 @@ def _float(x) -> Optional[float]:
 
 
 def _machine(name: str, pricing: str) -> Hardware:
+    """A GPU machine, or ``k`` of them (a100x32 = 4 x a100x8): k times its devices, host cores and price.
+    The throughput model takes devices as adding up, as it does across a TPU slice's hosts."""
     d = _data()
-    m = d["machines"][name]
+    machine, k = gpu_nodes(name)
+    m = d["machines"][machine]
     dev = d["devices"][m["device"]]
-    n = int(m["n_devices"])
+    n = int(m["n_devices"]) * k
+    price = _price(m["prices"].get(pricing), n)
+    if k > 1 and price["usd_per_hour"] is not None:
+        price.update(usd_per_hour=price["usd_per_hour"] * k, price_basis=f"{k} x {machine}, {price['price_basis']}")
     return Hardware(name=name, device=m["device"], n_devices=n, peak_flops=_float(dev["peak_flops"]),
-                    memory_bytes=_float(dev["memory_bytes"]), cpu_cores=int(m["cpu_cores"]),
-                    source=f"{dev['source']}; cores: {m['cpu_source']}", date=str(dev["date"]), pricing=pricing,
-                    **_price(m["prices"].get(pricing), n))
+                    memory_bytes=_float(dev["memory_bytes"]), cpu_cores=int(m["cpu_cores"]) * k,
+                    source=f"{dev['source']}; cores: {m['cpu_source']}" + (f"; {k} machines" if k > 1 else ""),
+                    date=str(dev["date"]), pricing=pricing, **price)
 
 
 def _valid_tpu_n(family: str, n: int) -> bool:
@@ -236,7 +269,11 @@ def load_prices(path: Path) -> dict:
         raise UserError(f"--prices {path}: must be a mapping from hardware name to fields")
     d = _data()
     for key, fields in data.items():
-        if not (key in d["machines"] or key in d["tpu_families"] or key == "cpu" or _TPU_RE.match(str(key))):
+        try:
+            machines = gpu_nodes(str(key))
+        except UserError as e:
+            raise UserError(f"--prices {path}: {e}") from None
+        if not (key in d["tpu_families"] or key == "cpu" or _TPU_RE.match(str(key)) or machines):
             raise UserError(f"--prices {path}: {key!r} is not a hardware name; known: {', '.join(names())} "
                             f"(or a TPU family: {', '.join(d['tpu_families'])})")
         if not isinstance(fields, dict):
@@ -251,18 +288,20 @@ def load_prices(path: Path) -> dict:
     return data
 
 
-def _apply(hw: Hardware, fields: dict, where: str) -> Hardware:
+def _apply(hw: Hardware, fields: dict, where: str, machines: int = 1) -> Hardware:
+    """``hw`` with a --prices entry's fields; ``machines``: how many of the entry's machine ``hw`` is (its
+    whole-machine price and host cores count that many times)."""
     changes = {}
     for k in ("peak_flops", "memory_bytes"):
         if k in fields:
             changes[k] = float(fields[k])
     if "cpu_cores" in fields:
-        changes["cpu_cores"] = int(fields["cpu_cores"])
+        changes["cpu_cores"] = int(fields["cpu_cores"]) * machines
     whole, per_device = _PRICE_FIELDS[hw.pricing]
     if per_device in fields:
         changes["usd_per_hour"] = float(fields[per_device]) * hw.n_devices
     if whole in fields:
-        changes["usd_per_hour"] = float(fields[whole])
+        changes["usd_per_hour"] = float(fields[whole]) * machines
     if "usd_per_hour" in changes:
         cited = (f": {fields['source']}" if "source" in fields else "") + (f" ({fields['date']})" if "date" in fields else "")
         changes.update(price_source=where + cited, price_basis=where, price_given=True)
@@ -286,7 +325,7 @@ def check_pricing(pricing: str) -> None:
 
 def check_name(name: str) -> None:
     """UserError unless ``name`` is known hardware (without measuring the local CPU)."""
-    if name == "cpu" or name in _data()["machines"]:
+    if name == "cpu" or gpu_nodes(name) is not None:
         return
     if (m := _TPU_RE.match(name)) is not None:
         _tpu(m.group(1), int(m.group(2)), name)  # raises on an invalid slice size
@@ -299,21 +338,23 @@ def get(name: str, prices: Optional[Path] = None, pricing: str = "on-demand") ->
     ``prices`` (a YAML file) if given. UserError if a figure the cost models need is in no source."""
     check_pricing(pricing)
     d = _data()
-    family = None
+    family, machines = None, 1
     if name == "cpu":
         hw = replace(_cpu(), pricing=pricing)     # the local machine costs $0 however it is priced
-    elif name in d["machines"]:
-        hw = _machine(name, pricing)
     elif (m := _TPU_RE.match(name)) is not None:
         family = m.group(1)
         hw = _tpu(family, int(m.group(2)), name, pricing)
+    elif (nodes := gpu_nodes(name)) is not None:
+        if nodes[1] > 1:  # a cluster takes its machine's overrides (times its machines), then its own
+            family, machines = nodes
+        hw = _machine(name, pricing)
     else:
         raise UserError(f"unknown hardware {name!r}; known: {', '.join(names())}")
     if prices is not None:
         over = load_prices(prices)
-        for key in (family, name):              # family first, the exact name wins
+        for key, times in ((family, machines), (name, 1)):  # family first, the exact name wins
             if key is not None and key in over:
-                hw = _apply(hw, over[key], f"--prices {prices} [{key}]")
+                hw = _apply(hw, over[key], f"--prices {prices} [{key}]", times)
     missing = [f for f in ("peak_flops", "memory_bytes", "cpu_cores") if getattr(hw, f) is None]
     if missing:
         raise UserError(f"hardware {name!r}: no source at hand gives its {', '.join(missing)} "

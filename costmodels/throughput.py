@@ -231,17 +231,19 @@ def fitted_chips() -> set[str]:
 
 
 def uncalibrated_note(hw: hardware.Hardware, calibration=None) -> Optional[str]:
-    """A line for the plan when ``hw``'s utilisation comes from another chip's fit, else None.
+    """A line for the plan when ``hw``'s utilisation comes from another chip's fit, or from one machine's
+    for several (a100x32), else None.
 
     No published training run exists on other chips, so their throughput is the A100 fit's fraction of
     their own peak until the user's runs calibrate it (``clipa-report --calibrate``)."""
     if calibration is not None and calibration.utilisation(hw.name) is not None:
         return None
-    chips = fitted_chips()
-    if _chip(hw.device) in chips:
-        return None
-    return (f"throughput uncalibrated on {hw.name}: utilisation carried over from the {'/'.join(sorted(chips))} fit "
-            f"(calibrate with your own runs: clipa-report --calibrate RUN_DIR)")
+    chips, machines = fitted_chips(), hardware.machine_count(hw.name)
+    why = [f"utilisation carried over from the {'/'.join(sorted(chips))} fit"] if _chip(hw.device) not in chips else []
+    if machines > 1:  # the fit models no communication between machines
+        why.append(f"its {machines} machines assumed to add up (no communication between them modelled)")
+    return (f"throughput uncalibrated on {hw.name}: {' and '.join(why)} (calibrate with your own runs: clipa-report "
+            "--calibrate RUN_DIR)") if why else None
 
 
 def fit() -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from clipa import launching
+from clipa.costmodels import hardware
 from clipa import recipe as recipe_mod
 from clipa import suite as suite_mod
 from clipa.errors import UserError
@@ -90,7 +91,9 @@ def suite_command(path, hardware_name: str) -> str:
     if launching.multi_host_tpu(hardware_name):
         return (f"each pilot recipe, as a suite runs from one host and {hardware_name} has several: "
                 f"{launching.launch_command('PILOT.yaml', hardware_name, 'PILOT')}")
-    return launching.launch_command(path, hardware_name, "", suite=True)
+    command = launching.launch_command(path, hardware_name, "", suite=True)
+    machines = hardware.machine_count(hardware_name)
+    return f"{command} (on each of the {machines} machines)" if machines > 1 else command
 
 
 def design(target: recipe_mod.Recipe, budget_device_hours: float, share: float = DEFAULT_SHARE, *,

@@ -156,10 +156,14 @@ def shards(tmp_path_factory):
     return {k: str(v) for k, v in demo_data.generate(out, 64, 20, 32, 0).items()}
 
 
-def test_plan_with_data_flags_launches_as_written(tmp_path, shards):
+@pytest.mark.parametrize("hw,launch,dry", [
+    ("a100x8", ["--nproc", "8"], "--nproc-per-node 8"),
+    ("a100x32", ["--slurm", "--nodes", "4", "--gpus-per-node", "8"], "#SBATCH --nodes=4"),   # 4 machines: SLURM
+])
+def test_plan_with_data_flags_launches_as_written(tmp_path, shards, hw, launch, dry):
     """clipa-plan with the user's data writes a recipe that clipa-run --dry-run accepts, writing nothing."""
     out = tmp_path / "plan.yaml"
-    r = _cli("clipa-plan", "--budget", "10000", "--hw", "a100x8", "--out", out, "--dataset", "datacomp-1b",
+    r = _cli("clipa-plan", "--budget", "10000", "--hw", hw, "--out", out, "--dataset", "datacomp-1b",
              "--train-data", shards["train"], "--val", shards["val"], "--classnames", shards["classnames"],
              "--templates", shards["templates"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -168,14 +172,14 @@ def test_plan_with_data_flags_launches_as_written(tmp_path, shards):
             "runs' figure); the evaluation set has 10 classes") in " ".join(r.stdout.split())
     rec = recipe.load(out)
     assert rec.dataset.train == shards["train"] and rec.dataset.val == shards["val"]
-    assert rec.provenance.command.startswith("clipa-plan --budget 10000 --hw a100x8")
+    assert rec.provenance.command.startswith(f"clipa-plan --budget 10000 --hw {hw}")
     assert rec.provenance.budget_usd == 10000 and rec.provenance.clipa_version == __version__
     before = sorted(p.name for p in tmp_path.iterdir())
-    said = shlex.split(" ".join(r.stdout.split()).split("launch it with: ")[1])  # on the 8 GPUs it was planned for
-    assert said == ["clipa-run", str(out), "--nproc", "8"], said
+    said = shlex.split(" ".join(r.stdout.split()).split("launch it with: ")[1])  # on the GPUs it was planned for
+    assert said == ["clipa-run", str(out), *launch], said
     d = _cli(*said, "--dry-run", cwd=tmp_path)
     assert d.returncode == 0, d.stderr[-2000:]
-    assert "--nproc-per-node 8" in d.stdout, d.stdout
+    assert dry in d.stdout, d.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run directory claimed
 
 
@@ -245,6 +249,7 @@ def test_plan_checks_the_zero_shot_set_as_clipa_run_will(tmp_path, shards):
 
 @pytest.mark.parametrize("hw,flags", [
     ("a100x8", ["--nproc", "8"]),
+    ("a100x32", ["--slurm", "--nodes", "4", "--gpus-per-node", "8"]),                # four machines
     ("tpu-v4-8", ["--backend", "jax", "--tpu", "TPU_NAME", "--zone", "ZONE"]),  # one host
     ("tpu-v4-64", ["--backend", "jax", "--tpu", "TPU_NAME", "--zone", "ZONE", "--run-dir", "gs://BUCKET/t"]),
     ("cpu", []),

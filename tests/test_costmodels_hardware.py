@@ -18,7 +18,7 @@ def test_every_name_resolves_with_sources(tmp_path, monkeypatch):
     for name in hardware.names():
         if name == "tpu-v5p-N":
             continue                                            # no peak at hand: see test_v5p_needs_its_figures
-        hw = hardware.get(name.replace("-N", "-8"))
+        hw = hardware.get(name.replace("-N", "-8").replace("xN", "x16"))
         assert hw.n_devices >= 1 and hw.peak_flops > 0 and hw.memory_bytes > 0 and hw.cpu_cores >= 1
         assert hw.source and hw.date
         if hw.usd_per_hour:
@@ -197,6 +197,43 @@ def test_prices_file_overrides(tmp_path):
     assert hardware.get("tpu-v4-8", f).usd_per_hour == pytest.approx(2.0 * 4)
     a = hardware.get("a100x8", f)
     assert (a.peak_flops, a.memory_bytes, a.usd_per_hour) == (1.0e14, 4.0e10, 12.6)
+
+
+def test_several_gpu_machines_are_that_many_machines(tmp_path):
+    """a100x32 is four a100x8 machines: four times their GPUs, host cores and price (each kind), the same
+    GPU; a --prices entry for the machine counts four times, one for the cluster's own name once."""
+    one, four = hardware.get("a100x8"), hardware.get("a100x32")
+    assert (four.n_devices, four.cpu_cores, four.device, four.peak_flops, four.memory_bytes) == (
+        32, 4 * one.cpu_cores, one.device, one.peak_flops, one.memory_bytes)
+    assert four.usd_per_hour == pytest.approx(4 * 12.60) and four.price_basis.startswith("4 x a100x8, ")
+    h2, h1 = hardware.get("h100x16", pricing="spot"), hardware.get("h100x8", pricing="spot")
+    assert h2.usd_per_hour == pytest.approx(2 * h1.usd_per_hour) and h2.n_devices == 16
+    assert hardware.get("a100-40gbx16", pricing="spot").usd_per_hour is None    # none for one machine either
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump({"a100x8": {"usd_per_hour": 10.0, "cpu_cores": 64}, "h100x24": {"usd_per_hour": 99.0}}))
+    mine = hardware.get("a100x32", f)
+    assert (mine.usd_per_hour, mine.cpu_cores) == (40.0, 256) and mine.price_given
+    assert hardware.get("h100x24", f).usd_per_hour == 99.0
+    for bad in ("a100x12", "a100x4", "h100x0"):
+        with pytest.raises(UserError, match=f"hardware '{bad}': .* machines have 8 GPUs: .*xN takes N a multiple of 8"):
+            hardware.get(bad)
+    f.write_text("a100x12: {usd_per_hour: 3}")
+    with pytest.raises(UserError, match=f"--prices {f}: hardware 'a100x12'"):
+        hardware.get("a100x8", f)
+
+
+def test_a_recipe_on_four_machines_costs_the_same_device_hours_in_a_quarter_of_the_time():
+    from clipa import recipe
+    from clipa.costmodels import throughput
+    from clipa.costmodels.predict import predict_recipe
+
+    rec = recipe.load(Path(recipe.__file__).parents[1] / "recipes" / "published" / "clipa_v2_h14_datacomp_70_224.yaml")
+    one, four = predict_recipe(rec, "a100x8"), predict_recipe(rec, "a100x32")
+    assert four.device_hours == pytest.approx(one.device_hours) and four.cost_usd == pytest.approx(one.cost_usd)
+    assert four.wall_hours == pytest.approx(one.wall_hours / 4)
+    # linear scaling is an assumption, and the plan says so until the user's runs calibrate it
+    assert throughput.uncalibrated_note(hardware.get("a100x8")) is None
+    assert "its 4 machines assumed to add up" in throughput.uncalibrated_note(hardware.get("a100x32"))
 
 
 @pytest.mark.parametrize("content,match", [

@@ -252,6 +252,8 @@ def test_run_suite_errors_are_one_line_exit_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("hw,said", [
     ("a100x8", "clipa-run s/suite.yaml --nproc 8"),  # every GPU the pilots were sized for
+    ("a100x32", "clipa-run s/suite.yaml --nproc 8 --nnodes 4 --node-rank NODE_RANK --rdzv-endpoint HOST0:29500 "
+                "(on each of the 4 machines)"),       # torchrun on every machine: a suite takes no --slurm
     ("cpu", "clipa-run s/suite.yaml"),
     ("tpu-v4-8", "clipa-run s/suite.yaml --backend jax"),  # on the TPU VM, its one host
     ("tpu-v4-64", "each pilot recipe, as a suite runs from one host and tpu-v4-64 has several: clipa-run PILOT.yaml "

@@ -192,6 +192,19 @@ def test_report_says_when_the_run_trained_on_other_devices_than_predicted_for(tm
                      "on that machine: clipa-run ... --nproc 8"])
 
 
+def test_a_run_on_fewer_machines_than_planned_says_so_and_how_to_launch_on_all(tmp_path):
+    d = write_run(tmp_path / "run", demo_recipe(hardware="a100x32"))
+    a = rundir.read_achieved(d).model_dump()
+    a.update(device="NVIDIA A100-SXM4-80GB", n_devices=8)         # one machine of the four
+    rundir.write_achieved(d, rundir.Achieved.model_validate(a))
+    assert ("the recipe is planned for a100x32 (32 x A100-80GB) and the run trained on 8 x NVIDIA A100-SXM4-80GB: "
+            "its predicted time and cost, and the per-device batch its memory plan assumed, are for a100x32; on those "
+            "machines: clipa-run ... --slurm --nodes 4 --gpus-per-node 8") in tables.status_lines(load_run(d))
+    a.update(n_devices=32)
+    rundir.write_achieved(d, rundir.Achieved.model_validate(a))
+    assert not any(s.startswith("the recipe is planned for") for s in tables.status_lines(load_run(d)))
+
+
 def test_report_names_skipped_samples_and_uncalibrated_predictions(tmp_path):
     d = write_run(tmp_path / "run", demo_recipe())
     a = rundir.read_achieved(d).model_dump()
