@@ -78,7 +78,8 @@ def extrapolation_lines(extrapolation: list[str], what: str = "the prediction") 
 def binding_line(p: Plan, budget_text: str) -> str:
     """Which constraint stops the plan from training longer."""
     words = {"budget": f"the budget ({budget_text})", "device-hours": f"the device-hour budget ({budget_text})",
-             "deadline": "the deadline", "dataset size": "the dataset's size (samples available)",
+             "deadline": "the deadline (more devices shorten the wall time: several GPU machines, --hw a100x32 for "
+                         "four a100x8, or a larger TPU slice)", "dataset size": "the dataset's size (samples available)",
              "samples grid": "the search space's longest pre-training (the plan does not use all the budget)"}
     return f"binding constraint: {words.get(p.binding, p.binding)}: more pre-training samples would not fit"
 

@@ -133,6 +133,15 @@ def test_the_binding_constraint_is_named(kw, binding):
     assert res.search.best.binding == binding
 
 
+def test_a_deadline_bound_plan_points_to_more_machines_which_buy_accuracy_in_the_same_days():
+    from clipa.planner import present
+
+    kw = dict(budget_usd=10_000, device_hours=None, deadline_days=3, dataset="datacomp-1b", quiet=True)
+    one, four = make_plan(hw_name="a100x8", **kw).search.best, make_plan(hw_name="a100x32", **kw).search.best
+    assert one.binding == "deadline" and "--hw a100x32 for four a100x8" in present.binding_line(one, "$10,000")
+    assert four.low > one.low + 1 and four.wall_hours <= 3 * 24
+
+
 def test_more_budget_never_lowers_the_objective():
     for objective in ("low", "mean"):
         preds = [make_plan(budget_usd=b, device_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True,
