@@ -54,6 +54,21 @@ def test_a100_plan_is_calibrated(tmp_path):
     assert obj["notes"] == []
 
 
+@pytest.mark.parametrize("hw,said", [("a100x8", None), ("h100x8", UNCALIBRATED.format("h100x8")),
+                                     ("a100x32", "throughput uncalibrated on a100x32: its 4 machines assumed to add up")])
+def test_predict_says_when_its_throughput_is_uncalibrated_as_a_plan_does(tmp_path, hw, said):
+    from clipa.planner import published
+
+    path = tmp_path / "r.yaml"
+    recipe_mod.dump(next(iter(published.load_all().values())), path)
+    r = _cli(tmp_path, "--predict", path, "--hw", hw, "--json")
+    assert r.returncode == 0, r.stderr
+    notes = json.loads(r.stdout)["notes"]
+    assert (notes == []) if said is None else (len(notes) == 1 and notes[0].startswith(said)), notes
+    printed = " ".join(_cli(tmp_path, "--predict", path, "--hw", hw).stdout.split())
+    assert (said in printed) if said else ("throughput uncalibrated" not in printed)
+
+
 def test_spot_plan_says_so_and_checkpoints_often(tmp_path):
     obj, rec = _plan_json(tmp_path, "--budget", "10000", "--hw", "h100x8", "--pricing", "spot")
     spot_price = hardware.get("h100x8", pricing="spot").usd_per_hour

@@ -158,7 +158,10 @@ def _predict(console: Console, a: SimpleNamespace, given: set, cal) -> None:
     rec = rec.model_copy(update={"predictions": predict_recipe(rec, calibration=cal)})
     if a.out is not None:  # the recipe with these predictions: clipa-run keeps them for the report
         recipe_mod.dump(rec, a.out)
-    _emit(console, rec, hw, str(a.predict), a.as_json, f"Predictions for {a.predict}")
+    from clipa.costmodels import throughput
+
+    notes = [n for n in (throughput.uncalibrated_note(hw, cal),) if n]  # as a plan on that hardware says it
+    _emit(console, rec, hw, str(a.predict), a.as_json, f"Predictions for {a.predict}", notes)
     unused = cal.unused_note(rec.hardware.name, rec.dataset.name) if cal is not None else None
     if unused:  # on stderr: --json keeps stdout to the JSON
         err_console.print(f"[yellow]warning:[/yellow] {escape(unused)}", soft_wrap=True)
@@ -353,17 +356,20 @@ def _command_line(ctx: typer.Context, given: set) -> str:
     return shlex.join(words)
 
 
-def _emit(console: Console, rec, hw, path: str, as_json: bool, title: str) -> None:
+def _emit(console: Console, rec, hw, path: str, as_json: bool, title: str, notes: list[str]) -> None:
     from clipa.planner import compare, present
 
     if as_json:
-        obj = {**recipe_mod.round_figures(present.prediction_json(rec, path)), **compare.price_json(hw)}
+        obj = {**recipe_mod.round_figures(present.prediction_json(rec, path)), **compare.price_json(hw),
+               "notes": notes}
         print(json.dumps(obj, indent=2))
     else:
         present.print_tables(console, present.stage_table(rec, title))
         for line in present.extrapolation_lines(rec.predictions.extrapolation):
             console.print(line, soft_wrap=True, highlight=False)
         console.print(compare.price_line(hw), soft_wrap=True, highlight=False, markup=False)
+        for note in notes:
+            console.print(note, soft_wrap=True, highlight=False, markup=False)
 
 
 main = entry(app)
