@@ -56,9 +56,8 @@ def plan(
     device_hours: Optional[float] = typer.Option(None, "--device-hours", "--gpu-hours", help="budget in device-hours "
                                                  "(GPU or TPU chip; --gpu-hours: the old spelling)",
                                                  rich_help_panel=BUDGET),
-    hw: Optional[str] = typer.Option(None, help="hardware: a100x8 (default), a100-40gbx8, h100x8, a100x32 (4 machines), tpu-v4-64, "
-                                     "cpu, ...; "
-                                     "several, comma-separated, are compared side by side; "
+    hw: Optional[str] = typer.Option(None, help="hardware: a100x8 (default), a100-40gbx8, h100x8, a100x32 (4 machines), "
+                                     "tpu-v4-64, cpu, ...; several, comma-separated, are compared side by side; "
                                      "with --predict, default: the recipe's", rich_help_panel=BUDGET),
     deadline: Optional[float] = typer.Option(None, help="wall-clock deadline in days", rich_help_panel=BUDGET),
     pricing: str = typer.Option("on-demand", help="on-demand | spot (preemptible: the recipe checkpoints often) | "
