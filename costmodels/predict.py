@@ -55,13 +55,16 @@ class StageRate:
 
 
 def stage_rate(enc, shape: StageShape, hw: hardware.Hardware, *, grad_checkpointing: bool,
-               calibration=None, evaluations: int = 1) -> StageRate:
-    """How ``hw`` runs a stage of ``shape``: the throughput model at the calibrated utilisation (if any),
-    plus the calibrated per-sample and per-stage overheads and the stage's ``evaluations`` zero-shot
-    evaluations (``costmodels.calibration``; a planned recipe evaluates once, at the stage's end)."""
+               workers: Optional[int] = None, calibration=None, evaluations: int = 1) -> StageRate:
+    """How ``hw`` runs a stage of ``shape``, decoded by ``workers`` per training process (None: every host
+    core, as ``throughput.decoders`` says): the throughput
+    model at the calibrated utilisation (if any), plus the calibrated per-sample and per-stage overheads
+    and the stage's ``evaluations`` zero-shot evaluations (``costmodels.calibration``; a planned recipe
+    evaluates once, at the stage's end)."""
     cal = calibration
     fps = flops.stage_train_flops(enc, shape, recompute=grad_checkpointing)
-    st = throughput.time_of(fps, 1.0, hw, image_size=shape.image_size, utilisation=cal and cal.utilisation(hw.name))
+    st = throughput.time_of(fps, 1.0, hw, image_size=shape.image_size, utilisation=cal and cal.utilisation(hw.name),
+                            workers=workers)
     overhead_s, fixed_s = 0.0, 0.0
     if cal:
         eval_s = cal.eval_s_per_gflop(hw.name) * flops.eval_image_flops(enc, shape.image_size) / 1e9
@@ -118,7 +121,8 @@ def predict_recipe(rec: recipe_mod.Recipe, hw_name: Optional[str] = None, prices
     offset = calibration.offset(rec.dataset.name) if calibration is not None else 0.0
 
     rates = [stage_rate(enc, StageShape.of(st), hw, grad_checkpointing=rec.train.grad_checkpointing,
-                        calibration=calibration, evaluations=st.evaluations(rec.train.eval_every_samples))
+                        workers=rec.dataset.workers, calibration=calibration,
+                        evaluations=st.evaluations(rec.train.eval_every_samples))
              for st in rec.stages]
     stages = [_stage_prediction(enc, st, r) for st, r in zip(rec.stages, rates)]
     cost, device_hours, wall_hours = totals([(r, st.samples) for st, r in zip(rec.stages, rates)])

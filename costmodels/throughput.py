@@ -79,8 +79,31 @@ def utilisation(enc: Encoder, image_tokens: int, text_len: int, hw: hardware.Har
     return utilisation_from(fitted_params(), f, hw.peak_flops)
 
 
-def data_samples_per_s(image_size: int, hw: hardware.Hardware) -> float:
-    """Images/s the host CPUs decode at ``image_size`` px (log-log interpolation of measured rates)."""
+def training_processes(hw: hardware.Hardware) -> int:
+    """Processes that train on ``hw``, each with its own ``dataset.workers`` decoding workers: one per GPU
+    (torchrun) or for the cpu; one per TPU host (the JAX backend), or one per chip where no source gives the
+    chips per host."""
+    return (hardware.tpu_hosts(hw.name) or hw.n_devices) if hw.name.startswith("tpu-") else hw.n_devices
+
+
+def plan_workers(hw: hardware.Hardware) -> int:
+    """The ``dataset.workers`` a plan writes: every host core decodes but one per training process (its own
+    loop), so the data bound the plan was costed at (all cores) is what the run gets. The recipe's default of
+    2 would give an 8-GPU machine of 96 cores 16 decoders."""
+    return max(1, hw.cpu_cores // training_processes(hw) - 1)
+
+
+def decoders(hw: hardware.Hardware, workers: Optional[int]) -> int:
+    """Processes decoding images for a run with ``workers`` per training process (0: the trainer itself),
+    at most the host cores; every core when ``workers`` is None (the published runs the fit uses)."""
+    if workers is None:
+        return hw.cpu_cores
+    return min(hw.cpu_cores, max(1, workers) * training_processes(hw))
+
+
+def data_samples_per_s(image_size: int, hw: hardware.Hardware, workers: Optional[int] = None) -> float:
+    """Images/s ``hw``'s decoders (``decoders``) decode at ``image_size`` px (log-log interpolation of
+    rates measured per core)."""
     rates, _ = hardware.decode_rates()
     sizes = sorted(rates)
     if image_size <= sizes[0]:
@@ -90,7 +113,7 @@ def data_samples_per_s(image_size: int, hw: hardware.Hardware) -> float:
         s0, s1 = sizes[i - 1], sizes[i]
         slope = math.log(rates[s1] / rates[s0]) / math.log(s1 / s0)
         per_core = rates[s0] * (image_size / s0) ** slope
-    return per_core * hw.cpu_cores
+    return per_core * decoders(hw, workers)
 
 
 def stage_time(enc: Encoder, image_tokens: int, text_len: int, samples: float, hw: hardware.Hardware, *,
@@ -104,9 +127,10 @@ def stage_time(enc: Encoder, image_tokens: int, text_len: int, samples: float, h
 
 
 def time_of(per_sample: float, samples: float, hw: hardware.Hardware, *, image_size: int,
-            utilisation: Optional[float] = None, params: Optional[dict] = None) -> StageTime:
+            utilisation: Optional[float] = None, params: Optional[dict] = None,
+            workers: Optional[int] = None) -> StageTime:
     """``stage_time`` of a stage whose samples cost ``per_sample`` training FLOPs each (as executed,
-    recomputation included)."""
+    recomputation included), decoded by ``workers`` per training process (``decoders``)."""
     if utilisation is not None:
         u = utilisation
     else:
@@ -114,7 +138,7 @@ def time_of(per_sample: float, samples: float, hw: hardware.Hardware, *, image_s
     if not 0.0 < u <= 1.0:
         raise ValueError(f"utilisation must be in (0, 1], got {u}")
     compute = hw.n_devices * hw.peak_flops * u / per_sample
-    data = data_samples_per_s(image_size, hw)
+    data = data_samples_per_s(image_size, hw, workers)
     rate = min(compute, data)
     wall = samples / rate / 3600.0
     return StageTime(samples_per_s=rate, device_hours=wall * hw.n_devices, wall_hours=wall, utilisation=u,

@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Optional
 
 from clipa import encoders
-from clipa.costmodels import accuracy_law, hardware, memory, predict
+from clipa.costmodels import accuracy_law, hardware, memory, predict, throughput
 from clipa.costmodels.accuracy_law import FinetuneStage, RunFeatures
 from clipa.costmodels.predict import StageShape
 from clipa.errors import UserError
@@ -59,6 +59,11 @@ class Context:
     max_samples: Optional[float] = None  # pre-training samples the data allows (its size x passes), if capped
     _costs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _rates: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def workers(self) -> int:
+        """The decoding workers the plan's recipe gets (``throughput.plan_workers``): its points are costed with them."""
+        return throughput.plan_workers(self.hw)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -172,7 +177,8 @@ def _cost(p: ss.Point, ctx: Context, samples: Optional[float], ckpt: bool, ft_ba
     def rate(shape: StageShape) -> predict.StageRate:
         key = (p.encoder, shape, ckpt)  # cheaper to hash than the encoder and hardware stage_rate caches on
         if key not in ctx._rates:
-            ctx._rates[key] = predict.stage_rate(enc, shape, ctx.hw, grad_checkpointing=ckpt, calibration=ctx.calibration)
+            ctx._rates[key] = predict.stage_rate(enc, shape, ctx.hw, grad_checkpointing=ckpt, workers=ctx.workers,
+                                                 calibration=ctx.calibration)
         return ctx._rates[key]
 
     pre = rate(StageShape(p.image_size(), p.mask_ratio(), p.text_len))

@@ -72,7 +72,7 @@ def make_plan(*, budget_usd: Optional[float], device_hours: Optional[float], hw_
             f"{_usd(low.cost_usd)}{low.device_hours:,.1f} device-hours / {low.wall_hours / 24:,.2f} days "
             f"({low.point.encoder}, {low.point.image_size()} px, {low.samples:,.0f} samples, no fine-tune)")
     best = result.best
-    rec = ss.build_recipe(best.point, best.samples, dataset=dataset, hardware=hw.name,
+    rec = ss.build_recipe(best.point, best.samples, dataset=dataset, hardware=hw.name, workers=ctx.workers,
                           name=name or recipe_name(best), ft_batch=best.ft_batch,
                           grad_checkpointing=best.grad_checkpointing)
     rec = for_hardware(rec, hw)

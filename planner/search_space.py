@@ -123,10 +123,11 @@ def points(encoders_: tuple[str, ...] = ENCODERS) -> tuple[Point, ...]:
     return tuple(out)
 
 
-def build_recipe(p: Point, samples: float, *, dataset: str, hardware: str, name: str,
+def build_recipe(p: Point, samples: float, *, dataset: str, hardware: str, name: str, workers: int,
                  ft_batch: int = 32768, grad_checkpointing: bool = False,
                  usd_per_hour: Optional[float] = None) -> recipe_mod.Recipe:
-    """The recipe for point ``p`` with ``samples`` pretraining samples."""
+    """The recipe for point ``p`` with ``samples`` pretraining samples, decoded by ``workers`` per
+    training process."""
     stages = [dict(
         name="pretrain", samples=int(samples), global_batch=p.global_batch, image_size=p.image_size(),
         image_reduction={"kind": p.image_reduction, "mask_ratio": p.mask_ratio()},
@@ -149,7 +150,8 @@ def build_recipe(p: Point, samples: float, *, dataset: str, hardware: str, name:
     if usd_per_hour is not None:
         hw["usd_per_hour"] = usd_per_hour
     return recipe_mod.from_dict(dict(
-        name=name, encoder={"name": p.encoder}, dataset={"name": dataset}, hardware=hw, stages=stages,
+        name=name, encoder={"name": p.encoder}, dataset={"name": dataset, "workers": workers}, hardware=hw,
+        stages=stages,
         train={"grad_checkpointing": grad_checkpointing, "precision": "bf16"},
     ), source="planner")
 

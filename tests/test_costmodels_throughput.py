@@ -100,6 +100,39 @@ def test_data_bound_takes_over_for_tiny_models_and_few_cores(tmp_path):
     assert big.bound == "compute"
 
 
+@pytest.mark.parametrize("hw,workers,decoding", [
+    ("a100x8", None, 96),        # the published runs' fit: every host core
+    ("a100x8", 2, 16),           # the recipe's default: 2 per GPU process
+    ("a100x8", 0, 8),            # each trainer decodes for itself
+    ("a100x8", 50, 96),          # never more than the cores
+    ("a100x32", 11, 352),        # 4 machines of 8 GPU processes
+    ("tpu-v4-64", 3, 24),        # the JAX backend: one process per host, 8 hosts
+])
+def test_decoding_is_done_by_the_recipes_workers(hw, workers, decoding):
+    h = hardware.get(hw)
+    assert throughput.decoders(h, workers) == decoding
+    rates, _ = hardware.decode_rates()
+    assert throughput.data_samples_per_s(64, h, workers) == pytest.approx(rates[64] * decoding)
+
+
+def test_a_plan_decodes_on_every_core_it_was_costed_with_and_a_recipe_with_fewer_is_predicted_slower(tmp_path):
+    """A plan writes dataset.workers so that every core but the trainers' decodes (96 - 8 on a100x8); the
+    same recipe with the schema's default of 2 workers per GPU decodes on 16, and where decoding bounds the
+    stage its prediction says so."""
+    from clipa.costmodels.predict import predict_recipe
+    from clipa.planner.run import make_plan
+
+    assert [throughput.plan_workers(hardware.get(h)) for h in ("a100x8", "a100x32", "tpu-v4-64", "cpu")] == [
+        11, 11, 239, max(1, hardware.get("cpu").cpu_cores - 1)]
+    rec = make_plan(budget_usd=500, device_hours=None, hw_name="a100x8", dataset="datacomp-1b", quiet=True).recipe
+    assert rec.dataset.workers == 11
+    few = rec.model_copy(update={"dataset": rec.dataset.model_copy(update={"workers": 2}), "predictions": None})
+    pre_plan, pre_few = rec.predictions.stages[0], predict_recipe(few).stages[0]
+    data_16 = throughput.data_samples_per_s(rec.stages[0].image_size, hardware.get("a100x8"), 2)
+    assert pre_few.wall_hours == pytest.approx(rec.stages[0].samples / data_16 / 3600, rel=1e-6)   # data-bound
+    assert pre_few.wall_hours > 1.1 * pre_plan.wall_hours
+
+
 def test_decode_rate_interpolation():
     hw = hardware.get("a100x8")
     rates, _ = hardware.decode_rates()

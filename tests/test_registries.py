@@ -42,7 +42,7 @@ def test_every_finetune_schedule_and_plannable_dataset_make_a_recipe_that_maps_b
     for ft in ss.FINETUNES:
         for ds in datasets.plannable():
             p = dataclasses.replace(base, finetune=ft.name)
-            rec = ss.build_recipe(p, 1.28e9, dataset=ds, hardware="a100x8", name="x")
+            rec = ss.build_recipe(p, 1.28e9, dataset=ds, hardware="a100x8", name="x", workers=11)
             assert [(s.image_size, s.samples, s.image_reduction.mask_ratio, s.text_len) for s in rec.stages[1:]] \
                 == [(s.image_size, s.samples, s.mask_ratio, s.text_len) for s in ft.stages]
             assert rec.dataset.name == ds and ss.point_from_recipe(rec) == p

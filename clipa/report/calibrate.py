@@ -75,7 +75,8 @@ def model_seconds_per_sample(run: Run, stage, hw) -> tuple[float, float]:
     # The FLOPs predict.stage_rate counts, through the same function, so the fitted utilisation means
     # the same thing in the fit and in the prediction.
     fps = flops.stage_train_flops(run.recipe.encoder.spec, stage, recompute=run.recipe.train.grad_checkpointing)
-    st = throughput.time_of(fps, 1.0, hw, image_size=stage.image_size, utilisation=1.0)
+    st = throughput.time_of(fps, 1.0, hw, image_size=stage.image_size, utilisation=1.0,
+                            workers=run.recipe.dataset.workers)
     return 1.0 / st.compute_samples_per_s, 1.0 / st.data_samples_per_s
 
 
