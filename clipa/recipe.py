@@ -284,12 +284,14 @@ class Recipe(_Strict):
         return v
 
     def digest(self) -> str:
-        """What its predictions depend on, as a short hash: the encoder, the dataset's name, the hardware and
-        its price, the stages, and the two train fields the cost models read. Fields left at their default
-        are left out, so a field a later clipa adds does not change it."""
+        """What its predictions depend on, as a short hash: the encoder, the dataset's name and decoding
+        workers, the hardware and its price, the stages, and the two train fields the cost models read.
+        Fields left at their default are left out, so a field a later clipa adds does not change it."""
         train = self.train.model_dump(mode="json", include={"grad_checkpointing", "eval_every_samples"})
         parts = self.model_dump(mode="json", include={"encoder", "hardware", "stages"}, exclude_defaults=True)
         parts.update(dataset=self.dataset.name, train=train)
+        if "workers" in self.dataset.model_dump(exclude_defaults=True):  # the data-loading bound counts them
+            parts.update(workers=self.dataset.workers)
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def check_predictions(self, source: str) -> None:

@@ -180,6 +180,10 @@ def test_plan_with_data_flags_launches_as_written(tmp_path, shards, hw, launch, 
     d = _cli(*said, "--dry-run", cwd=tmp_path)
     assert d.returncode == 0, d.stderr[-2000:]
     assert dry in d.stdout, d.stdout
+    # the plan's workers use every core of a100x8 (11 per GPU): a dry run on a smaller host says what they cost here
+    if hw == "a100x8" and (os.cpu_count() or 1) < 88:
+        assert ("warning: dataset.workers: 11 decoding workers x 8 processes = 88 on this host's "
+                in " ".join(d.stderr.split())), d.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run directory claimed
 
 
@@ -205,9 +209,11 @@ def test_a_recipe_edited_after_its_predictions_is_refused_until_predicted_again(
              "--train-data", shards["train"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     planned = yaml.safe_load(out.read_text())
-    edited = {**planned, "dataset": {**planned["dataset"], "workers": 1}}      # not what predictions depend on
+    edited = {**planned, "train": {**planned["train"], "log_every_steps": 7}}   # not what predictions depend on
     write(edited, out)
     assert _cli("clipa-run", out, "--dry-run", "--nproc", "8", cwd=tmp_path).returncode == 0
+    write({**edited, "dataset": {**planned["dataset"], "workers": 1}}, out)      # the data-loading bound counts them
+    _one_line_error(_cli("clipa-run", out, "--dry-run", "--nproc", "8", cwd=tmp_path), 2, "predictions: made for")
     edited["stages"][0]["samples"] //= 2                                       # half the pre-training
     write(edited, out)
     _one_line_error(_cli("clipa-run", out, "--dry-run", "--nproc", "8", cwd=tmp_path), 2,

