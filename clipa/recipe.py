@@ -67,7 +67,8 @@ class DatasetSpec(_Strict):
     templates: Optional[str] = Field(None, description="file with one prompt template per line, '{}' for the class")
     val_images: Optional[int] = Field(None, ge=1, description="evaluate on at most this many `val` images: evenly "
                                       "spaced over the sorted files, so each class keeps its share (default: all)")
-    workers: int = Field(2, ge=0, description="data-loading worker processes per device")
+    workers: int = Field(2, ge=0, description="data-loading worker processes per training process (one per GPU; "
+                         "the JAX backend: one per host); clipa-plan writes the number that uses every core")
 
 
 class HardwareSpec(_Strict):
