@@ -56,7 +56,7 @@ class Context:
     calibration: Optional[object] = None  # costmodels.calibration.Calibration
     encoders: tuple[str, ...] = ss.ENCODERS
     law: accuracy_law.AccuracyLaw = field(default_factory=accuracy_law.default)
-    max_samples: Optional[float] = None  # pre-training samples the data allows (its size x passes), if capped
+    max_samples: Optional[float] = None  # samples the data allows (its size x passes), fine-tunes included, if capped
     _costs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _rates: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -187,7 +187,8 @@ def _cost(p: ss.Point, ctx: Context, samples: Optional[float], ckpt: bool, ft_ba
     def totals(n: float) -> tuple[Optional[float], float, float]:
         return predict.totals([(pre, n), *fts])  # the recipe's stage order: pre-training first
 
-    cap = ctx.max_samples
+    # The data's cap counts every pass over it, the fine-tune's samples too.
+    cap = None if ctx.max_samples is None else ctx.max_samples - sum(n for _, n in fts)
     grid = [samples] if samples is not None else sorted((n for n in ss.SAMPLES_GRID if cap is None or n <= cap),
                                                         reverse=True)
     n = next((n for n in grid if ctx.budget.allows(*totals(n))), None)

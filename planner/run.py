@@ -47,10 +47,11 @@ def _usd(x: Optional[float]) -> str:
 def make_plan(*, budget_usd: Optional[float], device_hours: Optional[float], hw_name: str, dataset: str,
               deadline_days: Optional[float] = None, objective: str = "low", risk: Optional[bool] = None,
               prices: Optional[Path] = None, calibration=None, name: Optional[str] = None,
-              quiet: bool = False, pricing: str = "on-demand") -> PlanResult:
+              quiet: bool = False, pricing: str = "on-demand", max_samples: Optional[float] = None) -> PlanResult:
     """The best recipe under the budget. ``objective``: 'low' (the lower end of the predicted 80%
     interval, default) or 'mean' (the predicted top-1); ``risk=True`` is the old spelling of 'low',
-    ``risk=False`` of 'mean'. The search is an exact enumeration: no seed, no trial count."""
+    ``risk=False`` of 'mean'; ``max_samples``: the most pre-training samples the data allows. The search is
+    an exact enumeration: no seed, no trial count."""
     if risk is not None:
         objective = "low" if risk else "mean"
     hw = hardware.get(hw_name, prices, pricing)
@@ -62,7 +63,7 @@ def make_plan(*, budget_usd: Optional[float], device_hours: Optional[float], hw_
         hw=hw, dataset=dataset, objective=objective,
         budget=Budget(usd=budget_usd, device_hours=device_hours,
                       wall_hours=deadline_days * 24 if deadline_days is not None else None),
-        calibration=calibration,
+        calibration=calibration, max_samples=max_samples,
     )
     result = _search(ctx, quiet)
     if result is None:

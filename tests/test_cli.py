@@ -347,6 +347,18 @@ def test_plan_warns_when_it_passes_over_the_users_data_more_often_than_any_publi
     assert not any("passes over" in n for n in json.loads(r.stdout)["notes"])
 
 
+def test_the_datas_size_binds_a_plan_at_the_passes_the_accuracy_law_has_seen(tmp_path):
+    """100M samples of data: the plan trains at most 6 passes over them (the most any published run made),
+    fine-tune included, and says the dataset's size binds; $10,000 would otherwise buy 12.8B samples."""
+    r = _cli("clipa-plan", "--budget", "10000", "--train-samples", "100000000", "--json", "--out", tmp_path / "g.yaml")
+    assert r.returncode == 0, r.stderr[-2000:]
+    obj = json.loads(r.stdout)
+    assert obj["binding"] == "dataset size" and sum(s["samples"] for s in obj["stages"]) <= 6 * 100_000_000
+    assert not any("passes over" in n for n in obj["notes"]) and obj["cost_usd"] < 10_000
+    free = json.loads(_cli("clipa-plan", "--budget", "10000", "--json", "--out", tmp_path / "h.yaml").stdout)
+    assert free["binding"] == "budget" and free["stages"][0]["samples"] == 12_800_000_000
+
+
 def test_without_train_samples_the_plan_counts_the_shards_to_warn_of_repeated_data(tmp_path):
     """No --train-samples: the shards' size, estimated from the first shard's tar headers, still warns."""
     from clipa.backends.data import webdataset_io

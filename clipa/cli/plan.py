@@ -142,7 +142,7 @@ def _pilot(console: Console, a: SimpleNamespace, given: set, cal) -> None:
     plan_pilot.run(console, target=a.target, dataset=a.dataset, hw=a.hw, budget=a.budget, device_hours=a.device_hours,
                    share=a.pilot_share, prices=a.prices, cal=cal, out=a.out, as_json=a.as_json,
                    plan_kwargs={"deadline_days": a.deadline, "objective": _objective(a.objective, a.risk),
-                                "pricing": a.pricing},
+                                "pricing": a.pricing, "max_samples": _samples_cap(a)},
                    with_data=lambda r: _with_data(r, a))
 
 
@@ -190,7 +190,7 @@ def _plan(ctx: typer.Context, console: Console, a: SimpleNamespace, given: set, 
     cmp = compare.plan_all(compare.hardware_list(a.hw), pricing=a.pricing, budget_usd=a.budget,
                            device_hours=a.device_hours, dataset=a.dataset, deadline_days=a.deadline,
                            objective=_objective(a.objective, a.risk), prices=a.prices, calibration=cal, name=a.name,
-                           quiet=a.as_json)
+                           quiet=a.as_json, max_samples=_samples_cap(a))
     rec = _with_data(cmp.result.recipe, a)
     rec = rec.model_copy(update={"provenance": recipe_mod.Provenance(
         command=_command_line(ctx, given), clipa_version=__version__,
@@ -326,6 +326,22 @@ def _data_warnings(rec) -> list[str]:
     return said + [f"the plan passes over the {n:,} samples of dataset.train{counted} {passes:,.1f} times; the "
             f"accuracy law has no run with more than {PUBLISHED_EPOCHS} passes (CLIPA on LAION-400M), so expect less "
             "than predicted from repeated data"]
+
+
+def _samples_cap(a: SimpleNamespace) -> Optional[float]:
+    """The most samples (pre-training and fine-tune) the user's data allows a plan: PUBLISHED_EPOCHS passes
+    over --train-samples (or the shards' estimated size), beyond which the accuracy law has no run; at least
+    the search space's shortest pre-training (the plan then says how often it repeats the data). None
+    without a size."""
+    from clipa.planner.search_space import SAMPLES_GRID
+
+    n = a.train_samples
+    if n is None and a.train_data is not None:
+        try:
+            n = _estimated_samples(a.train_data)[0]
+        except UserError as e:
+            raise UserError(f"--train-data: {e}") from None
+    return max(n * PUBLISHED_EPOCHS, SAMPLES_GRID[0]) if n else None
 
 
 def _estimated_samples(train: str) -> tuple[int, str]:
