@@ -50,7 +50,7 @@ def make_plan(*, budget_usd: Optional[float], device_hours: Optional[float], hw_
               quiet: bool = False, pricing: str = "on-demand", max_samples: Optional[float] = None) -> PlanResult:
     """The best recipe under the budget. ``objective``: 'low' (the lower end of the predicted 80%
     interval, default) or 'mean' (the predicted top-1); ``risk=True`` is the old spelling of 'low',
-    ``risk=False`` of 'mean'; ``max_samples``: the most pre-training samples the data allows. The search is
+    ``risk=False`` of 'mean'; ``max_samples``: the most samples the data allows, fine-tunes included. The search is
     an exact enumeration: no seed, no trial count."""
     if risk is not None:
         objective = "low" if risk else "mean"
