@@ -109,10 +109,9 @@ def measure_decode_s(dataset, stage, encoder, batch_size: int = 32, batches: int
 
 def modelled_decode_s(image_size: int) -> float:
     """One core's seconds per image at ``image_size`` from the measured web-photo decode rates."""
-    from clipa.costmodels import hardware, throughput
+    from clipa.costmodels import throughput
 
-    hw = hardware.get("cpu")
-    return hw.cpu_cores / throughput.data_samples_per_s(image_size, hw)
+    return 1.0 / throughput.decode_rate_per_core(image_size)
 
 
 def peak_samples_per_s(encoder, stage, cores: int) -> float:

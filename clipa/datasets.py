@@ -37,7 +37,7 @@ def eval_label(dataset: str, val: Optional[str]) -> str:
     held-out split, or, for the user's own data, the evaluation set its pilots were calibrated on."""
     if dataset == "demo":
         return "held-out demo split"
-    if dataset in DATASETS and DATASETS.get(dataset).published:
+    if dataset in published():
         return "ImageNet-1k"
     return f"your evaluation set, {val}" if val else "your evaluation set"
 
@@ -58,7 +58,7 @@ PUBLISHED_EVAL_CLASSES = 1000
 
 def eval_mismatch(dataset: str, n_classes: Optional[int]) -> Optional[str]:
     """Why a top-1 measured on ``n_classes`` classes is not what was predicted for ``dataset`` (None when it is)."""
-    if n_classes in (None, PUBLISHED_EVAL_CLASSES) or dataset not in DATASETS or not DATASETS.get(dataset).published:
+    if n_classes in (None, PUBLISHED_EVAL_CLASSES) or dataset not in published():
         return None
     return (f"the top-1 predicted on {dataset} is ImageNet-1k zero-shot ({PUBLISHED_EVAL_CLASSES:,} classes, the "
             f"published runs' figure); the evaluation set has {n_classes:,} classes, so its top-1 is not comparable "

@@ -101,19 +101,21 @@ def decoders(hw: hardware.Hardware, workers: Optional[int]) -> int:
     return min(hw.cpu_cores, max(1, workers) * training_processes(hw))
 
 
-def data_samples_per_s(image_size: int, hw: hardware.Hardware, workers: Optional[int] = None) -> float:
-    """Images/s ``hw``'s decoders (``decoders``) decode at ``image_size`` px (log-log interpolation of
-    rates measured per core)."""
+def decode_rate_per_core(image_size: int) -> float:
+    """Images/s one core decodes at ``image_size`` px (log-log interpolation of the measured rates)."""
     rates, _ = hardware.decode_rates()
     sizes = sorted(rates)
     if image_size <= sizes[0]:
-        per_core = rates[sizes[0]]          # below the smallest size decode cost stops falling (draft is 1/8 at most)
-    else:
-        i = next((k for k in range(1, len(sizes)) if sizes[k] >= image_size), len(sizes) - 1)
-        s0, s1 = sizes[i - 1], sizes[i]
-        slope = math.log(rates[s1] / rates[s0]) / math.log(s1 / s0)
-        per_core = rates[s0] * (image_size / s0) ** slope
-    return per_core * decoders(hw, workers)
+        return rates[sizes[0]]          # below the smallest size decode cost stops falling (draft is 1/8 at most)
+    i = next((k for k in range(1, len(sizes)) if sizes[k] >= image_size), len(sizes) - 1)
+    s0, s1 = sizes[i - 1], sizes[i]
+    slope = math.log(rates[s1] / rates[s0]) / math.log(s1 / s0)
+    return rates[s0] * (image_size / s0) ** slope
+
+
+def data_samples_per_s(image_size: int, hw: hardware.Hardware, workers: Optional[int] = None) -> float:
+    """Images/s ``hw``'s decoders (``decoders``) decode at ``image_size`` px."""
+    return decode_rate_per_core(image_size) * decoders(hw, workers)
 
 
 def stage_time(enc: Encoder, image_tokens: int, text_len: int, samples: float, hw: hardware.Hardware, *,

@@ -118,7 +118,7 @@ def untagged_note(rec) -> str | None:
     hw = hardware.get(rec.hardware.name)
     n = throughput.decoders(hw, rec.dataset.workers)
     for st, p in stages:
-        decode_s = n / throughput.data_samples_per_s(st.image_size, hw, rec.dataset.workers)
+        decode_s = 1.0 / throughput.decode_rate_per_core(st.image_size)
         most, predicted = n / (decode_s + ONLINE_TAG_S), st.samples / (p.wall_hours * 3600)
         if most < predicted:
             return (f"dataset.train: {first} has no part-of-speech tags (.{POS_EXT}), so stage {st.name} "

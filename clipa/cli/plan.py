@@ -18,6 +18,7 @@ custom (your own data: plan its pilots with --pilot, calibrate on them, then pla
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import shlex
 import sys
@@ -171,11 +172,11 @@ def _plan(ctx: typer.Context, console: Console, a: SimpleNamespace, given: set, 
     if a.budget is None and a.device_hours is None:
         raise UserError("give a budget: --budget DOLLARS or --device-hours HOURS")
     calibrated = cal is not None and a.dataset in cal.datasets and cal.datasets[a.dataset].law is not None
-    if a.dataset in recipe_mod.DATASETS and a.dataset not in DATASETS and not calibrated and cal is not None:
-        raise UserError(f"--calibration {a.calibration}: no accuracy law for dataset {a.dataset!r} in it (it has: "
-                        f"{', '.join(d for d in cal.datasets if cal.datasets[d].law is not None) or 'none'}); fit "
-                        f"one with clipa-report --calibrate on finished pilots of {a.dataset}")
     if a.dataset in recipe_mod.DATASETS and a.dataset not in DATASETS and not calibrated:
+        if cal is not None:
+            raise UserError(f"--calibration {a.calibration}: no accuracy law for dataset {a.dataset!r} in it (it has: "
+                            f"{', '.join(d for d in cal.datasets if cal.datasets[d].law is not None) or 'none'}); "
+                            f"fit one with clipa-report --calibrate on finished pilots of {a.dataset}")
         raise UserError(f"--dataset {a.dataset}: no published run on it to plan from: plan its pilots (clipa-plan "
                         f"--pilot --dataset {a.dataset} ...), fit them (clipa-report --calibrate), then plan with "
                         "--calibration FILE")
@@ -344,6 +345,7 @@ def _samples_cap(a: SimpleNamespace) -> Optional[float]:
     return max(n * PUBLISHED_EPOCHS, SAMPLES_GRID[0]) if n else None
 
 
+@functools.lru_cache(maxsize=1)  # the cap and the warnings both ask: the shards are listed once
 def _estimated_samples(train: str) -> tuple[int, str]:
     """The samples in one pass of the shards, estimated from the first (reading its tar headers only, as
     clipa-run --dry-run does), and how: a user who gave no --train-samples still hears of a plan that

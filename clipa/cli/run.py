@@ -24,7 +24,7 @@ from rich.markup import escape
 
 from clipa import recipe as recipe_mod
 from clipa import fs, rundir
-from clipa.cli._common import entry, load_recipe, not_with, version_option
+from clipa.cli._common import entry, err_console, load_recipe, not_with, version_option
 from clipa.errors import UserError
 
 app = typer.Typer(name="clipa-run", add_completion=False, help=__doc__, rich_markup_mode="markdown")
@@ -144,8 +144,6 @@ def _check_cores(rec, processes: int, dry_run: bool) -> None:
     (a typo would start thousands), all of them a warning (a plan sizes them for the hardware it planned
     for, every core of an 8-GPU machine; on a smaller host they compete with training). A dry run only
     warns: it may check a recipe on a login node for another machine."""
-    from clipa.cli._common import err_console
-
     cores, total = os.cpu_count() or 1, rec.dataset.workers * processes
     if rec.dataset.workers > cores and not dry_run:
         raise UserError(f"dataset.workers: {rec.dataset.workers} decode workers per device, but this host has "
@@ -160,7 +158,6 @@ def _check_cores(rec, processes: int, dry_run: bool) -> None:
 def _warn_untagged(rec) -> None:
     """Said before training: untagged captions that would hold a syntax stage below its prediction."""
     from clipa.backends.data.syntax_prep import untagged_note
-    from clipa.cli._common import err_console
 
     note = untagged_note(rec)
     if note:
