@@ -23,7 +23,9 @@ chance, where the logit is steep, counts little. The 80% interval is the classic
 run, in z, with Student's t at the residual degrees of freedom: with 3 pilots and 2 parameters,
 t(0.90, 1 dof) = 3.08 where the normal would say 1.28 (how few pilots there are). The residual
 variance is never below the evaluation's binomial variance p (1 - p) / images. Mapped back through
-the logistic, the interval is bounded by chance and the ceiling and is asymmetric.
+the logistic, the interval is bounded by chance and the ceiling and is asymmetric. Beyond the largest
+pilot the form itself is in doubt: the high end also holds a curve still taking off, the low end one
+bending down (``_high_if_taking_off``, ``_low_if_bending``).
 
 numpy + pydantic only (predictions happen at planning time); the fit is in ``fit``.
 """
@@ -38,6 +40,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from clipa.costmodels import accuracy_model as am
+from clipa.costmodels.accuracy_support import DELTA
 
 S_REF = 1e6  # samples: where b is read (ln S_eff / S_REF near 0 for pilots of 10^5..10^7 samples)
 CEILING = 100.0
@@ -133,10 +136,21 @@ class DatasetLaw(_Strict):
             # low end stays at the largest run's level) to the ceiling.
             z_flat = z - self.fixed["k"] * (x - top)
             return p, float(self.to_top1(z_flat - self.t * sd)), self.ceiling
-        high = float(self.to_top1(z + self.t * sd))
+        low, high = float(self.to_top1(z - self.t * sd)), float(self.to_top1(z + self.t * sd))
         if top is not None and x > top:
             high = max(high, self._high_if_taking_off(f))
-        return p, float(self.to_top1(z - self.t * sd)), high
+            low = self._low_if_bending(p, low, float(self.to_top1(z - self.params["ln_samples"] * (x - top))))
+        return p, low, high
+
+    def _low_if_bending(self, p: float, low: float, at_top: float) -> float:
+        """The interval's low end beyond the largest pilot, where the pilots' curve may bend down: the
+        published law's rule for samples beyond every run (accuracy_support), DELTA x the gain the law
+        predicts past the largest pilot (``p - at_top``) as a standard deviation in points, added in
+        quadrature to the fit's own half-width. Its parameters' covariance alone cannot do this: mapped
+        through the logistic, a logit far above the pilots' reads as near 100% with or without doubt (demo
+        pilots of at most 3,565 samples put an 8B-sample plan at 100.0% [99.6, 100.0])."""
+        half = math.hypot(p - low, Z90 * DELTA * max(p - at_top, 0.0))
+        return max(p - half, self.chance)
 
     def _high_if_taking_off(self, f) -> float:
         """The interval's high end under the other form the pilots cannot rule out: a logit growing
