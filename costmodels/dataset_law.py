@@ -170,6 +170,28 @@ class DatasetLaw(_Strict):
         sd = math.sqrt(float(x @ cov @ x) + (self.sigma * self.slope(float(self.to_top1(z)))) ** 2)
         return float(self.to_top1(z + self.t * sd))
 
+    def unvaried(self) -> dict[str, tuple]:
+        """The shape axes the law has no term for, with the pilots' values on them: the pilots did not vary
+        them (or left too few degrees of freedom for a term), so the law predicts every value alike and a
+        planner free on them would take the cheapest (demo-encoder pilots made an a100x8 plan S/16 at 64 px,
+        the smallest encoder the space has)."""
+        out = {}
+        if "ln_encoder" not in self.columns:
+            out["encoder"] = tuple(sorted({p.encoder for p in self.points}))
+        if "ln_image_tokens" not in self.columns:
+            out["image_tokens"] = tuple(sorted({p.image_tokens for p in self.points}))
+        return out
+
+    def held_note(self) -> Optional[str]:
+        """A line for a plan on this dataset saying what ``unvaried`` holds it to, or None."""
+        held = self.unvaried()
+        if not held:
+            return None
+        what = {"encoder": "encoder", "image_tokens": "pre-training image tokens"}
+        said = " and ".join(f"{what[k]} {', '.join(map(str, v))}" for k, v in held.items())
+        return (f"the plan keeps the pilots' {said}: their law has no term for "
+                f"{'them' if len(held) > 1 else 'it'} (pilots of other shapes would give it one)")
+
     def notes(self, f) -> list[str]:
         """The axes on which ``f`` lies outside the pilots (the law is fitted only on them)."""
         pts = self.points

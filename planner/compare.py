@@ -76,7 +76,7 @@ def plan_all(hw_names: list[str], *, pricing: str = "on-demand", prices=None, ca
             continue
         hw = hardware.get(name, prices, pricing)
         unused = calibration.unused_note(name, res.recipe.dataset.name) if calibration is not None else None
-        notes = [n for n in (throughput.uncalibrated_note(hw, calibration), unused) if n]
+        notes = [n for n in (throughput.uncalibrated_note(hw, calibration), unused, _held_note(calibration, res)) if n]
         if pricing == "spot":
             notes.append(spot.note(hw, res.recipe.train.checkpoint_every_minutes))
         if pricing.startswith("committed-") and hw.usd_per_hour is not None:
@@ -86,6 +86,11 @@ def plan_all(hw_names: list[str], *, pricing: str = "on-demand", prices=None, ca
     if not planned:
         raise UserError("no hardware could be planned: " + "; ".join(f"{o.hw_name}: {o.error}" for o in options))
     return Comparison(options, min(planned, key=lambda o: o.key(objective)), objective)
+
+
+def _held_note(calibration, res) -> Optional[str]:
+    d = calibration.datasets.get(res.recipe.dataset.name) if calibration is not None else None
+    return d.law.held_note() if d is not None and d.law is not None else None
 
 
 def _commitment_note(hw: hardware.Hardware, wall_hours: float) -> str:

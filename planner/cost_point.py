@@ -57,6 +57,7 @@ class Context:
     encoders: tuple[str, ...] = ss.ENCODERS
     law: accuracy_law.AccuracyLaw = field(default_factory=accuracy_law.default)
     max_samples: Optional[float] = None  # samples the data allows (its size x passes), fine-tunes included, if capped
+    held: dict = field(default_factory=dict, init=False)  # axis -> the pilots' values, where their law has no term
     _costs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _rates: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -70,6 +71,24 @@ class Context:
             raise UserError(f"--objective: {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.calibration is not None:  # a dataset the user's pilots fitted is predicted by its own law
             self.law = self.calibration.accuracy_law(self.law)
+            d = self.calibration.datasets.get(self.dataset)
+            self.held = d.law.unvaried() if d is not None and d.law is not None else {}
+            self.encoders = self.held.get("encoder", self.encoders)
+            if not self.sides:
+                raise UserError(f"--calibration: every pilot pre-trained on {self.held['image_tokens'][0]} image "
+                                f"tokens, not a square of {ss.SIDES[0]}..{ss.SIDES[-1]} tokens a side (the plans' "
+                                "grid): predict a recipe of that shape with --predict instead")
+
+    @property
+    def sides(self) -> tuple[int, ...]:
+        """The pre-training tokens a side the search may take: all, or the pilots' (``held``)."""
+        toks = self.held.get("image_tokens")
+        return tuple(s for s in ss.SIDES if toks is None or s * s in toks)
+
+    def space(self) -> tuple[ss.Point, ...]:
+        """The points the search costs: the space, on the pilots' encoders and tokens where ``held``."""
+        sides = set(self.sides)
+        return tuple(p for p in ss.points(tuple(self.encoders)) if p.side in sides)
 
     @property
     def offset(self) -> float:
@@ -230,7 +249,7 @@ def cheapest(ctx: Context) -> Plan:
     free = replace(ctx, budget=Budget())
     best = None
     for enc in ctx.encoders:
-        p = ss.Point(enc, min(ss.SIDES), "resize", min(ss.TEXT_LENS), "syntax", min(ss.GLOBAL_BATCHES), "none")
+        p = ss.Point(enc, min(ctx.sides), "resize", min(ss.TEXT_LENS), "syntax", min(ss.GLOBAL_BATCHES), "none")
         plan = cost_point(p, free, samples=min(ss.SAMPLES_GRID))
         if plan and (best is None or plan.device_hours < best.device_hours):
             best = plan

@@ -174,6 +174,8 @@ def print_tables(console: Console, *tables) -> None:
     """Each table as is when it fits the console, else turned on its side (one column per row, as
     many rows side by side as fit), so a narrow terminal or a 100-column log never cuts digits."""
     for t in tables:
+        if not t.row_count:  # e.g. no alternatives: a plan held to the pilots' encoder and tokens
+            continue
         if _width(console, t) <= console.width:
             console.print(t)
         else:

@@ -123,7 +123,7 @@ def test_pilots_identify_encoder_size_when_they_differ():
            for i, (s, enc, d) in enumerate([(4000, "demo", 0), (9000, "demo", 0), (20000, "demo", 0),
                                             (9000, "test", -3), (20000, "test", -4)])]
     law = dl.fit(obs, chance=10.0, rho=RHO, k_prior=0.4)
-    assert "ln_encoder" in law.columns and law.dof == 2
+    assert "ln_encoder" in law.columns and law.dof == 2 and law.unvaried() == {"image_tokens": (16,)}
     assert law.predict(_feats(9000, "test"))[0] < law.predict(_feats(9000, "demo"))[0]
 
 
@@ -175,6 +175,14 @@ def test_calibration_changes_the_prediction_and_the_plan(tmp_path, capsys):
     calib = make_plan(budget_usd=None, device_hours=2000, hw_name="a100x8", dataset="demo", quiet=True, calibration=cal)
     assert plain.recipe.predictions.predicted_top1 == pytest.approx(10.0)
     assert calib.recipe.predictions.predicted_top1 > 50.0
+    # every pilot had the demo encoder at 16 image tokens, so the law cannot tell encoders or token counts
+    # apart: the plan keeps the pilots' (free, it took S/16 at 64 px, the space's cheapest encoder), and says so
+    assert calib.recipe.encoder.name == "demo" and calib.recipe.stages[0].image_tokens(calib.recipe.encoder.spec) == 16
+    assert plain.recipe.encoder.name != "demo"
+    capsys.readouterr()
+    assert run_app(plan_app, ["--budget", "1000", "--hw", "a100x8", "--dataset", "demo", "--calibration", str(path),
+                              "--out", str(tmp_path / "p.yaml")]) == 0
+    assert "keeps the pilots' encoder demo and pre-training image tokens 16" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize("asked,evaluated", [(None, 1000), (300, 300), (5000, 1000)])
