@@ -74,6 +74,28 @@ class FitPoint(_Strict):
     finetune_samples: int = Field(0, ge=0, description="samples of the run's fine-tune stages")
     finetune_gain: Optional[float] = Field(None, description="final top-1 minus the pre-training stage's, points "
                                            "(None: no fine-tune or no stage top-1)")
+    # The rest of the run's shape (None: a calibration file from before they were kept)
+    image_reduction: Optional[str] = None
+    text_len: Optional[int] = None
+    text_reduction: Optional[str] = None
+    finetune_px: Optional[list[int]] = Field(None, description="the fine-tune stages' resolutions")
+
+
+# A run's shape beside its samples: FitPoint field -> (words, the law's column for it, the run's value)
+SHAPE = {
+    "encoder": ("encoder", "ln_encoder", lambda f: f.encoder),
+    "image_tokens": ("pre-training image tokens", "ln_image_tokens", lambda f: f.image_tokens),
+    "image_reduction": ("pre-training image reduction", None, lambda f: f.image_reduction),
+    "text_len": ("pre-training text length", None, lambda f: f.text_len),
+    "text_reduction": ("text reduction", None, lambda f: f.text_reduction),
+    "finetune_px": ("fine-tune", None, lambda f: tuple(s.image_size for s in f.finetune)),
+}
+
+
+def shape_value(axis: str, v) -> str:
+    if axis == "finetune_px":
+        return "+".join(map(str, v)) + " px" if v else "none"
+    return str(v)
 
 
 class DatasetLaw(_Strict):
@@ -174,12 +196,12 @@ class DatasetLaw(_Strict):
         """The shape axes the law has no term for, with the pilots' values on them: the pilots did not vary
         them (or left too few degrees of freedom for a term), so the law predicts every value alike and a
         planner free on them would take the cheapest (demo-encoder pilots made an a100x8 plan S/16 at 64 px,
-        the smallest encoder the space has)."""
+        the smallest encoder the space has, with 8 text tokens where the pilots had 12)."""
         out = {}
-        if "ln_encoder" not in self.columns:
-            out["encoder"] = tuple(sorted({p.encoder for p in self.points}))
-        if "ln_image_tokens" not in self.columns:
-            out["image_tokens"] = tuple(sorted({p.image_tokens for p in self.points}))
+        for axis, (_, column, _) in SHAPE.items():
+            vals = [getattr(p, axis) for p in self.points]
+            if column not in self.columns and None not in vals:
+                out[axis] = tuple(sorted({tuple(v) if isinstance(v, list) else v for v in vals}))
         return out
 
     def held_note(self) -> Optional[str]:
@@ -187,10 +209,7 @@ class DatasetLaw(_Strict):
         held = self.unvaried()
         if not held:
             return None
-        what = {"encoder": "encoder", "image_tokens": "pre-training image tokens"}
-        said = " and ".join(f"{what[k]} {', '.join(map(str, v))}" for k, v in held.items())
-        return (f"the plan keeps the pilots' {said}: their law has no term for "
-                f"{'them' if len(held) > 1 else 'it'} (pilots of other shapes would give it one)")
+        return f"the plan keeps the pilots' {said(held)}: their law has no term for these (pilots of other shapes give it one)"
 
     def notes(self, f) -> list[str]:
         """The axes on which ``f`` lies outside the pilots (the law is fitted only on them)."""
@@ -207,6 +226,11 @@ class DatasetLaw(_Strict):
         toks = sorted({p.image_tokens for p in pts})
         if f.image_tokens not in toks:
             out.append(f"pre-training image tokens {f.image_tokens}: pilots had {', '.join(map(str, toks))}")
+        for axis, values in self.unvaried().items():
+            words, _, value = SHAPE[axis]
+            if axis not in ("encoder", "image_tokens") and value(f) not in values:
+                out.append(f"{words} {shape_value(axis, value(f))}: pilots had {said({axis: values}, words=False)} "
+                           "(the law has no term for it)")
         out += self._finetune_note(f)
         return out
 
@@ -223,6 +247,11 @@ class DatasetLaw(_Strict):
         return [f"fine-tune of {ft:,.0f} samples: every pilot's fine-tune (at most {longest:,}) lowered its "
                 f"top-1 ({min(gains):+.1f} to {max(gains):+.1f} points): what a fine-tune {ft / longest:.1f}x "
                 "longer gains is not identified"]
+
+
+def said(held: dict, words: bool = True) -> str:
+    return ", ".join((SHAPE[a][0] + " " if words else "") + " or ".join(shape_value(a, v) for v in vals)
+                     for a, vals in held.items())
 
 
 def _row(columns: Sequence[str], samples_term: float, encoder: str, image_tokens: int) -> np.ndarray:
@@ -304,7 +333,10 @@ def fit(obs: Sequence[Observation], *, chance: float, rho: float, k_prior: float
     pts = [FitPoint(run=o.run, samples_eff=law.samples_eff(o.features), encoder=o.features.encoder,
                     image_tokens=o.features.image_tokens, achieved=o.top1, fitted=law.predict(o.features)[0],
                     finetune_samples=int(sum(s.samples for s in o.features.finetune)),
-                    finetune_gain=None if o.pretrain_top1 is None else o.top1 - o.pretrain_top1)
+                    finetune_gain=None if o.pretrain_top1 is None else o.top1 - o.pretrain_top1,
+                    image_reduction=o.features.image_reduction, text_len=o.features.text_len,
+                    text_reduction=o.features.text_reduction,
+                    finetune_px=[s.image_size for s in o.features.finetune])
            for o in obs]
     return law.model_copy(update={"points": pts})
 

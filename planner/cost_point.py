@@ -10,11 +10,11 @@ for its doubt) or the predicted top-1 ('mean').
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Optional
 
 from clipa import encoders
-from clipa.costmodels import accuracy_law, hardware, memory, predict, throughput
+from clipa.costmodels import accuracy_law, dataset_law, hardware, memory, predict, throughput
 from clipa.costmodels.accuracy_law import FinetuneStage, RunFeatures
 from clipa.costmodels.predict import StageShape
 from clipa.errors import UserError
@@ -74,21 +74,19 @@ class Context:
             d = self.calibration.datasets.get(self.dataset)
             self.held = d.law.unvaried() if d is not None and d.law is not None else {}
             self.encoders = self.held.get("encoder", self.encoders)
-            if not self.sides:
-                raise UserError(f"--calibration: every pilot pre-trained on {self.held['image_tokens'][0]} image "
-                                f"tokens, not a square of {ss.SIDES[0]}..{ss.SIDES[-1]} tokens a side (the plans' "
-                                "grid): predict a recipe of that shape with --predict instead")
+            if not self.space:
+                raise UserError(f"--calibration: no plan in the search space has the pilots' {dataset_law.said(self.held)}"
+                                ", and their law has no term for these, so a plan must keep them: predict a recipe of "
+                                "the pilots' shape with --predict, or pilot a planned one (clipa-plan --pilot)")
 
-    @property
-    def sides(self) -> tuple[int, ...]:
-        """The pre-training tokens a side the search may take: all, or the pilots' (``held``)."""
-        toks = self.held.get("image_tokens")
-        return tuple(s for s in ss.SIDES if toks is None or s * s in toks)
-
+    @cached_property
     def space(self) -> tuple[ss.Point, ...]:
-        """The points the search costs: the space, on the pilots' encoders and tokens where ``held``."""
-        sides = set(self.sides)
-        return tuple(p for p in ss.points(tuple(self.encoders)) if p.side in sides)
+        """The points the search costs: the whole space, or the points of the pilots' shape (``held``)."""
+        pts = ss.points(tuple(self.encoders))
+        held = [(dataset_law.SHAPE[a][2], v) for a, v in self.held.items() if a != "encoder"]
+        if not held:
+            return pts
+        return tuple(p for p in pts if all(value(features(p, 0.0, self.dataset)) in v for value, v in held))
 
     @property
     def offset(self) -> float:
@@ -249,8 +247,9 @@ def cheapest(ctx: Context) -> Plan:
     free = replace(ctx, budget=Budget())
     best = None
     for enc in ctx.encoders:
-        p = ss.Point(enc, min(ctx.sides), "resize", min(ss.TEXT_LENS), "syntax", min(ss.GLOBAL_BATCHES), "none")
-        plan = cost_point(p, free, samples=min(ss.SAMPLES_GRID))
+        p = min((p for p in ctx.space if p.encoder == enc), default=None,
+                key=lambda p: (p.side, p.text_len, len(ss.FINETUNES.get(p.finetune).stages), p.global_batch, p.masks))
+        plan = p and cost_point(p, free, samples=min(ss.SAMPLES_GRID))
         if plan and (best is None or plan.device_hours < best.device_hours):
             best = plan
     if best is None:

@@ -72,7 +72,7 @@ def plan(ctx: Context, *, progress=None, **_ignored) -> Optional[Result]:
 def _costed_points(ctx: Context, progress) -> list[tuple]:
     """(point, costed) of every point of the space that fits the budget."""
     pts = []
-    space = ctx.space()
+    space = ctx.space
     for k, p in enumerate(space):
         c = costed(p, ctx)
         if c is not None:

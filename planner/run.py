@@ -91,7 +91,7 @@ def _search(ctx: Context, quiet: bool):
         return optimize.plan(ctx)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    total = len(ctx.space())
+    total = len(ctx.space)
     with Progress(TextColumn("searching recipes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=True) as bar:
         task = bar.add_task("search", total=total)

@@ -3,6 +3,7 @@ recovering known parameters with intervals that cover them, --calibration changi
 and the plan, and one-line errors."""
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -123,7 +124,7 @@ def test_pilots_identify_encoder_size_when_they_differ():
            for i, (s, enc, d) in enumerate([(4000, "demo", 0), (9000, "demo", 0), (20000, "demo", 0),
                                             (9000, "test", -3), (20000, "test", -4)])]
     law = dl.fit(obs, chance=10.0, rho=RHO, k_prior=0.4)
-    assert "ln_encoder" in law.columns and law.dof == 2 and law.unvaried() == {"image_tokens": (16,)}
+    assert "ln_encoder" in law.columns and law.dof == 2 and "encoder" not in law.unvaried()
     assert law.predict(_feats(9000, "test"))[0] < law.predict(_feats(9000, "demo"))[0]
 
 
@@ -168,21 +169,46 @@ def test_calibration_changes_the_prediction_and_the_plan(tmp_path, capsys):
     assert run_app(plan_app, ["--predict", DEMO, "--calibration", str(path), "--out", str(tmp_path / "d.yaml")]) == 0
     kept = recipe_mod.load(tmp_path / "d.yaml").predictions
     assert kept.cost_model_version.endswith("+calibrated-top1") and kept.predicted_top1 == pytest.approx(after.predicted_top1, abs=0.01)
-    # the planner on the calibrated dataset: the dataset law, not the prior, scores its plans
+
+
+def _planned(s: float) -> RunFeatures:
+    """A pilot of a shape the planner makes: the demo encoder at 4x4 tokens, 8 syntax-masked text tokens,
+    fine-tuned at 224 px."""
+    return RunFeatures("demo", "demo", 16, 8, float(s), "resize", "syntax", (FinetuneStage(224, 784, s / 4, 32),))
+
+
+def test_a_calibrated_plan_keeps_the_pilots_shape(tmp_path, capsys):
+    """The pilots' law sees samples only when the pilots share a shape: it cannot tell one encoder, token
+    count, text length or fine-tune from another, so the plan keeps theirs (free, demo-encoder pilots made
+    an a100x8 plan S/16 at 64 px with 8 text tokens: the cheapest of each, which the law could not tell apart)."""
+    from clipa.costmodels.accuracy_law import features_from_recipe
     from clipa.planner.run import make_plan
 
+    rng = np.random.default_rng(3)
+    law = dl.fit([dl.Observation(f"p{i}", _planned(s), _truth(_planned(s)) + rng.normal(0, 1.0), 2000)
+                  for i, s in enumerate((4000, 9000, 20000))], chance=10.0, rho=RHO, k_prior=0.41)
+    assert law.unvaried() == {"encoder": ("demo",), "image_tokens": (16,), "image_reduction": ("resize",),
+                              "text_len": (8,), "text_reduction": ("syntax",), "finetune_px": ((224,),)}
+    cal = cal_mod.load(_calibration(tmp_path, law))
     plain = make_plan(budget_usd=None, device_hours=2000, hw_name="a100x8", dataset="demo", quiet=True)
     calib = make_plan(budget_usd=None, device_hours=2000, hw_name="a100x8", dataset="demo", quiet=True, calibration=cal)
-    assert plain.recipe.predictions.predicted_top1 == pytest.approx(10.0)
-    assert calib.recipe.predictions.predicted_top1 > 50.0
-    # every pilot had the demo encoder at 16 image tokens, so the law cannot tell encoders or token counts
-    # apart: the plan keeps the pilots' (free, it took S/16 at 64 px, the space's cheapest encoder), and says so
-    assert calib.recipe.encoder.name == "demo" and calib.recipe.stages[0].image_tokens(calib.recipe.encoder.spec) == 16
-    assert plain.recipe.encoder.name != "demo"
-    capsys.readouterr()
-    assert run_app(plan_app, ["--budget", "1000", "--hw", "a100x8", "--dataset", "demo", "--calibration", str(path),
-                              "--out", str(tmp_path / "p.yaml")]) == 0
-    assert "keeps the pilots' encoder demo and pre-training image tokens 16" in " ".join(capsys.readouterr().out.split())
+    assert plain.recipe.predictions.predicted_top1 == pytest.approx(10.0) and plain.recipe.encoder.name != "demo"
+    assert calib.recipe.predictions.predicted_top1 > 50.0  # the dataset law, not the prior, scores the plans
+    f = features_from_recipe(calib.recipe)
+    assert (f.encoder, f.image_tokens, f.image_reduction, f.text_len, f.text_reduction) == ("demo", 16, "resize", 8, "syntax")
+    assert [s.image_size for s in f.finetune] == [224]
+    assert run_app(plan_app, ["--budget", "1000", "--hw", "a100x8", "--dataset", "demo", "--calibration",
+                              str(tmp_path / "cal.yaml"), "--out", str(tmp_path / "p.yaml")]) == 0
+    assert ("the plan keeps the pilots' encoder demo, pre-training image tokens 16, pre-training image reduction "
+            "resize, pre-training text length 8, text reduction syntax, fine-tune 224 px" in " ".join(capsys.readouterr().out.split()))
+    # a recipe of another text length is predicted, and the prediction says the law cannot see it
+    assert "pre-training text length 16: pilots had 8 (the law has no term for it)" in law.notes(replace(_planned(9000), text_len=16))
+    # pilots of a shape no plan has (the demo's own: 12 text tokens, a 64-px fine-tune): one line, exit 2
+    _calibration(tmp_path, _synthetic(np.random.default_rng(2), 1.0))
+    assert run_app(plan_app, ["--budget", "1000", "--hw", "a100x8", "--dataset", "demo", "--calibration",
+                              str(tmp_path / "cal.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "no plan in the search space has the pilots'" in err and "text length 12" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("asked,evaluated", [(None, 1000), (300, 300), (5000, 1000)])
