@@ -32,13 +32,17 @@ for _d in (
     DATASETS.register(_d)
 
 
-def eval_label(dataset: str, val: Optional[str]) -> str:
+def eval_label(dataset: str, val: Optional[str], calibrated: bool) -> str:
     """What a top-1 predicted for ``dataset`` is measured on: the published runs' ImageNet-1k, the demo's
-    held-out split, or, for the user's own data, the evaluation set its pilots were calibrated on."""
+    held-out split, or, for the user's own data, the evaluation set its pilots were calibrated on (``calibrated``:
+    the prediction came from that calibration). Uncalibrated, a prediction on the user's data is the LAION-400M
+    law's ImageNet-1k figure, which can lie below the user's set's chance (0.1% for a 10-class set)."""
     if dataset == "demo":
         return "held-out demo split"
     if dataset in published():
         return "ImageNet-1k"
+    if not calibrated:
+        return "ImageNet-1k, the LAION-400M law as a prior: not your evaluation set until calibrated"
     return f"your evaluation set, {val}" if val else "your evaluation set"
 
 

@@ -188,7 +188,9 @@ def test_plan_with_data_flags_launches_as_written(tmp_path, shards, hw, launch, 
 
 
 @pytest.mark.parametrize("dataset,measured_on", [
-    ("custom", "your evaluation set, {val}"),     # not ImageNet: the top-1 is on the user's own val set
+    # uncalibrated, the user's data gets the LAION-400M law's ImageNet figure (0.1% below a 10-class set's
+    # chance); calibrated, the user's val set (test_pilot: test_a_calibrated_prediction_is_on_the_users_val_set)
+    ("custom", "ImageNet-1k, the LAION-400M law as a prior: not your evaluation set until calibrated"),
     ("laion-400m", "ImageNet-1k"),                 # the published runs' figure
     ("demo", "held-out demo split"),
 ])

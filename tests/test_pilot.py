@@ -302,3 +302,22 @@ def test_run_suite_errors_are_one_line_exit_2(tmp_path, capsys):
 ])
 def test_a_suite_says_how_to_run_it_on_its_hardware(hw, said):
     assert pilot.suite_command("s/suite.yaml", hw) == said
+
+
+def test_a_calibrated_prediction_is_on_the_users_val_set(tmp_path, capsys):
+    """Uncalibrated, a prediction on the user's data is the LAION-400M law's ImageNet-1k figure (a 10-class
+    pilot got 0.1% [0.1, 54.4], below its set's chance); it names the user's set only once calibrated on it."""
+    law = _synthetic(np.random.default_rng(2), 1.0)
+    cal = cal_mod.save(cal_mod.Calibration(datasets={"custom": cal_mod.DatasetCalibration(offset=0.0, runs=["r"], law=law)}),
+                       tmp_path / "cal.yaml")
+    d = yaml.safe_load(open(DEMO))
+    d["dataset"] = {**d["dataset"], "name": "custom", "train": "shards/{0..3}.tar", "val": "my/val"}
+    rec = tmp_path / "custom.yaml"
+    rec.write_text(yaml.safe_dump(d))
+    said = {}
+    for args in ([], ["--calibration", str(cal)]):
+        assert run_app(plan_app, ["--predict", str(rec), "--json", *args]) == 0
+        said[bool(args)] = json.loads(capsys.readouterr().out)
+    assert said[False]["top1_measured_on"].startswith("ImageNet-1k, the LAION-400M law as a prior")
+    assert said[True]["top1_measured_on"] == "your evaluation set, my/val"
+    assert said[True]["predicted_top1"] > 10.0  # the pilots' law, above the set's chance
