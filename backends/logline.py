@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from clipa import rundir
+from clipa.costmodels.calibration import measured_on
 from clipa.recipe import DatasetSpec, Recipe, Stage
 
 
@@ -52,7 +53,8 @@ class Lines:
             self.say(f"{got}; the recipe has no prediction to compare with. Details: clipa-report {run_dir}")
             return
         lo, hi = p.predicted_top1_interval
-        self.say(f"{got}; predicted {_pct(p.predicted_top1)} [{lo:.1f}, {hi:.1f}] in {_hours(p.wall_hours)} "
+        self.say(f"{got}; predicted {_pct(p.predicted_top1)} [{lo:.1f}, {hi:.1f}] ({measured_on(self.recipe)}) "
+                 f"in {_hours(p.wall_hours)} "
                  f"({_usd(p.cost_usd)}). Compare stage by stage: clipa-report {run_dir}")
 
 

@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from clipa import fs
+from clipa.datasets import eval_label
 from clipa.costmodels.dataset_law import DatasetLaw
 from clipa.errors import UserError, load_yaml, validate
 
@@ -143,3 +144,9 @@ def load(path: str | Path) -> Calibration:
 def top1_calibrated(cost_model_version: str) -> bool:
     """Whether a prediction's top-1 came from a calibration of its dataset (``Calibration.version_suffix``)."""
     return cost_model_version.endswith(("+calibrated", "+calibrated-top1"))
+
+
+def measured_on(recipe) -> str:
+    """What ``recipe``'s predicted top-1 is measured on (``datasets.eval_label``), as its predictions say."""
+    return eval_label(recipe.dataset.name, recipe.dataset.val,
+                      calibrated=top1_calibrated(recipe.predictions.cost_model_version))

@@ -6,9 +6,8 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
-from clipa import datasets
 from clipa import recipe as recipe_mod
-from clipa.costmodels.calibration import top1_calibrated
+from clipa.costmodels.calibration import measured_on
 from clipa.planner.cost_point import Plan
 
 
@@ -41,16 +40,11 @@ def stage_table(rec: recipe_mod.Recipe, title: str) -> Table:
                   f"{sp.predicted_top1:.1f}" if sp.predicted_top1 is not None else "")
     lo, hi = pred.predicted_top1_interval
     wall = f"{pred.wall_hours / 24:,.2f} days" if pred.wall_hours >= 48 else f"{_hours(pred.wall_hours)} h".replace(" min h", " min")
-    eval_set = _measured_on(rec)
+    eval_set = measured_on(rec)
     t.caption = (f"predicted zero-shot top-1 ({eval_set}) {pred.predicted_top1:.1f}% [{lo:.1f}, {hi:.1f}]  |  "
                  f"{_hours(pred.device_hours).replace(' min', ' device-min')}{'' if pred.device_hours < 1 else ' device-h'}  |  "
                  f"{wall} wall  |  ${_usd(pred.cost_usd)} on {pred.hardware}")
     return t
-
-
-def _measured_on(rec: recipe_mod.Recipe) -> str:
-    return datasets.eval_label(rec.dataset.name, rec.dataset.val,
-                               calibrated=top1_calibrated(rec.predictions.cost_model_version))
 
 
 def plans_table(plans: list[Plan], title: str) -> Table:
@@ -142,7 +136,7 @@ def prediction_json(rec: recipe_mod.Recipe, recipe_path: str | None) -> dict:
     return {
         "predicted_top1": pred.predicted_top1,
         "predicted_top1_interval": list(pred.predicted_top1_interval),
-        "top1_measured_on": _measured_on(rec),
+        "top1_measured_on": measured_on(rec),
         **hours_json(pred.device_hours),
         "wall_hours": pred.wall_hours,
         "cost_usd": pred.cost_usd,
