@@ -55,12 +55,12 @@ class StageRate:
 
 
 def stage_rate(enc, shape: StageShape, hw: hardware.Hardware, *, grad_checkpointing: bool,
-               workers: Optional[int] = None, calibration=None, evaluations: int = 1) -> StageRate:
+               workers: Optional[int] = None, calibration=None, evaluations: int = 1, first: bool = False) -> StageRate:
     """How ``hw`` runs a stage of ``shape``, decoded by ``workers`` per training process (None: every host
     core, as ``throughput.decoders`` says): the throughput
     model at the calibrated utilisation (if any), plus the calibrated per-sample and per-stage overheads
     and the stage's ``evaluations`` zero-shot evaluations (``costmodels.calibration``; a planned recipe
-    evaluates once, at the stage's end)."""
+    evaluates once, at the stage's end); the ``first`` stage of a run also carries the run's start."""
     cal = calibration
     fps = flops.stage_train_flops(enc, shape, recompute=grad_checkpointing)
     st = throughput.time_of(fps, 1.0, hw, image_size=shape.image_size, utilisation=cal and cal.utilisation(hw.name),
@@ -68,7 +68,8 @@ def stage_rate(enc, shape: StageShape, hw: hardware.Hardware, *, grad_checkpoint
     overhead_s, fixed_s = 0.0, 0.0
     if cal:
         eval_s = cal.eval_s_per_gflop(hw.name) * flops.eval_image_flops(enc, shape.image_size) / 1e9
-        overhead_s, fixed_s = cal.overhead_s_per_sample(hw.name), cal.fixed_s_per_stage(hw.name) + evaluations * eval_s
+        overhead_s = cal.overhead_s_per_sample(hw.name)
+        fixed_s = cal.fixed_s_per_stage(hw.name) + evaluations * eval_s + (cal.start_s_per_run(hw.name) if first else 0.0)
     return StageRate(fps, st.wall_hours + overhead_s / 3600.0, fixed_s / 3600.0, hw.n_devices, hw.usd_per_hour)
 
 
@@ -122,8 +123,8 @@ def predict_recipe(rec: recipe_mod.Recipe, hw_name: Optional[str] = None, prices
 
     rates = [stage_rate(enc, StageShape.of(st), hw, grad_checkpointing=rec.train.grad_checkpointing,
                         workers=rec.dataset.workers, calibration=calibration,
-                        evaluations=st.evaluations(rec.train.eval_every_samples))
-             for st in rec.stages]
+                        evaluations=st.evaluations(rec.train.eval_every_samples), first=i == 0)
+             for i, st in enumerate(rec.stages)]
     stages = [_stage_prediction(enc, st, r) for st, r in zip(rec.stages, rates)]
     cost, device_hours, wall_hours = totals([(r, st.samples) for st, r in zip(rec.stages, rates)])
     feats = accuracy_law.features_from_recipe(rec)

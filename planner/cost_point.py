@@ -191,14 +191,14 @@ def costed(p: ss.Point, ctx: Context, samples: Optional[float] = None) -> Option
 def _cost(p: ss.Point, ctx: Context, samples: Optional[float], ckpt: bool, ft_batch: int) -> Optional[Costed]:
     enc = encoders.get(p.encoder)
 
-    def rate(shape: StageShape) -> predict.StageRate:
-        key = (p.encoder, shape, ckpt)  # cheaper to hash than the encoder and hardware stage_rate caches on
+    def rate(shape: StageShape, first: bool = False) -> predict.StageRate:
+        key = (p.encoder, shape, ckpt, first)  # cheaper to hash than the encoder and hardware stage_rate caches on
         if key not in ctx._rates:
             ctx._rates[key] = predict.stage_rate(enc, shape, ctx.hw, grad_checkpointing=ckpt, workers=ctx.workers,
-                                                 calibration=ctx.calibration)
+                                                 calibration=ctx.calibration, first=first)
         return ctx._rates[key]
 
-    pre = rate(StageShape(p.image_size(), p.mask_ratio(), p.text_len))
+    pre = rate(StageShape(p.image_size(), p.mask_ratio(), p.text_len), first=True)
     fts = [(rate(shape), n) for shape, n in _ft_shapes(p.finetune)]
 
     def totals(n: float) -> tuple[Optional[float], float, float]:

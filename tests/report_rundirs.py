@@ -39,19 +39,21 @@ def demo_recipe(name="r", *, text_reduction="truncate", predictions=True, hardwa
 
 
 def write_run(run_dir: Path, rec, *, finished=True, top1=25.0, stage_wall=(45.0, 27.0), total_wall=80.0,
-              stop_after=None, checkpoints=("step_000100",), usd_per_hour=2.0) -> Path:
-    """A run dir with metrics every 10 steps; ``finished=False`` stops after ``stop_after`` samples of stage 0."""
+              stop_after=None, checkpoints=("step_000100",), usd_per_hour=2.0, stage_extra=None) -> Path:
+    """A run dir with metrics every 10 steps; ``finished=False`` stops after ``stop_after`` samples of stage 0.
+    ``stage_extra``: seconds of each stage's ``stage_wall`` outside its steady loop (the lines' rate)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe_mod.dump(rec, run_dir / rundir.RECIPE)
     lines, t = [], 0.0
     for i, st in enumerate(rec.stages):
-        rate = st.samples / stage_wall[i]
+        warm = stage_extra[i] if stage_extra else 0.0  # before the stage's first line, as a warm-up is
+        rate = st.samples / (stage_wall[i] - warm)
         for step in range(10, st.steps + 1, 10):
             samples = step * st.global_batch
             if stop_after is not None and (i > 0 or samples > stop_after):
                 break
             lines.append({"kind": "train", "stage": st.name, "step": step, "samples": samples,
-                          "time_s": t + samples / rate, "loss": 4.0 - 0.5 * i - samples / st.samples,
+                          "time_s": t + warm + samples / rate, "loss": 4.0 - 0.5 * i - samples / st.samples,
                           "samples_per_s": rate})
         if stop_after is not None:
             break

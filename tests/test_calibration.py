@@ -124,25 +124,28 @@ def test_steady_rate_skips_warmup_and_evaluations():
     assert calibrate.steady_rate(lines[:1], []) is None
 
 
-def _timed_run(path, rec, u, c, fixed, top1):
-    """A run dir whose stage times follow the calibrated model with (u, c, fixed)."""
+def _timed_run(path, rec, u, c, fixed, top1, start=0.0):
+    """A run dir whose stage times follow the calibrated model with (u, c, fixed, start): ``fixed`` in every
+    stage, ``start`` a third in the first stage and the rest outside the stages."""
     hw = hardware.get(rec.hardware.name)
-    run0 = load_run(write_run(path / "probe", rec))
+    run0 = load_run(write_run(path / "probe", rec, stage_wall=(1.0,) * len(rec.stages)))
+    extra = tuple(fixed + (start / 3 if i == 0 else 0.0) for i in range(len(rec.stages)))
     walls = []
-    for st in rec.stages:
+    for st, x in zip(rec.stages, extra):
         t1, d = calibrate.model_seconds_per_sample(run0, st, hw)
-        walls.append(st.samples * (max(t1 / u, d) + c))
-    total = sum(walls) + fixed * len(walls)
-    return write_run(path / "run", rec, stage_wall=tuple(walls), total_wall=total, top1=top1)
+        walls.append(st.samples * (max(t1 / u, d) + c) + x)
+    return write_run(path / "run", rec, stage_wall=tuple(walls), total_wall=sum(walls) + start * 2 / 3, top1=top1,
+                     stage_extra=extra)
 
 
 def test_calibrate_then_predict_another_recipe(tmp_path):
-    u, c, fixed = 0.02, 0.004, 5.0
-    a = _timed_run(tmp_path / "a", demo_recipe("a"), u, c, fixed, top1=30.0)
+    u, c, fixed, start = 0.02, 0.004, 5.0, 12.0
+    a = _timed_run(tmp_path / "a", demo_recipe("a"), u, c, fixed, top1=30.0, start=start)
     cal = calibrate.calibrate([load_run(a)])
     h = cal.hardware["cpu"]
     assert h.utilisation == pytest.approx(u, rel=0.02) and h.overhead_s_per_sample == pytest.approx(c, rel=0.05)
-    assert h.fixed_s_per_stage == pytest.approx(fixed, rel=0.05)
+    # within a second: u and c come back within 2-5%, about 0.3 s of a stage of 200 s
+    assert h.fixed_s_per_stage == pytest.approx(fixed, abs=1.0) and h.start_s_per_run == pytest.approx(start, abs=1.0)
     law = predict_recipe(demo_recipe("a", predictions=False))
     # recorded, but the demo dataset (no published run) is predicted by its own fitted law, not offset
     assert cal.datasets["demo"].offset == pytest.approx(30.0 - law.predicted_top1)
@@ -152,9 +155,14 @@ def test_calibrate_then_predict_another_recipe(tmp_path):
     d["encoder"]["name"] = "test"
     d["stages"][0]["image_size"] = 48
     b_rec = recipe_mod.from_dict(d)
-    b = load_run(_timed_run(tmp_path / "b", b_rec, u, c, fixed, top1=20.0))
+    b = load_run(_timed_run(tmp_path / "b", b_rec, u, c, fixed, top1=20.0, start=start))
     pred = predict_recipe(b_rec, calibration=cal)
     assert pred.wall_hours * 3600 == pytest.approx(b.achieved.wall_seconds, rel=0.02)
+    # a run of one stage more pays the start once: spread over the stages, it was counted per stage
+    d["stages"].append({**d["stages"][1], "name": "finetune2"})
+    c_rec = recipe_mod.from_dict(d)
+    cc = load_run(_timed_run(tmp_path / "c", c_rec, u, c, fixed, top1=20.0, start=start))
+    assert predict_recipe(c_rec, calibration=cal).wall_hours * 3600 == pytest.approx(cc.achieved.wall_seconds, rel=0.02)
     # one run, one parameter (the exponent is the published law's): the same samples, the run's own top-1
     assert pred.predicted_top1 == pytest.approx(30.0, abs=1e-3)
 

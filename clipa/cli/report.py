@@ -45,12 +45,13 @@ def _write_calibration(console: Console, cal, runs, out: Path) -> None:
 
     cal_mod.save(cal, out)
     t = Table(title=f"calibration written to {out}", title_justify="left")
-    for col in ("hardware", "utilisation", "overhead s/sample", "eval s/GFLOP", "fixed s/stage", "points",
-                "fit rel. RMSE", "note"):
+    for col in ("hardware", "utilisation", "overhead s/sample", "eval s/GFLOP", "start s/run", "fixed s/stage",
+                "points", "fit rel. RMSE", "note"):
         t.add_column(col)
     for name, h in cal.hardware.items():
         t.add_row(name, f"{h.utilisation:.4f}", f"{h.overhead_s_per_sample:.3g}", f"{h.eval_s_per_gflop:.3g}",
-                  f"{h.fixed_s_per_stage:.1f}", str(h.points), f"{100 * h.rel_rmse:.1f}%", h.note or "")
+                  f"{h.start_s_per_run:.1f}", f"{h.fixed_s_per_stage:.1f}", str(h.points), f"{100 * h.rel_rmse:.1f}%",
+                  h.note or "")
     console.print(t)
     from clipa.report.calibrate_accuracy import describe
 

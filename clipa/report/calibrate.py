@@ -12,9 +12,11 @@ minimising the relative squared error: a log-spaced search over ``u`` with ``c``
 wall-clock between consecutive training lines, skipping the first line of a stage, which holds
 warm-up, and any interval with an evaluation in it; the median interval, robust to bursts of load). Two or more points with different FLOPs
 separate ``u`` from ``c``; a single configuration cannot, and then everything is put on the FLOPs
-term (c = 0) and the file says so. What the loop does not explain (warm-up, evaluation,
-checkpointing, start-up) becomes ``fixed_s_per_stage``: (run wall time - modelled loop time) /
-stages, averaged over runs. Evaluations are the exception: each is timed in the metrics (from the
+term (c = 0) and the file says so. What the loop does not explain (warm-up, checkpointing,
+start-up) is split in two: ``fixed_s_per_stage``, the mean excess of a stage after a run's first
+(each stage's achieved wall time minus its modelled loop and evaluations), and ``start_s_per_run``,
+what the first stage and the time outside the stages add beyond it, averaged over runs (one-stage
+runs put it all on the start). Evaluations are the exception: each is timed in the metrics (from the
 training line at its step to its own line) and fitted as ``eval_s_per_gflop``, seconds per GFLOP of
 one image's forward pass at the stage's resolution, because an evaluation encodes the whole eval set
 at that resolution (demo: 1.4 s at 32 px, 7.0 s at 80 px) and a constant would carry the
@@ -141,21 +143,24 @@ def fit_eval(pts: Sequence[tuple[float, float]]) -> float:
     return sum(g / d for g, d in pts) / den if den > 0 else 0.0
 
 
-def fixed_seconds(runs: Sequence[Run], u: float, c: float, e: float, hw) -> float:
-    """Mean over finished runs of (wall time - modelled loop and evaluation time) / stages, at least 0."""
-    vals = []
+def fixed_seconds(runs: Sequence[Run], u: float, c: float, e: float, hw) -> tuple[float, float]:
+    """(seconds once per run, seconds per stage), at least 0: what finished runs spent beyond their
+    modelled loops and evaluations, the stages after each run's first giving the per-stage part."""
+    later, first = [], []
     for r in runs:
         if not r.achieved:
             continue
-        done = {s.name for s in r.achieved.stages}
-        modelled = 0.0
+        enc, done = r.recipe.encoder.spec, {s.name: s.wall_seconds for s in r.achieved.stages}
+        excess = []
         for st in r.recipe.stages:
             if st.name in done:
                 t1, d = model_seconds_per_sample(r, st, hw)
-                modelled += st.samples * (max(t1 / u, d) + c)
-        modelled += e * sum(g for g, _ in eval_points(r))
-        vals.append((r.achieved.wall_seconds - modelled) / max(1, len(r.achieved.stages)))
-    return max(0.0, sum(vals) / len(vals)) if vals else 0.0
+                evals = len(r.stage_lines(st.name, "eval")) * e * flops.eval_image_flops(enc, st.image_size) / 1e9
+                excess.append(done[st.name] - st.samples * (max(t1 / u, d) + c) - evals)
+        later += excess[1:]
+        first.append(r.achieved.wall_seconds - sum(done.values()) + (excess[0] if excess else 0.0))
+    per_stage = max(0.0, sum(later) / len(later)) if later else 0.0
+    return (max(0.0, sum(first) / len(first) - per_stage) if first else 0.0), per_stage
 
 
 def accuracy_residual(run: Run) -> Optional[float]:
@@ -185,9 +190,10 @@ def calibrate(runs: Sequence[Run], base: Optional[cal_mod.Calibration] = None) -
         pts = [p for r in rs for p in points(r, hw)]
         u, c, rel, note = fit_throughput(pts)
         e = fit_eval([p for r in rs for p in eval_points(r)])
+        start, per_stage = fixed_seconds(rs, u, c, e, hw)
         cal.hardware[hw_name] = cal_mod.HardwareCalibration(
             utilisation=u, overhead_s_per_sample=c, eval_s_per_gflop=e,
-            fixed_s_per_stage=fixed_seconds(rs, u, c, e, hw),
+            start_s_per_run=start, fixed_s_per_stage=per_stage,
             points=len(pts), rel_rmse=rel, runs=[str(r.path) for r in rs], note=note)
     by_ds: dict[str, list[tuple[Run, float]]] = {}
     for r in finished:
