@@ -71,7 +71,8 @@ def make_plan(*, budget_usd: Optional[float], device_hours: Optional[float], hw_
         raise UserError(
             f"no plan fits {ctx.budget.describe()} on {hw.name}: the cheapest plan in the search space costs "
             f"{_usd(low.cost_usd)}{low.device_hours:,.1f} device-hours / {low.wall_hours / 24:,.2f} days "
-            f"({low.point.encoder}, {low.point.image_size()} px, {low.samples:,.0f} samples, no fine-tune)")
+            f"({low.point.encoder}, {low.point.image_size()} px, {low.samples:,.0f} samples, "
+            f"{'no fine-tune' if low.point.finetune == 'none' else 'fine-tune ' + low.point.finetune})")
     best = result.best
     rec = ss.build_recipe(best.point, best.samples, dataset=dataset, hardware=hw.name, workers=ctx.workers,
                           name=name or recipe_name(best), ft_batch=best.ft_batch,

@@ -201,6 +201,10 @@ def test_a_calibrated_plan_keeps_the_pilots_shape(tmp_path, capsys):
                               str(tmp_path / "cal.yaml"), "--out", str(tmp_path / "p.yaml")]) == 0
     assert ("the plan keeps the pilots' encoder demo, pre-training image tokens 16, pre-training image reduction "
             "resize, pre-training text length 8, text reduction syntax, fine-tune 224 px" in " ".join(capsys.readouterr().out.split()))
+    # too small a budget names the cheapest plan of the pilots' shape, its fine-tune included
+    assert run_app(plan_app, ["--budget", "1", "--hw", "a100x8", "--dataset", "demo", "--calibration",
+                              str(tmp_path / "cal.yaml")]) == 2
+    assert "(demo, 32 px, 100,000,000 samples, fine-tune 224-short)" in " ".join(capsys.readouterr().err.split())
     # a recipe of another text length is predicted, and the prediction says the law cannot see it
     assert "pre-training text length 16: pilots had 8 (the law has no term for it)" in law.notes(replace(_planned(9000), text_len=16))
     # pilots of a shape no plan has (the demo's own: 12 text tokens, a 64-px fine-tune): one line, exit 2
