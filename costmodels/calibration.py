@@ -129,6 +129,11 @@ class Calibration(_Strict):
         h = self.hardware.get(hw_name)
         return h.fixed_s_per_stage if h else 0.0
 
+    def law(self, dataset: str) -> Optional[DatasetLaw]:
+        """``dataset``'s own fitted law, or None."""
+        d = self.datasets.get(dataset)
+        return d.law if d is not None else None
+
     def start_s_per_run(self, hw_name: str) -> float:
         h = self.hardware.get(hw_name)
         return h.start_s_per_run if h else 0.0

@@ -209,7 +209,8 @@ class DatasetLaw(_Strict):
         held = self.unvaried()
         if not held:
             return None
-        return f"the plan keeps the pilots' {said(held)}: their law has no term for these (pilots of other shapes give it one)"
+        return (f"the plan keeps the pilots' {said(held)}: their law has no term for these (pilots of other shapes "
+                "give it one)")
 
     def notes(self, f) -> list[str]:
         """The axes on which ``f`` lies outside the pilots (the law is fitted only on them)."""

@@ -68,8 +68,9 @@ def stage_rate(enc, shape: StageShape, hw: hardware.Hardware, *, grad_checkpoint
     overhead_s, fixed_s = 0.0, 0.0
     if cal:
         eval_s = cal.eval_s_per_gflop(hw.name) * flops.eval_image_flops(enc, shape.image_size) / 1e9
+        start_s = cal.start_s_per_run(hw.name) if first else 0.0
         overhead_s = cal.overhead_s_per_sample(hw.name)
-        fixed_s = cal.fixed_s_per_stage(hw.name) + evaluations * eval_s + (cal.start_s_per_run(hw.name) if first else 0.0)
+        fixed_s = cal.fixed_s_per_stage(hw.name) + evaluations * eval_s + start_s
     return StageRate(fps, st.wall_hours + overhead_s / 3600.0, fixed_s / 3600.0, hw.n_devices, hw.usd_per_hour)
 
 

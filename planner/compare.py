@@ -89,8 +89,8 @@ def plan_all(hw_names: list[str], *, pricing: str = "on-demand", prices=None, ca
 
 
 def _held_note(calibration, res) -> Optional[str]:
-    d = calibration.datasets.get(res.recipe.dataset.name) if calibration is not None else None
-    return d.law.held_note() if d is not None and d.law is not None else None
+    law = calibration.law(res.recipe.dataset.name) if calibration is not None else None
+    return law.held_note() if law is not None else None
 
 
 def _commitment_note(hw: hardware.Hardware, wall_hours: float) -> str:

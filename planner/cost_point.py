@@ -71,13 +71,14 @@ class Context:
             raise UserError(f"--objective: {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.calibration is not None:  # a dataset the user's pilots fitted is predicted by its own law
             self.law = self.calibration.accuracy_law(self.law)
-            d = self.calibration.datasets.get(self.dataset)
-            self.held = d.law.unvaried() if d is not None and d.law is not None else {}
+            law = self.calibration.law(self.dataset)
+            self.held = law.unvaried() if law is not None else {}
             self.encoders = self.held.get("encoder", self.encoders)
             if not self.space:
-                raise UserError(f"--calibration: no plan in the search space has the pilots' {dataset_law.said(self.held)}"
-                                ", and their law has no term for these, so a plan must keep them: predict a recipe of "
-                                "the pilots' shape with --predict, or pilot a planned one (clipa-plan --pilot)")
+                raise UserError(f"--calibration: no plan in the search space has the pilots' "
+                                f"{dataset_law.said(self.held)}, and their law has no term for these, so a plan must "
+                                "keep them: predict a recipe of the pilots' shape with --predict, or pilot a planned "
+                                "one (clipa-plan --pilot)")
 
     @cached_property
     def space(self) -> tuple[ss.Point, ...]:

@@ -195,24 +195,28 @@ def test_a_calibrated_plan_keeps_the_pilots_shape(tmp_path, capsys):
     assert plain.recipe.predictions.predicted_top1 == pytest.approx(10.0) and plain.recipe.encoder.name != "demo"
     assert calib.recipe.predictions.predicted_top1 > 50.0  # the dataset law, not the prior, scores the plans
     f = features_from_recipe(calib.recipe)
-    assert (f.encoder, f.image_tokens, f.image_reduction, f.text_len, f.text_reduction) == ("demo", 16, "resize", 8, "syntax")
+    shape = (f.encoder, f.image_tokens, f.image_reduction, f.text_len, f.text_reduction)
+    assert shape == ("demo", 16, "resize", 8, "syntax")
     assert [s.image_size for s in f.finetune] == [224]
     assert run_app(plan_app, ["--budget", "1000", "--hw", "a100x8", "--dataset", "demo", "--calibration",
                               str(tmp_path / "cal.yaml"), "--out", str(tmp_path / "p.yaml")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
     assert ("the plan keeps the pilots' encoder demo, pre-training image tokens 16, pre-training image reduction "
-            "resize, pre-training text length 8, text reduction syntax, fine-tune 224 px" in " ".join(capsys.readouterr().out.split()))
+            "resize, pre-training text length 8, text reduction syntax, fine-tune 224 px" in out)
     # too small a budget names the cheapest plan of the pilots' shape, its fine-tune included
     assert run_app(plan_app, ["--budget", "1", "--hw", "a100x8", "--dataset", "demo", "--calibration",
                               str(tmp_path / "cal.yaml")]) == 2
     assert "(demo, 32 px, 100,000,000 samples, fine-tune 224-short)" in " ".join(capsys.readouterr().err.split())
     # a recipe of another text length is predicted, and the prediction says the law cannot see it
-    assert "pre-training text length 16: pilots had 8 (the law has no term for it)" in law.notes(replace(_planned(9000), text_len=16))
+    notes = law.notes(replace(_planned(9000), text_len=16))
+    assert "pre-training text length 16: pilots had 8 (the law has no term for it)" in notes
     # pilots of a shape no plan has (the demo's own: 12 text tokens, a 64-px fine-tune): one line, exit 2
     _calibration(tmp_path, _synthetic(np.random.default_rng(2), 1.0))
     assert run_app(plan_app, ["--budget", "1000", "--hw", "a100x8", "--dataset", "demo", "--calibration",
                               str(tmp_path / "cal.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "no plan in the search space has the pilots'" in err and "text length 12" in err and len(err.strip().splitlines()) == 1
+    assert "no plan in the search space has the pilots'" in err and "text length 12" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("asked,evaluated", [(None, 1000), (300, 300), (5000, 1000)])
@@ -312,8 +316,8 @@ def test_a_calibrated_prediction_is_on_the_users_val_set(tmp_path, capsys):
     """Uncalibrated, a prediction on the user's data is the LAION-400M law's ImageNet-1k figure (a 10-class
     pilot got 0.1% [0.1, 54.4], below its set's chance); it names the user's set only once calibrated on it."""
     law = _synthetic(np.random.default_rng(2), 1.0)
-    cal = cal_mod.save(cal_mod.Calibration(datasets={"custom": cal_mod.DatasetCalibration(offset=0.0, runs=["r"], law=law)}),
-                       tmp_path / "cal.yaml")
+    custom = cal_mod.DatasetCalibration(offset=0.0, runs=["r"], law=law)
+    cal = cal_mod.save(cal_mod.Calibration(datasets={"custom": custom}), tmp_path / "cal.yaml")
     d = yaml.safe_load(open(DEMO))
     d["dataset"] = {**d["dataset"], "name": "custom", "train": "shards/{0..3}.tar", "val": "my/val"}
     rec = tmp_path / "custom.yaml"

@@ -287,7 +287,8 @@ def test_plain_log_lines_and_the_final_comparison_on_a_non_terminal(tmp_path, da
     assert plain[0][:20].endswith("Z") and time.strptime(plain[0][:20], "%Y-%m-%dT%H:%M:%SZ")
     assert "achieved top-1" in lines[-1] and f"clipa-report {tmp_path / 'run'}" in lines[-1]
     # the tiny recipe's data is 'custom', uncalibrated: its prediction is the LAION-400M law's ImageNet-1k figure
-    assert "] (ImageNet-1k, the LAION-400M law as a prior: not your evaluation set until calibrated) in " in lines[-1], lines[-1]
+    prior = "] (ImageNet-1k, the LAION-400M law as a prior: not your evaluation set until calibrated) in "
+    assert prior in lines[-1], lines[-1]
 
 
 def test_each_bad_sample_counts_once_per_run_across_stages_and_resume(tmp_path, data):
