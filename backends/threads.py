@@ -12,8 +12,8 @@ So: decode demand (cores) = the rate compute could reach x the decode time per s
 - the compute rate is its upper bound, the host's measured peak over the stage's training FLOPs per
   sample (``costmodels.flops``): overstating it can only reserve a core too many, never starve decoding.
 
-Cores reserved = that demand rounded (half a core of decoding or more earns a core), at most one per
-worker and at most all but one core, decided for each stage: a stage whose decoding is light gets the
+Cores reserved = that demand rounded up from a third (``RESERVE_FROM``: a third of a core of decoding
+or more earns a core), at most one per worker and at most all but one core, decided for each stage: a stage whose decoding is light gets the
 core a heavier stage reserved (the demo on 2 cores: its 32-px pre-training reserves a core, its 64-px
 fine-tune need not, and with 2 compute threads instead of 1 it ran at 167 instead of 114 samples/s,
 2026-11-30). Cores other processes are using right now are not ours: OpenMP
@@ -31,6 +31,15 @@ from dataclasses import dataclass
 from typing import Optional
 
 from clipa.errors import UserError
+
+
+# Decode demand (cores) from which a core is reserved. Measured on the demo, 2 cores, one decoding worker:
+# at a demand of 0.1 (the 64-px fine-tune) 2 compute threads beat 1 (167 vs 114 samples/s, 2026-11-30); at
+# 0.43-0.58 (the 32-px pre-training, the measured demand varies run to run) 1 thread and a reserved core beat
+# 2 (about 250 vs 175 samples/s, three pilots and the demo run of one `make demo`, 2026-12-02), where a
+# threshold of a half had reserved at 0.58 and not at 0.43-0.48. With the contention loss linear in
+# between, the two break even at about 0.34.
+RESERVE_FROM = 1 / 3
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ def choose(cores: int, local_ranks: int, workers: int, decode_cores: float, *, b
         return Choice(override, 0, math.nan, "train.compute_threads in the recipe")
     per_rank = max(1, cores // max(1, local_ranks))
     free = max(1, min(per_rank, math.floor((cores - busy) / max(1, local_ranks) + 0.5)))
-    reserved = 0 if workers <= 0 else min(workers, free - 1, math.floor(decode_cores + 0.5))
+    reserved = 0 if workers <= 0 else min(workers, free - 1, math.floor(decode_cores + 1.0 - RESERVE_FROM))
     reserved = max(0, reserved)
     reason = (f"{per_rank} core(s) per process, {per_rank - free} busy with other processes, decoding needs "
               f"{decode_cores:.2f} core(s) -> {reserved} reserved for {workers} worker(s)")
