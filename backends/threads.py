@@ -13,10 +13,10 @@ So: decode demand (cores) = the rate compute could reach x the decode time per s
   sample (``costmodels.flops``): overstating it can only reserve a core too many, never starve decoding.
 
 Cores reserved = that demand rounded up from a third (``RESERVE_FROM``: a third of a core of decoding
-or more earns a core), at most one per worker and at most all but one core, decided for each stage: a stage whose decoding is light gets the
-core a heavier stage reserved (the demo on 2 cores: its 32-px pre-training reserves a core, its 64-px
-fine-tune need not, and with 2 compute threads instead of 1 it ran at 167 instead of 114 samples/s,
-2026-11-30). Cores other processes are using right now are not ours: OpenMP
+or more earns a core), at most one per worker and at most all but one core, decided for each stage: a
+stage whose decoding is light gets the core a heavier stage reserved (the demo on 2 cores: its 32-px
+pre-training reserves a core, its 64-px fine-tune need not, and with 2 compute threads instead of 1 it
+ran at 167 instead of 114 samples/s, 2026-11-30). Cores other processes are using right now are not ours: OpenMP
 threads that outnumber the free cores spin against the other processes (one stage at 64 px ran 3.2x
 slower with 2 threads than with 1 while 4 other processes loaded this 2-core machine: 441 s vs 136 s
 for 3,200 samples, load average 5.6, measured 2026-11-30), so ``busy_cores`` samples /proc/stat.
