@@ -171,11 +171,11 @@ def _plan(ctx: typer.Context, console: Console, a: SimpleNamespace, given: set, 
     """The plan for a budget on each --hw, the best one written as a recipe."""
     if a.budget is None and a.device_hours is None:
         raise UserError("give a budget: --budget DOLLARS or --device-hours HOURS")
-    calibrated = cal is not None and a.dataset in cal.datasets and cal.datasets[a.dataset].law is not None
+    calibrated = cal is not None and cal.law(a.dataset) is not None
     if a.dataset in recipe_mod.DATASETS and a.dataset not in DATASETS and not calibrated:
         if cal is not None:
             raise UserError(f"--calibration {a.calibration}: no accuracy law for dataset {a.dataset!r} in it (it has: "
-                            f"{', '.join(d for d in cal.datasets if cal.datasets[d].law is not None) or 'none'}); "
+                            f"{', '.join(d for d in cal.datasets if cal.law(d) is not None) or 'none'}); "
                             f"fit one with clipa-report --calibrate on finished pilots of {a.dataset}")
         raise UserError(f"--dataset {a.dataset}: no published run on it to plan from: plan its pilots (clipa-plan "
                         f"--pilot --dataset {a.dataset} ...), fit them (clipa-report --calibrate), then plan with "
