@@ -328,7 +328,7 @@ def run(recipe: Recipe, run_dir: Path, dataset: DatasetSpec, trainer: Trainer, *
     ``resume``, the command that continues the run; default: clipa-run on the run directory's recipe).
     A full disk (or quota, or read-only filesystem) under the run directory: ``NoRoom``, naming the file, the
     newest complete checkpoint and ``resume``; a failed write never removes a complete checkpoint.
-    Decoding processes that keep dying (pipeline.MAX_WORKER_DEATHS): a checkpoint (one process only: the
+    Decoding processes that keep dying (workers.MAX_WORKER_DEATHS): a checkpoint (one process only: the
     others may be inside a step), then ``DecodersDied``, saying the same."""
     resume = resume or rs.resume_command(fs.path(run_dir) / rundir.RECIPE, run_dir, trainer.backend)
     r = None

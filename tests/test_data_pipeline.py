@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from clipa import encoders
-from clipa.backends.data.pipeline import (DataStats, RankStream, _job_config, batches_for, start_workers, train_batches,
-                                          worker_init)
+from clipa.backends.data import workers
+from clipa.backends.data.pipeline import DataStats, RankStream, _job_config, batches_for, start_workers, train_batches
 from clipa.backends.data.tokenizer import get as get_tokenizer
 from clipa.backends.data.webdataset_io import check_first_shard, expand_shards, index_shard, write_shard
 from clipa.errors import DecodersDied, UserError
@@ -173,7 +173,7 @@ def test_a_decoding_worker_serves_on_after_sigterm_and_ends_after_its_grace():
     half-way through sending a batch back, which left the pool's reader, and so the trainer's exit,
     waiting forever. Now the worker goes on serving, and ends itself once the grace has passed."""
     grace = 2
-    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=worker_init,
+    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=workers.worker_init,
                                 initargs=(os.getpid(), grace)) as pool:
         pid = pool.submit(os.getpid).result(timeout=120)
         os.kill(pid, signal.SIGTERM)
@@ -186,14 +186,22 @@ def test_a_decoding_worker_serves_on_after_sigterm_and_ends_after_its_grace():
     assert grace - 0.5 < ended < grace + 20, ended
 
 
+@pytest.fixture
+def fresh_workers():
+    """Decoding processes of this test's own: their deaths count for the process that started them."""
+    workers.close_all()
+    yield
+    workers.close_all()
+
+
 def _kill_the_idle_worker() -> None:
     """SIGKILL (as the system ends a process when memory runs out) the one decoding worker, once it is idle:
-    a job queued behind the stream's own returns its pid. (A worker killed half-way through sending a batch
-    back leaves the pool's reader waiting forever, a CPython limit: see worker_init.)"""
-    os.kill(start_workers(1).submit(os.getpid).result(timeout=120), signal.SIGKILL)
+    a job queued behind the stream's own returns its pid."""
+    pool = start_workers(1)
+    os.kill(pool.result(pool.submit(os.getpid)), signal.SIGKILL)
 
 
-def test_a_killed_decoding_worker_is_replaced_and_the_stream_goes_on_unchanged(tmp_path, capfd):
+def test_a_killed_decoding_worker_is_replaced_and_the_stream_goes_on_unchanged(tmp_path, capfd, fresh_workers):
     want, got = _streams(tmp_path, 1)
     for i in range(8):
         if i in (1, 4):
@@ -204,6 +212,37 @@ def test_a_killed_decoding_worker_is_replaced_and_the_stream_goes_on_unchanged(t
     with pytest.raises(DecodersDied, match="dataset.workers: a decoding process died 3 times"):
         for _ in range(3):
             next(got)
+
+
+def _sending(pid: int) -> bool:
+    """Whether process ``pid``'s main thread waits to write to a pipe (Linux's /proc/PID/wchan)."""
+    with open(f"/proc/{pid}/wchan") as f:
+        return f.read().endswith("pipe_write")  # anon_pipe_write in newer kernels
+
+
+def test_a_decoding_worker_killed_half_way_through_sending_a_batch_back_is_replaced(capfd):
+    """SIGKILL (as the system ends a process when memory runs out) half-way through sending a batch back
+    used to leave half a message in concurrent.futures' shared result pipe, and its reader, so the trainer,
+    waiting for the rest forever (6 hangs in 60 tries of a 200 MB result killed at a random moment)."""
+    pool = workers.Workers(1)
+    try:
+        caught = 0
+        for _ in range(20):  # a try misses when the batch is sent before we see the worker sending it
+            pid = pool.result(pool.submit(os.getpid))
+            big = pool.submit(np.full, 100_000_000, 7, np.uint8)
+            waited = time.monotonic()
+            while not _sending(pid) and time.monotonic() - waited < 60:
+                time.sleep(0.001)
+            if _sending(pid):
+                os.kill(pid, signal.SIGKILL)
+                caught += 1
+            np.testing.assert_array_equal(pool.result(big)[-1000:], 7)  # from the next worker, if it was killed
+            if caught == 2:
+                break
+        assert caught == 2 and pool.deaths == 2
+        assert capfd.readouterr().err.count("clipa data: a decoding process died") == 2
+    finally:
+        pool.close()
 
 
 def test_batch_contract(tmp_path):

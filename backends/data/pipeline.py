@@ -17,13 +17,8 @@ exact. Corrupt shards and samples without image or caption are dropped when the 
 from __future__ import annotations
 
 import collections
-import concurrent.futures as cf
-import multiprocessing as mp
-import os
-import signal
 import sys
 from dataclasses import dataclass, field
-from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -31,12 +26,13 @@ import numpy as np
 
 from clipa import reductions
 from clipa.backends.data import batch_job
+from clipa.backends.data import workers as workers_mod
 from clipa.backends.data.decode import normalize
+from clipa.backends.data.workers import Workers
 from clipa.backends.data.webdataset_io import (MAX_OPEN_SHARDS, SampleEntry, ShardIndex, ShardReader, describe,
                                                expand_shards, index_shard, shard_summary)
-from clipa.backends.stopping import die_with_parent
 from clipa.encoders import Encoder
-from clipa.errors import DecodersDied, UserError
+from clipa.errors import UserError
 from clipa.recipe import DatasetSpec, Stage
 
 # References per shuffle block: ~1 LAION shard (10k samples). A reference is a few dozen bytes.
@@ -252,107 +248,19 @@ def batches_for(shards: list[Path], cfg: batch_job.JobConfig, batch_size: int, r
                 yield _finish(batch_job.run(cfg, items), stats)
             return
         pool = start_workers(workers)
-        handed: collections.deque = collections.deque()  # the jobs given out, oldest first, with their futures
-        futures: collections.deque = collections.deque()
-        source, deaths = jobs(), 0
-        try:
-            while True:
-                try:
-                    while len(handed) < 2 * workers:
-                        handed.append(next(source))
-                    while len(futures) < len(handed):
-                        futures.append(pool.submit(batch_job.run, cfg, handed[len(futures)]))
-                    out = futures[0].result()
-                except cf.process.BrokenProcessPool:
-                    deaths += 1
-                    pool = _replace_workers(pool, workers, deaths)
-                    futures.clear()  # the jobs in ``handed`` go to the new pool
-                    continue
-                handed.popleft()
-                futures.popleft()
-                yield _finish(out, stats)
-        finally:
-            for f in futures:
-                f.cancel()
+        handed: collections.deque = collections.deque()  # tickets of the jobs given out, oldest first
+        for items in jobs():
+            handed.append(pool.submit(batch_job.run, cfg, items))
+            if len(handed) == 2 * workers:
+                yield _finish(pool.result(handed.popleft()), stats)
     finally:
         reader.close()
 
 
-_POOLS: dict[int, cf.ProcessPoolExecutor] = {}
-# A stream stops at this many worker deaths: one is the system ending a worker for memory once; three mean
-# it will go on doing so (clipa's choice)
-MAX_WORKER_DEATHS = 3
-
-
-def _replace_workers(broken: cf.ProcessPoolExecutor, workers: int, deaths: int) -> cf.ProcessPoolExecutor:
-    """A new pool for one whose worker died (killed for memory, most likely): the batches are a function of
-    their positions, so handing the lost jobs out again gives the same stream. A stream stops at the
-    ``MAX_WORKER_DEATHS``-th death."""
-    if _POOLS.get(workers) is broken:
-        del _POOLS[workers]
-    broken.shutdown(wait=True)  # quick: the pool ended its other workers when it broke
-    if deaths >= MAX_WORKER_DEATHS:
-        raise DecodersDied(f"dataset.workers: a decoding process died {deaths} times (the system kills processes "
-                           f"when memory runs out); lower dataset.workers or the batch size")
-    print(f"clipa data: a decoding process died (the system kills processes when memory runs out); starting "
-          f"{workers} again ({deaths} so far; this stage's data stops at {MAX_WORKER_DEATHS})", file=sys.stderr)
-    return start_workers(workers)
-
-
-def start_workers(workers: int) -> Optional[cf.ProcessPoolExecutor]:
-    """This process's ``workers`` decoding processes, started on the first call and kept for every later
-    stage: a spawned worker costs an interpreter start and the decoder's imports (~1 s on the dev VM), so
-    a backend calls this before building its model to overlap the two. Spawn, not fork: the caller may
-    hold torch/JAX threads, which fork would copy half-way. None for ``workers`` 0 (decode in-process)."""
-    if workers <= 0:
-        return None
-    pool = _POOLS.get(workers)
-    if pool is None:
-        pool = _POOLS[workers] = spawn_pool(workers)
-        for _ in range(workers):
-            pool.submit(_ready)
-    return pool
-
-
-def spawn_pool(processes: int) -> cf.ProcessPoolExecutor:
-    """A new pool of ``processes`` spawned processes set up by ``worker_init`` (the caller shuts it down)."""
-    _start_resource_tracker()
-    return cf.ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"), initializer=worker_init,
-                                  initargs=(os.getpid(),))
+def start_workers(workers: int) -> Optional[Workers]:
+    """This process's decoding processes (``workers.start_workers``), each made to load the decoder now."""
+    return workers_mod.start_workers(workers, _ready)
 
 
 def _ready() -> None:
     """A no-op job: unpickling it in a worker imports this module, so the decoder is loaded before work."""
-
-
-def _start_resource_tracker() -> None:
-    """Start multiprocessing's resource tracker (the pool's queues need one) with SIGHUP blocked, which it
-    inherits. It ignores SIGINT and SIGTERM itself, but SIGHUP, which a closed terminal sends the whole
-    job, would kill it while the trainer checkpoints, and the pool's next lock would print tracebacks."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-    try:
-        resource_tracker.ensure_running()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-# SLURM's default KillWait (slurm.conf(5): "The default value is 30 seconds"): by then SLURM kills the
-# whole job, so the grace never cuts a worker short there
-TERM_GRACE_S = 30
-
-
-def worker_init(parent: int, term_grace_s: int = TERM_GRACE_S) -> None:
-    """A decoding worker: dies with its parent (a ``kill -9`` of the trainer must not leave it running),
-    and leaves what the terminal sends the whole job (Ctrl-C's SIGINT, a hang-up's SIGHUP) to the parent,
-    which stops at a step boundary: no worker traceback, no broken pool before its checkpoint.
-
-    SIGTERM, which SLURM sends every process of a job it preempts, ends a worker ``term_grace_s`` later
-    (SIGALRM), not at once: killed while sending a batch back, it left half a message in the result pipe,
-    and the pool's reader thread then waited for the rest forever, so the trainer, its checkpoint
-    written, never exited (1 run in 25 of tests/test_preemption.py's tiny run, in a scratch loop).
-    Meanwhile the trainer stops the pool, or its own exit ends the worker. The pool's own ``terminate()``
-    of the survivors of a broken pool still ends them, after the grace."""
-    for s in (signal.SIGINT, signal.SIGHUP):
-        signal.signal(s, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: signal.alarm(term_grace_s))
-    die_with_parent(signal.SIGKILL, parent)

@@ -85,7 +85,7 @@ def prepare(in_pattern: str, out_dir: Path, name: str | None = None, progress: b
         else:
             import concurrent.futures as cf
 
-            from clipa.backends.data.pipeline import spawn_pool  # Ctrl-C is the parent's; dies with it
+            from clipa.backends.data.workers import spawn_pool  # Ctrl-C is the parent's; dies with it
 
             with spawn_pool(min(processes, len(todo))) as pool:
                 futures = [pool.submit(_tag_shard, s, out_dir / s.name, name) for s in todo]
