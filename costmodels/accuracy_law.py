@@ -181,6 +181,15 @@ class AccuracyLaw:
             self._flags[f] = self.support.check(f)
         return self._flags[f]
 
+    def could_be_inside(self, f: RunFeatures) -> bool:
+        """A cheap necessary condition for ``extrapolation(f)`` to be empty (``Support.could_be_inside``)."""
+        return self.support.could_be_inside(f)
+
+    def longest_inside(self, grid, dataset: str) -> Optional[float]:
+        """The longest pre-training of ``grid`` the fitted data holds for ``dataset`` (None: none, or no CLIPA
+        run on ``dataset``)."""
+        return self.support.longest_inside(grid) if dataset in self.support.datasets else None
+
     def dist2(self, f: RunFeatures) -> float:
         """Sum of squared log-distances outside the fitted data (scaled by ``kappa``)."""
         return sum(fl.distance ** 2 for fl in self.extrapolation(f))

@@ -37,7 +37,7 @@ KAPPA = 0.0  # default only: the stored fit carries the validated value (accurac
 # (H/14 0.4, L/16 0.8, B/16 1.1, S/16 1.8 points; ext_clipa_inverse_scaling.csv rows 16-19) give
 # local exponents 0.35 (S-B), 0.25 (B-L) and 0.95 (L-H) between neighbours: a spread of 0.35.
 DELTA = 0.35
-_SAME = 0.05  # samples within 5% are the same schedule (the papers' "128M" is 131,072,000 in configs)
+SAME = 0.05  # samples within 5% are the same schedule (the papers' "128M" is 131,072,000 in configs)
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def _encs(names) -> str:
 
 
 def _same_ft(a, b) -> bool:
-    return len(a) == len(b) and all(x[0] == y[0] and abs(x[2] - y[2]) < 1e-3 and abs(x[1] / y[1] - 1) <= _SAME
+    return len(a) == len(b) and all(x[0] == y[0] and abs(x[2] - y[2]) < 1e-3 and abs(x[1] / y[1] - 1) <= SAME
                                     for x, y in zip(a, b))
 
 
@@ -133,7 +133,7 @@ class Support:
     def longest_inside(self, grid) -> Optional[float]:
         """The longest pre-training of ``grid`` within the CLIPA runs' lengths (None: none is)."""
         lo, hi = self.samples
-        return max((n for n in grid if lo * (1 - _SAME) <= n <= hi * (1 + _SAME)), default=None)
+        return max((n for n in grid if lo * (1 - SAME) <= n <= hi * (1 + SAME)), default=None)
 
     def could_be_inside(self, f) -> bool:
         """A cheap necessary condition for ``check(f)`` to be empty: a dataset with a CLIPA run, an
@@ -142,7 +142,7 @@ class Support:
             return False
         logn, (lo, hi) = _logn(f.encoder), self.samples
         return (min(self.encoders.values()) - 1e-9 <= logn <= max(self.encoders.values()) + 1e-9
-                and lo * (1 - _SAME) <= f.samples <= hi * (1 + _SAME))
+                and lo * (1 - SAME) <= f.samples <= hi * (1 + SAME))
 
     # -- what this encoder's own runs had (the reference of a setting's effect) ----------------
 
@@ -199,7 +199,7 @@ class Support:
             d = self.encoders[small] - logn
             out.append(Flag(f"encoder {f.encoder} below {small} (smallest CLIPA run; {math.exp(-d):.2f}x its weights)", d))
         lo, hi = self.samples
-        if f.samples > hi * (1 + _SAME) or f.samples < lo * (1 - _SAME):
+        if f.samples > hi * (1 + SAME) or f.samples < lo * (1 - SAME):
             edge = hi if f.samples > hi else lo
             side = "beyond" if f.samples > hi else "below"
             word = "longest" if f.samples > hi else "shortest"
@@ -277,9 +277,9 @@ class Support:
         out = []
         lo, hi = self.ft_samples
         for size, n, m, _ in stages:
-            if n > hi * (1 + _SAME):
+            if n > hi * (1 + SAME):
                 out.append((f"fine-tune {_samples(n)} beyond {_samples(hi)} (longest CLIPA fine-tune)", math.log(n / hi)))
-            elif n < lo * (1 - _SAME):
+            elif n < lo * (1 - SAME):
                 out.append((f"fine-tune {_samples(n)} below {_samples(lo)} (shortest CLIPA fine-tune)", math.log(lo / n)))
             if size not in self.ft_sizes:
                 near = min(self.ft_sizes, key=lambda x: abs(math.log(size / x)))

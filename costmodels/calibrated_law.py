@@ -53,6 +53,14 @@ class CalibratedLaw:
             return self.base.notes(f)
         return self.laws[f.dataset].notes(f)
 
+    def could_be_inside(self, f) -> bool:
+        law = self.laws.get(f.dataset)
+        return self.base.could_be_inside(f) if law is None else law.could_be_inside(f)
+
+    def longest_inside(self, grid, dataset: str) -> Optional[float]:
+        law = self.laws.get(dataset)
+        return self.base.longest_inside(grid, dataset) if law is None else law.longest_inside(grid)
+
     def predict_stages(self, f, offset: float = 0.0) -> list[accuracy_law.Prediction]:
         if f.dataset not in self.laws:
             return self.base.predict_stages(f, offset)

@@ -40,7 +40,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from clipa.costmodels import accuracy_model as am
-from clipa.costmodels.accuracy_support import DELTA
+from clipa.costmodels.accuracy_support import DELTA, SAME
 
 S_REF = 1e6  # samples: where b is read (ln S_eff / S_REF near 0 for pilots of 10^5..10^7 samples)
 CEILING = 100.0
@@ -151,7 +151,7 @@ class DatasetLaw(_Strict):
         var_mean = float(x @ np.array(self.cov) @ x)
         p = float(self.to_top1(z))
         sd = math.sqrt(var_mean + (self.sigma * self.slope(p)) ** 2)
-        top = math.log(max(pt.samples_eff for pt in self.points) / S_REF) if self.points else None
+        top = math.log(self.largest() / S_REF) if self.points else None
         x = math.log(max(self.samples_eff(f), 1.0) / S_REF)
         if "k" in self.fixed and top is not None and x > top:
             # The exponent was not identified (fixed): beyond the runs, growth anywhere from none (the
@@ -212,13 +212,25 @@ class DatasetLaw(_Strict):
         return (f"the plan keeps the pilots' {said(held)}: their law has no term for these (pilots of other shapes "
                 "give it one)")
 
+    def largest(self) -> float:
+        """The largest pilot's samples (pre-training + rho x fine-tune)."""
+        return max(p.samples_eff for p in self.points)
+
+    def could_be_inside(self, f) -> bool:
+        """A cheap necessary condition for ``notes(f)`` to be empty: a pilot's encoder, no more samples."""
+        return f.encoder in {p.encoder for p in self.points} and self.samples_eff(f) <= self.largest() * (1 + SAME)
+
+    def longest_inside(self, grid) -> Optional[float]:
+        """The longest pre-training of ``grid`` within the largest pilot's samples (None: none is)."""
+        return max((n for n in grid if n <= self.largest() * (1 + SAME)), default=None)
+
     def notes(self, f) -> list[str]:
         """The axes on which ``f`` lies outside the pilots (the law is fitted only on them)."""
         pts = self.points
         out = []
-        top = max(p.samples_eff for p in pts)
+        top = self.largest()
         s = self.samples_eff(f)
-        if s > top * 1.05:
+        if s > top * (1 + SAME):
             out.append(f"samples {s:,.0f} (pre-training + {self.rho:.2g} x fine-tune) beyond the largest pilot's "
                        f"{top:,.0f} ({s / top:.1f}x)")
         encs = sorted({p.encoder for p in pts})
@@ -243,7 +255,7 @@ class DatasetLaw(_Strict):
         gains = [p.finetune_gain for p in self.points if p.finetune_gain is not None]
         ft = sum(s.samples for s in f.finetune)
         longest = max((p.finetune_samples for p in self.points), default=0)
-        if not gains or max(gains) > 0 or ft <= longest * 1.05:
+        if not gains or max(gains) > 0 or ft <= longest * (1 + SAME):
             return []
         return [f"fine-tune of {ft:,.0f} samples: every pilot's fine-tune (at most {longest:,}) lowered its "
                 f"top-1 ({min(gains):+.1f} to {max(gains):+.1f} points): what a fine-tune {ft / longest:.1f}x "

@@ -11,9 +11,10 @@ narrowest interval the law can give (its forms' residual spread) could still bea
 found. That bound never prunes a point that could win, so the result is the exhaustive optimum of
 the space (tested against a point-by-point enumeration), in a fraction of its time. The same
 bound certifies the runners-up shown beside the plan: the best plan with a different encoder or
-token count, and the best plan that lies inside the law's fitted data. For that one, a point whose
-budget buys a longer pre-training than any CLIPA run is also tried at the longest pre-training the
-data holds: a larger budget must not leave no plan inside the data.
+token count, and the best plan that lies inside the law's fitted data (the CLIPA runs, or on a calibrated
+dataset the user's pilots). For that one, a point whose budget buys a longer pre-training than the data
+holds is also tried at the longest pre-training of the grid that could lie inside it: a larger budget
+must not leave no plan inside the data.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class Result:
     pareto: list[Plan]  # predicted top-1 / cost front, cheapest first
     n_evaluated: int  # points costed
     n_predicted: int  # distinct points whose interval was computed
+    none_inside: str = "none fits"  # why best_inside is None: the budget, or no run of the law is that short
 
 
 class _Scorer:
@@ -85,12 +87,22 @@ def _costed_points(ctx: Context, progress) -> list[tuple]:
 
 
 def _shortened_into_the_data(ctx: Context, pts: list[tuple]) -> list[tuple]:
-    """(point, costed) at the longest pre-training the law's data holds, for each point the budget
-    makes longer: candidates for the best plan inside the data only."""
-    longest = ctx.law.support.longest_inside(ss.SAMPLES_GRID)
+    """(point, costed) at the longest pre-training of the grid that could lie inside the law's data with the
+    point's fine-tune (a pilots' law counts its samples too), for each point the budget makes longer:
+    candidates for the best plan inside the data only."""
+    longest = ctx.law.longest_inside(ss.SAMPLES_GRID, ctx.dataset)
     if longest is None:
         return []
-    return [(p, s) for p, c in pts if c.samples > longest and (s := costed(p, ctx, samples=longest)) is not None]
+    grid = sorted((n for n in ss.SAMPLES_GRID if n <= longest), reverse=True)
+    out, memo = [], {}
+    for p, c in pts:
+        key = (p.encoder, p.finetune)  # all that could_be_inside reads of a point besides its samples
+        if key not in memo:
+            memo[key] = next((n for n in grid if ctx.law.could_be_inside(features(p, n, ctx.dataset))), None)
+        n = memo[key]
+        if n is not None and c.samples > n and (s := costed(p, ctx, samples=n)) is not None:
+            out.append((p, s))
+    return out
 
 
 class _Search:
@@ -164,7 +176,7 @@ class _Search:
 
     def run(self) -> Result:
         # Phase 1: the winner and the runners-up. Phase 2: the best plan inside the fitted data, among
-        # the points that could be inside (an encoder and sample count within the CLIPA runs').
+        # the points that could be inside (an encoder and sample count within the law's runs: CLIPA's or pilots').
         bound, pos = self.bound, 0
         order = [i for i in self.order if self.by_feat[i][0] < self.n_full]
         while pos < len(order):
@@ -173,8 +185,8 @@ class _Search:
                 break
             self.score([i for i in order[pos:pos + CHUNK] if bound[i] >= cut - 1e-9])
             pos += CHUNK
-        support = self.ctx.law.support
-        could = [i for i in self.order if i not in self.scorer.pred and support.could_be_inside(self.feats[i])]
+        law = self.ctx.law
+        could = [i for i in self.order if i not in self.scorer.pred and law.could_be_inside(self.feats[i])]
         for k in range(0, len(could), CHUNK):
             _, cut = self.thresholds()
             batch = [i for i in could[k:k + CHUNK] if bound[i] >= cut - 1e-9]
@@ -187,7 +199,13 @@ class _Search:
         return Result(best=best, best_inside=None if self.inside is None else self.make(self.inside),
                       alternatives=[self.make(k) for k in alts],
                       pareto=_front(self.ctx, self.pts[:self.n_full], self.fid, self.feats, self.mean, self.scorer),
-                      n_evaluated=len(self.pts), n_predicted=len(self.scorer.pred))
+                      n_evaluated=len(self.pts), n_predicted=len(self.scorer.pred), none_inside=self._none_inside())
+
+    def _none_inside(self) -> str:
+        ctx = self.ctx
+        if ctx.law.longest_inside(ss.SAMPLES_GRID, ctx.dataset) is None:  # the law's own runs: the notes say how far
+            return f"none: no plan lies within the law's runs on {ctx.dataset}"
+        return "none fits"
 
     def make(self, k: int) -> Plan:
         p, c = self.pts[k]

@@ -84,8 +84,10 @@ def binding_line(p: Plan, budget_text: str) -> str:
     return f"binding constraint: {words.get(p.binding, p.binding)}: more pre-training samples would not fit"
 
 
-def comparison_table(best: Plan, inside: Optional[Plan], nearest, objective: str) -> Table:
-    """The best plan beside the best plan inside the fitted data and the nearest published run."""
+def comparison_table(best: Plan, inside: Optional[Plan], nearest, objective: str, none_inside: str = "none fits"
+                     ) -> Table:
+    """The best plan beside the best plan inside the fitted data (``none_inside`` where there is none) and the
+    nearest published run."""
     t = Table(title=f"Beside the best plan (objective: {OBJECTIVE_WORDS[objective]})", title_justify="left")
     for col in ("", "encoder", "px", "text", "samples", "fine-tune", "top-1 [80%]", "published", "outside data",
                 "device-h", "$"):
@@ -99,7 +101,7 @@ def comparison_table(best: Plan, inside: Optional[Plan], nearest, objective: str
 
     row("best plan", best)
     if inside is None:
-        t.add_row("best inside the data", "none fits", *[""] * 9)
+        t.add_row("best inside the data", none_inside, *[""] * 9)
     elif inside.point != best.point or inside.samples != best.samples:
         row("best inside the data", inside)
     if nearest is not None:
@@ -214,6 +216,7 @@ def plan_context_json(result) -> dict:
     search = result.search
     return {"objective": result.objective, "binding": search.best.binding,
             "best_inside": None if search.best_inside is None else plan_json(search.best_inside),
+            "best_inside_none": search.none_inside if search.best_inside is None else None,
             "nearest_published": published_json(result.nearest)}
 
 
@@ -226,5 +229,6 @@ def print_plan_context(console: Console, result, budget_usd=None, device_hours=N
     parts = [f"${budget_usd:,.0f}" if budget_usd is not None else "", f"{device_hours:,.0f} device-h" if device_hours else ""]
     console.print(binding_line(search.best, " and ".join(p for p in parts if p)), soft_wrap=True, highlight=False)
     console.print()
-    print_tables(console, comparison_table(search.best, search.best_inside, result.nearest, result.objective))
+    print_tables(console, comparison_table(search.best, search.best_inside, result.nearest, result.objective,
+                                           search.none_inside))
 

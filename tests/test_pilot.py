@@ -219,6 +219,30 @@ def test_a_calibrated_plan_keeps_the_pilots_shape(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_calibrated_plan_shows_the_best_plan_inside_the_pilots(tmp_path, capsys):
+    """Pilots as long as the shortest plans: the best plan inside the data is one within the pilots, with
+    no extrapolation note (it said 'none fits': inside meant inside the published CLIPA runs, which have
+    none on the user's dataset). Pilots shorter than every plan, or no pilots, say why there is none."""
+    from clipa.planner.run import make_plan
+
+    rng = np.random.default_rng(3)
+    law = dl.fit([dl.Observation(f"p{i}", _planned(s), _truth(_planned(s)) + rng.normal(0, 1.0), 2000)
+                  for i, s in enumerate((3e7, 1e8, 3e8))], chance=10.0, rho=RHO, k_prior=0.41)
+    cal = cal_mod.load(_calibration(tmp_path, law))
+    calib = make_plan(budget_usd=None, device_hours=2000, hw_name="a100x8", dataset="demo", quiet=True, calibration=cal)
+    inside, best = calib.search.best_inside, calib.search.best
+    assert inside is not None and not inside.extrapolation and inside.samples < best.samples
+    assert law.samples_eff(replace(_planned(inside.samples), finetune=())) <= law.largest() * 1.05
+    assert best.extrapolation  # the budget buys more than the pilots saw
+    short = dl.fit([dl.Observation(f"p{i}", _planned(s), _truth(_planned(s)), 2000)
+                    for i, s in enumerate((4000, 9000))], chance=10.0, rho=RHO, k_prior=0.41)  # far shorter than any plan
+    for extra in ([], ["--calibration", str(_calibration(tmp_path, short))]):
+        assert run_app(plan_app, ["--budget", "1000", "--hw", "a100x8", "--dataset", "demo", "--json", *extra]) == 0
+        got = json.loads(capsys.readouterr().out)
+        assert got["best_inside"] is None
+        assert got["best_inside_none"] == "none: no plan lies within the law's runs on demo"
+
+
 @pytest.mark.parametrize("asked,evaluated", [(None, 1000), (300, 300), (5000, 1000)])
 def test_a_pilot_is_evaluated_on_at_most_1000_images_or_fewer_if_the_target_asks(asked, evaluated):
     rec = recipe_mod.load(DEMO)
