@@ -245,6 +245,28 @@ def test_a_decoding_worker_killed_half_way_through_sending_a_batch_back_is_repla
         pool.close()
 
 
+class _Unreadable(Exception):
+    def __init__(self, message: str, where: str):  # pickled with its message alone: it will not unpickle
+        super().__init__(message)
+
+
+def _fail_unreadably() -> None:
+    raise _Unreadable("no", "here")
+
+
+def test_a_job_whose_error_cannot_be_read_back_raises_and_the_worker_serves_on():
+    """An exception that does not unpickle in the parent used to end the thread reading the worker's results,
+    and the trainer waited for them forever."""
+    pool = workers.Workers(1)
+    try:
+        pid = pool.result(pool.submit(os.getpid))
+        with pytest.raises(RuntimeError, match="could not be read back"):
+            pool.result(pool.submit(_fail_unreadably))
+        assert pool.result(pool.submit(os.getpid)) == pid and pool.deaths == 0
+    finally:
+        pool.close()
+
+
 def test_batch_contract(tmp_path):
     make_shards(tmp_path, 2, 4)
     ds = DatasetSpec(name="custom", train=str(tmp_path), workers=0)

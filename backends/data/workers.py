@@ -76,11 +76,15 @@ class _Worker:
                 return
 
     def _receive(self) -> None:
-        try:
-            while True:
-                self.inbox.put(self.results.recv())
-        except (EOFError, OSError):  # it died, half-way through a message or not
-            self.inbox.put(_DEAD)
+        while True:
+            try:
+                outcome = self.results.recv()
+            except (EOFError, OSError):  # it died, half-way through a message or not
+                self.inbox.put(_DEAD)
+                return
+            except Exception as e:  # noqa: BLE001  (a whole message that will not unpickle here: the job's error)
+                outcome = (False, RuntimeError(f"a decoding job's outcome could not be read back: {e!r}"))
+            self.inbox.put(outcome)
 
     def close(self) -> None:
         """End the process at once (it holds nothing a job cannot make again), then the threads."""
