@@ -184,6 +184,13 @@ def test_plan_with_data_flags_launches_as_written(tmp_path, shards, hw, launch, 
     if hw == "a100x8" and (os.cpu_count() or 1) < 88:
         assert ("warning: dataset.workers: 11 decoding workers x 8 processes = 88 on this host's "
                 in " ".join(d.stderr.split())), d.stderr
+    # counted per GPU process (torchrun): JAX trains a machine's 8 GPUs from one process, so its decoders are
+    # fewer than the prediction's bound counted, said before a GPU is paid for (it ran 8x data-bound silently)
+    machines = 1 if hw == "a100x8" else 4
+    j = _cli("clipa-run", out, "--backend", "jax", "--dry-run", cwd=tmp_path)
+    assert j.returncode == 0, j.stderr[-2000:]
+    assert (f"the JAX backend trains a machine's 8 GPUs from one process, so {11 * machines} decode on {hw} where the "
+            f"prediction counted {88 * machines}: for JAX set dataset.workers: 95" in " ".join(j.stderr.split()))
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run directory claimed
 
 

@@ -94,6 +94,8 @@ def run(
     _warn_untagged(rec)
     if not slurm and tpu is None:  # here is where the workers decode: SLURM's and a TPU's hosts are elsewhere
         _check_cores(rec, nproc if backend == "torch" else 1, dry_run)
+    if backend == "jax":
+        _warn_jax_decoders(rec)
     with runlock.scope():
         if slurm:
             from clipa.backends.torch import slurm as slurm_mod
@@ -153,6 +155,30 @@ def _check_cores(rec, processes: int, dry_run: bool) -> None:
                           f"{processes} process{'es' if processes > 1 else ''} = {total} on this host's {cores} "
                           f"cores: they compete with training here (lower dataset.workers for this machine, then "
                           f"predict the recipe again)", soft_wrap=True)
+
+
+def _warn_jax_decoders(rec) -> None:
+    """A recipe whose decoders were counted per GPU process (torchrun), run by the JAX backend, which trains
+    every GPU of a host from one process: its ``dataset.workers`` then decode for all of them, fewer than
+    the prediction's data-loading bound counted (a100x8's plan: 11 where it counted 88)."""
+    from clipa.costmodels import hardware, throughput
+
+    try:
+        hw = hardware.get(rec.hardware.name)
+    except UserError:
+        return  # hardware the cost models do not know: the recipe's prediction says so
+    machines = hardware.machine_count(hw.name)
+    per_machine = throughput.training_processes(hw) // machines
+    if hw.name.startswith("tpu-") or per_machine <= 1:
+        return
+    cores = hw.cpu_cores // machines
+    counted, here = throughput.decoders(hw, rec.dataset.workers), machines * min(cores, max(1, rec.dataset.workers))
+    if here < min(counted, machines * (cores - 1)):  # a JAX machine keeps a core for its one trainer
+        err_console.print(f"[yellow]warning:[/yellow] dataset.workers: {rec.dataset.workers} decoding workers per "
+                          f"training process, sized for one process per GPU (torchrun); the JAX backend trains a "
+                          f"machine's {per_machine} GPUs from one process, so {here} decode on {hw.name} where the "
+                          f"prediction counted {counted}: for JAX set dataset.workers: {max(1, cores - 1)} and "
+                          "predict the recipe again (clipa-plan --predict)", soft_wrap=True)
 
 
 def _warn_untagged(rec) -> None:
