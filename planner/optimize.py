@@ -1,7 +1,8 @@
 """Search the recipe space under a budget: an exact enumeration, fast because it is bounded.
 
 Every point of the discretised space (``search_space.all_points``) is costed and takes the most
-pre-training samples its budget allows; the plan is the point with the best objective: the lower
+pre-training samples its budget allows (a point beyond the law's data also the longest the data holds,
+below); the plan is the point with the best objective: the lower
 end of the accuracy law's 80% interval ('low', the default: an extrapolated plan pays for its
 doubt) or the predicted top-1 ('mean'). Ties go to the cheaper plan, then to the earlier point.
 
@@ -18,7 +19,7 @@ must not leave no plan inside the data.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -101,7 +102,7 @@ def _shortened_into_the_data(ctx: Context, pts: list[tuple]) -> list[tuple]:
             memo[key] = next((n for n in grid if ctx.law.could_be_inside(features(p, n, ctx.dataset))), None)
         n = memo[key]
         if n is not None and c.samples > n and (s := costed(p, ctx, samples=n)) is not None:
-            out.append((p, s))
+            out.append((p, replace(s, binding="objective")))  # what stops it, should it win: a longer run scores lower
     return out
 
 
@@ -110,7 +111,7 @@ class _Search:
 
     Points that differ only in their batch (or in a cost-free way) share the law's features: ``fid[k]``
     is point k's distinct-features index, ``bound[i]`` the most its objective can be. Points from
-    ``shortened`` (k >= ``n_full``) compete only for the best plan inside the data."""
+    ``shortened`` (k >= ``n_full``) compete for the best plan and the best inside the data, not as runners-up."""
 
     def __init__(self, ctx: Context, pts: list[tuple], shortened: list[tuple] = ()):
         self.ctx, self.pts, self.n_full, law = ctx, pts + list(shortened), len(pts), ctx.law
@@ -155,7 +156,7 @@ class _Search:
         self.scorer.run(batch)
         for i in batch:
             for k in self.by_feat[i]:
-                if k < self.n_full and self._better(k, self.best):
+                if self._better(k, self.best):  # a shortened point too: beyond the data a low end can fall
                     self.best = k
                 g = (self.pts[k][0].encoder, self.pts[k][0].side)
                 if k < self.n_full and self._better(k, self.groups.get(g)):

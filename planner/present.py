@@ -77,6 +77,9 @@ def extrapolation_lines(extrapolation: list[str], what: str = "the prediction") 
 
 def binding_line(p: Plan, budget_text: str) -> str:
     """Which constraint stops the plan from training longer."""
+    if p.binding == "objective":
+        return ("binding constraint: the objective: the budget buys a longer run of this plan, but beyond the law's "
+                "data its interval's low end is lower (--objective mean ranks plans by their mean)")
     words = {"budget": f"the budget ({budget_text})", "device-hours": f"the device-hour budget ({budget_text})",
              "deadline": "the deadline (more devices shorten the wall time: several GPU machines, --hw a100x32 for "
                          "four a100x8, or a larger TPU slice)", "dataset size": "the dataset's size (samples available)",

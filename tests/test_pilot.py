@@ -229,11 +229,17 @@ def test_a_calibrated_plan_shows_the_best_plan_inside_the_pilots(tmp_path, capsy
     law = dl.fit([dl.Observation(f"p{i}", _planned(s), _truth(_planned(s)) + rng.normal(0, 1.0), 2000)
                   for i, s in enumerate((3e7, 1e8, 3e8))], chance=10.0, rho=RHO, k_prior=0.41)
     cal = cal_mod.load(_calibration(tmp_path, law))
-    calib = make_plan(budget_usd=None, device_hours=2000, hw_name="a100x8", dataset="demo", quiet=True, calibration=cal)
+    args = dict(budget_usd=None, device_hours=2000, hw_name="a100x8", dataset="demo", quiet=True, calibration=cal)
+    calib = make_plan(**args, objective="mean")
     inside, best = calib.search.best_inside, calib.search.best
     assert inside is not None and not inside.extrapolation and inside.samples < best.samples
     assert law.samples_eff(replace(_planned(inside.samples), finetune=())) <= law.largest() * 1.05
     assert best.extrapolation  # the budget buys more than the pilots saw
+    # by the default objective, the lower end, the shorter run inside the pilots wins: near the ceiling the
+    # longer run's interval widens faster than its mean grows (it spent 97x the device-hours for a lower low end)
+    low = make_plan(**args).search.best
+    assert low.point == inside.point and low.samples == inside.samples and low.binding == "objective"
+    assert low.low > best.low and low.device_hours < best.device_hours / 10
     short = dl.fit([dl.Observation(f"p{i}", _planned(s), _truth(_planned(s)), 2000)
                     for i, s in enumerate((4000, 9000))], chance=10.0, rho=RHO, k_prior=0.41)  # far shorter than any plan
     for extra in ([], ["--calibration", str(_calibration(tmp_path, short))]):
