@@ -229,6 +229,6 @@ def close_all() -> None:
     _STARTED.clear()
 
 
-# Runs before multiprocessing's own exit handler (registered earlier), which would SIGTERM the workers and
-# then wait out their grace
+# Runs before multiprocessing's own exit handler (multiprocessing.util registers it when imported, above, by
+# resource_tracker), which would SIGTERM the workers and then wait out their grace: an exit took 0.6 s
 atexit.register(close_all)
