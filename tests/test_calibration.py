@@ -66,6 +66,11 @@ def test_a_prediction_says_what_its_calibration_calibrated(tmp_path, capsys, hw,
     # the report's caveat on a dataset no published run saw goes only with a calibrated top-1
     run = load_run(write_run(tmp_path / "run", rec.model_copy(update={"predictions": predict_recipe(rec, calibration=_cal())})))
     assert any("top-1 prediction uncalibrated" in n for n in tables.caveat_lines(run)) == (dataset != "demo")
+    if dataset == "custom":  # an unfinished run cannot be calibrated on ('none of the runs finished', exit 2)
+        stopped = load_run(write_run(tmp_path / "stopped", run.recipe, finished=False, stop_after=64))
+        said = next(n for n in tables.caveat_lines(stopped) if "top-1 prediction uncalibrated" in n)
+        assert "Run: finish the run (clipa-run resumes it; calibrating needs its top-1), then clipa-report" in said
+        assert "Run: clipa-report --calibrate" in next(n for n in tables.caveat_lines(run) if "uncalibrated" in n)
     # --predict names a calibration that applies to nothing, on stderr (stdout stays JSON)
     path = cal_mod.save(_cal(), tmp_path / "cal.yaml")
     recipe_mod.dump(rec, tmp_path / "r.yaml")

@@ -212,8 +212,9 @@ def caveat_lines(run: Run) -> list[str]:
     measure = datasets.eval_mismatch(run.recipe.dataset.name, a.eval_classes) if a and p else None
     out += [measure] if measure else []
     if p is not None and not top1_calibrated(p.cost_model_version) and run.recipe.dataset.name not in LAW_DATASETS:
+        first = "" if run.finished else "finish the run (clipa-run resumes it; calibrating needs its top-1), then "
         out.append(f"top-1 prediction uncalibrated: no published run on dataset {run.recipe.dataset.name!r}. "
-                   f"Run: clipa-report --calibrate {run.path}, then clipa-plan --predict RECIPE --calibration "
+                   f"Run: {first}clipa-report --calibrate {run.path}, then clipa-plan --predict RECIPE --calibration "
                    f"{run.path.parent / 'calibration.yaml'}")
     return out
 
