@@ -90,7 +90,7 @@ def _costed_points(ctx: Context, progress) -> list[tuple]:
 def _shortened_into_the_data(ctx: Context, pts: list[tuple]) -> list[tuple]:
     """(point, costed) at the longest pre-training of the grid that could lie inside the law's data with the
     point's fine-tune (a pilots' law counts its samples too), for each point the budget makes longer:
-    candidates for the best plan inside the data only."""
+    candidates for the best plan inside the data, and for the plan where the objective ranks them higher."""
     longest = ctx.law.longest_inside(ss.SAMPLES_GRID, ctx.dataset)
     if longest is None:
         return []
