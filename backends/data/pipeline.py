@@ -28,7 +28,6 @@ from clipa import reductions
 from clipa.backends.data import batch_job
 from clipa.backends.data import workers as workers_mod
 from clipa.backends.data.decode import normalize
-from clipa.backends.data.workers import Workers
 from clipa.backends.data.webdataset_io import (MAX_OPEN_SHARDS, SampleEntry, ShardIndex, ShardReader, describe,
                                                expand_shards, index_shard, shard_summary)
 from clipa.encoders import Encoder
@@ -257,7 +256,7 @@ def batches_for(shards: list[Path], cfg: batch_job.JobConfig, batch_size: int, r
         reader.close()
 
 
-def start_workers(workers: int) -> Optional[Workers]:
+def start_workers(workers: int) -> Optional[workers_mod.Workers]:
     """This process's decoding processes (``workers.start_workers``), each made to load the decoder now."""
     return workers_mod.start_workers(workers, _ready)
 
