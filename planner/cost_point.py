@@ -39,12 +39,17 @@ class Budget:
     def describe(self) -> str:
         parts = []
         if self.usd is not None:
-            parts.append(f"${self.usd:,.0f}")
+            parts.append(f"${_shown(self.usd, 0)}")
         if self.device_hours is not None:
-            parts.append(f"{self.device_hours:,.1f} device-hours")
+            parts.append(f"{_shown(self.device_hours, 1)} device-hours")
         if self.wall_hours is not None:
-            parts.append(f"a {self.wall_hours / 24:,.2f}-day deadline")
+            parts.append(f"a {_shown(self.wall_hours / 24, 2)}-day deadline")
         return " and ".join(parts)
+
+
+def _shown(x: float, decimals: int) -> str:
+    """x to `decimals` places, or to two significant digits where those places would show it as 0."""
+    return f"{x:,.{decimals}f}" if round(x, decimals) != 0 else f"{x:.2g}"
 
 
 @dataclass

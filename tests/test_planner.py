@@ -216,6 +216,8 @@ def test_cli_json_contract_and_predict_roundtrip(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (("--budget", "1", "--hw", "a100x8"), "cheapest plan"),
+    (("--device-hours", "0.004", "--hw", "a100x8"), "no plan fits 0.004 device-hours"),  # not "0.0"
+    (("--budget", "0.3", "--hw", "a100x8"), "no plan fits $0.3 on"),
     (("--budget", "1000", "--hw", "a100x9"), "a100x8"),
     (("--budget", "-5"), "--budget"),
     (("--hw", "a100x8"), "--budget"),
