@@ -9,6 +9,7 @@ unit); steps are derived from samples and the global batch only at the edges.
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import hashlib
 import json
 import math
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import (AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field,
+                      field_validator, model_validator)
 
 from clipa import encoders, fs, reductions
 from clipa.datasets import DATASETS
@@ -45,6 +46,22 @@ def _name_in(check):
     return Annotated[str, AfterValidator(lambda v: _registered(check, v))]
 
 
+def _whole_number(v):
+    """'12.8e9' -> 12800000000. YAML 1.1 (PyYAML) reads an exponent without a dot or a sign as a string, so
+    a count written as big_vision configs write it would be refused as "not a valid integer"."""
+    if isinstance(v, str):
+        try:
+            d = decimal.Decimal(v.replace("_", ""))
+        except decimal.InvalidOperation:
+            return v
+        if d.is_finite() and d == d.to_integral_value():
+            return int(d)
+    return v
+
+
+Count = Annotated[int, BeforeValidator(_whole_number)]  # a number of samples
+
+
 class EncoderSpec(_Strict):
     name: _name_in(encoders.get) = Field(description="registry name, e.g. 'L/16' (clipa.encoders)")
     class_token: bool = Field(False, description="prepend a learned class token to the image tower, as OpenCLIP's "
@@ -61,7 +78,7 @@ class EncoderSpec(_Strict):
 class DatasetSpec(_Strict):
     name: _name_in(DATASETS.get) = Field(description=DATASETS.help())
     train: Optional[str] = Field(None, description="webdataset shards: path, brace pattern or list file")
-    train_samples: Optional[int] = Field(None, gt=0, description="samples in one pass of `train`")
+    train_samples: Optional[Count] = Field(None, gt=0, description="samples in one pass of `train`")
     val: Optional[str] = Field(None, description="ImageNet-style val folder (val/CLASS/*.jpg)")
     classnames: Optional[str] = Field(None, description="file with one class name per line")
     templates: Optional[str] = Field(None, description="file with one prompt template per line, '{}' for the class")
@@ -110,7 +127,7 @@ class OptimizerSpec(_Strict):
 
 class ScheduleSpec(_Strict):
     name: Literal["cosine", "constant"] = "cosine"
-    warmup_samples: int = Field(0, ge=0, description="linear warmup length in samples seen")
+    warmup_samples: Count = Field(0, ge=0, description="linear warmup length in samples seen")
     min_lr: float = Field(0.0, ge=0)
 
 
@@ -132,7 +149,7 @@ class AugmentSpec(_Strict):
 
 class Stage(_Strict):
     name: str
-    samples: int = Field(gt=0, description="samples seen in this stage")
+    samples: Count = Field(gt=0, description="samples seen in this stage")
     global_batch: int = Field(gt=0)
     image_size: int = Field(gt=0, description="input resolution in px")
     image_reduction: ImageReductionSpec = ImageReductionSpec()
@@ -190,11 +207,11 @@ class TrainSpec(_Strict):
     precision: Literal["bf16", "fp32"] = "bf16"
     grad_checkpointing: bool = False
     compile: bool = False
-    checkpoint_every_samples: Optional[int] = Field(None, gt=0)
+    checkpoint_every_samples: Optional[Count] = Field(None, gt=0)
     # 30 min: a preempted or killed run loses at most half an hour, for one checkpoint write per half hour.
     checkpoint_every_minutes: float = Field(30.0, gt=0, description="also checkpoint after this much wall time "
                                             "(spot plans set their own: clipa.planner.spot)")
-    eval_every_samples: Optional[int] = Field(None, gt=0)
+    eval_every_samples: Optional[Count] = Field(None, gt=0)
     log_every_steps: int = Field(10, gt=0)
     compute_threads: Optional[int] = Field(None, gt=0, description="CPU training: torch compute threads per "
                                            "process (default: from the decode load and free cores, "

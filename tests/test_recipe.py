@@ -54,6 +54,21 @@ def test_mask_reduces_tokens():
     assert r.stages[1].image_tokens(encoders.get("L/16")) == int(196 * 0.7)
 
 
+def test_a_sample_count_may_be_written_with_an_exponent(tmp_path):
+    """PyYAML reads 12.8e9 (no dot, or no exponent sign) as a string: the count is still a count."""
+    text = recipe.to_yaml(recipe.from_dict(copy.deepcopy(BASE)))
+    text = text.replace("samples: 2560000000", "samples: 2.56e9").replace("samples: 131072000", "samples: 131_072e3")
+    assert "2.56e9" in text and "131_072e3" in text
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    r = recipe.load(p)
+    assert [s.samples for s in r.stages] == [2_560_000_000, 131_072_000]
+    p.write_text(text.replace("2.56e9", "2.5e-1"))
+    with pytest.raises(UserError, match=r"stages\[0\].samples: Input should be a valid integer, got a number with a "
+                                        "fractional part"):
+        recipe.load(p)
+
+
 @pytest.mark.parametrize("path,value,needle", [
     (("stages", 0, "text_len"), 0, "stages[0].text_len"),
     (("stages", 0, "text_reduction"), "nouns", "stages[0].text_reduction"),
