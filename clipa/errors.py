@@ -41,9 +41,9 @@ class NoRoom(UserError):
 
 
 class DecodersDied(UserError):
-    """The data's decoding processes died again and again (the system ends processes when memory runs out):
-    not a bug and not a usage mistake, so no traceback and exit 1. The training loop adds where it stopped,
-    the checkpoint and the command that resumes."""
+    """The data's decoding processes died again and again, or a caption tagger once (the system ends processes
+    when memory runs out): not a bug and not a usage mistake, so no traceback and exit 1. The training loop
+    adds where it stopped, the checkpoint and the command that resumes."""
 
     exit_code = 1
 

