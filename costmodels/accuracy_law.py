@@ -50,6 +50,7 @@ FIT_FILE = Path(__file__).resolve().parent / "data" / "accuracy_fit.json"
 FORMAT = 2  # of FIT_FILE: 1 was the single-form law (before model-form uncertainty)
 LEVEL = 0.80  # central interval level of every Prediction
 IN1K_CHANCE = 0.1  # percent: 1 in ImageNet-1k's 1000 classes, the floor of every prediction
+CUSTOM_PRIOR = "laion-400m"  # whose law is the prior of an uncalibrated 'custom' dataset (its mean)
 # The CPU demo's held-out split has 10 classes (clipa demo data): chance = 10% is the prior lower bound.
 DEMO_CLASSES = 10
 W_MIN = 1e-3  # forms weighing less are dropped at prediction time (and the rest renormalised)
@@ -243,7 +244,7 @@ class AccuracyLaw:
             out[pub] = np.array([c.weight for c in self.components]) @ acc[:, np.arange(len(sub)), last]
         custom = [i for i, f in enumerate(feats) if f.dataset == "custom"]
         if custom:  # the prior's mean: the LAION-400M law
-            out[custom] = self.mean([replace(feats[i], dataset="laion-400m") for i in custom])
+            out[custom] = self.mean([replace(feats[i], dataset=CUSTOM_PRIOR) for i in custom])
         for i, f in enumerate(feats):
             if f.dataset not in DATASETS and f.dataset != "custom":
                 out[i] = self._prior(f).top1
@@ -284,7 +285,7 @@ class AccuracyLaw:
             variants = [replace(feats[i], dataset=d) for d in DATASETS for i in custom]
             t, _, h = self.predict_many(variants)
             t, h = t.reshape(len(DATASETS), -1), h.reshape(len(DATASETS), -1)
-            top[custom], low[custom], high[custom] = t[DATASETS.index("laion-400m")], IN1K_CHANCE, h.max(0)
+            top[custom], low[custom], high[custom] = t[DATASETS.index(CUSTOM_PRIOR)], IN1K_CHANCE, h.max(0)
         for i, f in enumerate(feats):
             if f.dataset not in DATASETS and f.dataset != "custom":
                 p = self._prior(f)

@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from clipa.costmodels.accuracy_law import DATASETS
+from clipa.costmodels.accuracy_law import CUSTOM_PRIOR, DATASETS
 from clipa.planner import search_space as ss
 from clipa.planner.cost_point import Context, Plan, costed, features
 
@@ -49,6 +49,7 @@ class _Scorer:
     def __init__(self, ctx: Context, feats: list):
         self.ctx, self.feats = ctx, feats
         self.pred: dict[int, tuple[float, float, float, list[str]]] = {}
+        self.tie: dict[int, float] = {}
 
     def run(self, idx: list[int]) -> None:
         todo = [i for i in idx if i not in self.pred]
@@ -58,10 +59,25 @@ class _Scorer:
             top, low, high = self.ctx.law.predict_many(fs, offset=self.ctx.offset)
             for j, i in enumerate(part):
                 self.pred[i] = (float(top[j]), float(low[j]), float(high[j]), self.ctx.law.notes(fs[j]))
+            self._tie_breaks(part, fs)
+
+    def _tie_breaks(self, part: list[int], fs: list) -> None:
+        """An uncalibrated 'custom' dataset's interval starts at chance for every point, so its low end ranks
+        nothing and the cheapest point won (an S/16 100M-sample plan for $10,000, and so the pilots' target):
+        there ties go by the objective of its prior, the LAION-400M law, whose shape the pilots then fit."""
+        custom = [(i, replace(f, dataset=CUSTOM_PRIOR)) for i, f in zip(part, fs) if f.dataset == "custom"]
+        if custom:
+            top, low, _ = self.ctx.law.predict_many([f for _, f in custom])
+            for (i, _), t, lo in zip(custom, top, low):
+                self.tie[i] = float(lo if self.ctx.objective == "low" else t)
 
     def objective(self, i: int) -> float:
         top, low, _, _ = self.pred[i]
         return low if self.ctx.objective == "low" else top
+
+    def key(self, i: int) -> tuple[float, float]:
+        """The objective, then (where it ties by construction) the prior's."""
+        return self.objective(i), self.tie.get(i, 0.0)
 
 
 def plan(ctx: Context, *, progress=None, **_ignored) -> Optional[Result]:
@@ -146,8 +162,8 @@ class _Search:
         return bound
 
     def rank(self, k: int) -> tuple:
-        """Larger is better: objective, then cheaper, then earlier point."""
-        return (self.scorer.objective(self.fid[k]), -self.pts[k][1].device_hours, -k)
+        """Larger is better: objective (then a prior's, ``_Scorer.key``), then cheaper, then earlier point."""
+        return (*self.scorer.key(self.fid[k]), -self.pts[k][1].device_hours, -k)
 
     def _better(self, k: int, than: Optional[int]) -> bool:
         return than is None or self.rank(k) > self.rank(than)

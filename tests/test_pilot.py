@@ -296,6 +296,21 @@ def test_pilot_cli_writes_a_suite_within_the_share(tmp_path, capsys):
     assert "run it with: clipa-run " + str(tmp_path / "mine" / "suite.yaml") + " --nproc 8," in said
 
 
+@pytest.mark.parametrize("budget", ["2000", "10000"])
+def test_the_pilots_of_your_own_data_prepare_the_plan_the_prior_law_makes(tmp_path, capsys, budget):
+    """Uncalibrated, a custom dataset's interval starts at chance for every plan, so the default objective
+    (the low end) tied everywhere and the cheapest plan won: $10,000 of the user's data piloted an S/16 at
+    64 px, and the calibrated plan keeps the pilots' encoder. The target is now the plan of the prior's law."""
+    shard = write_shard(tmp_path / "shard.tar", [{"__key__": "k", "jpg": b"x", "txt": b"a cat"}])
+    data = ["--budget", budget, "--hw", "a100x8", "--train-data", str(shard), "--train-samples", "400000000", "--json"]
+    assert run_app(plan_app, [*data, "--dataset", "laion-400m", "--out", str(tmp_path / "p.yaml")]) == 0
+    capsys.readouterr()
+    prior = recipe_mod.load(tmp_path / "p.yaml").name
+    assert run_app(plan_app, ["--pilot", *data, "--dataset", "custom", "--out", str(tmp_path / "pilots")]) == 0
+    assert json.loads(capsys.readouterr().out)["target"] == prior
+    assert not prior.startswith("S16"), prior
+
+
 @pytest.mark.parametrize("args,word", [
     (["--pilot", "--dataset", "demo", "--hw", "cpu", "--pilot-share", "0"], "--pilot-share"),
     (["--pilot", "--dataset", "demo", "--hw", "cpu", "--pilot-share", "1.5"], "--pilot-share"),
