@@ -292,7 +292,12 @@ def test_demo_dataset_is_an_honest_uncalibrated_prior(law):
     assert p.extrapolation and "demo" in p.extrapolation[0]
     assert law.predict(RF("demo", "demo", 16, 16, 2e5), offset=20).top1 == pytest.approx(chance + 20)
     c = law.predict(RF("H/14", "custom", 36, 8, 12.8e9))
-    assert c.low <= al.IN1K_CHANCE + 1e-9 and c.high > c.top1 and c.extrapolation
+    assert c.low <= al.IN1K_CHANCE + 1e-9 and c.high > c.top1
+    assert c.extrapolation == ["dataset custom: no published run (the LAION laws as a prior until calibrated on your "
+                               "runs)"]  # H/14's CLIPA settings: the prior is inside its data
+    g = law.predict(RF("g/14", "custom", 36, 8, 12.8e9))  # ... and where it is not, the list says so
+    assert g.extrapolation[1] == "prior: encoder g/14 beyond H/14 (largest CLIPA run; 1.6x its weights)"
+    assert all(t.startswith("prior: ") and "laion-400m" not in t for t in g.extrapolation[1:])
 
 
 def test_planning_path_is_fast_and_imports_neither_scipy_nor_torch_nor_jax():
