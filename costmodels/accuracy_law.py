@@ -182,6 +182,11 @@ class AccuracyLaw:
             self._flags[f] = self.support.check(f)
         return self._flags[f]
 
+    def prior_dataset(self, dataset: str) -> Optional[str]:
+        """The published dataset whose law is ``dataset``'s prior where its own interval cannot rank plans
+        (uncalibrated 'custom': the low end is chance for all), else None."""
+        return CUSTOM_PRIOR if dataset == "custom" else None
+
     def could_be_inside(self, f: RunFeatures) -> bool:
         """A cheap necessary condition for ``extrapolation(f)`` to be empty (``Support.could_be_inside``)."""
         return self.support.could_be_inside(f)

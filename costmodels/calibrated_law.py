@@ -53,6 +53,9 @@ class CalibratedLaw:
             return self.base.notes(f)
         return self.laws[f.dataset].notes(f)
 
+    def prior_dataset(self, dataset: str) -> Optional[str]:
+        return None if dataset in self.laws else self.base.prior_dataset(dataset)
+
     def could_be_inside(self, f) -> bool:
         law = self.laws.get(f.dataset)
         return self.base.could_be_inside(f) if law is None else law.could_be_inside(f)

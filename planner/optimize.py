@@ -4,7 +4,8 @@ Every point of the discretised space (``search_space.all_points``) is costed and
 pre-training samples its budget allows (a point beyond the law's data also the longest the data holds,
 below); the plan is the point with the best objective: the lower
 end of the accuracy law's 80% interval ('low', the default: an extrapolated plan pays for its
-doubt) or the predicted top-1 ('mean'). Ties go to the cheaper plan, then to the earlier point.
+doubt; on uncalibrated custom data, where every low end is chance, its prior's) or the predicted
+top-1 ('mean'). Ties go to the cheaper plan, then to the earlier point.
 
 The law's mean is computed for every distinct point in one vectorised call; its interval, which
 needs a gradient per form and the extrapolation checks, only for the points whose mean minus the
@@ -24,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from clipa.costmodels.accuracy_law import CUSTOM_PRIOR, DATASETS
+from clipa.costmodels.accuracy_law import DATASETS
 from clipa.planner import search_space as ss
 from clipa.planner.cost_point import Context, Plan, costed, features
 
@@ -44,12 +45,18 @@ class Result:
 
 
 class _Scorer:
-    """Exact predictions of distinct run features, computed in chunks and kept."""
+    """Exact predictions of distinct run features, computed in chunks and kept.
+
+    ``prior``: the dataset whose law ranks the points where their own low ends cannot. An uncalibrated
+    'custom' dataset's interval starts at chance for every point, so the cheapest point won (an S/16
+    100M-sample plan for $10,000, and so the pilots' target); its prior, the LAION-400M law, ranks them,
+    and the pilots then fit that plan's shape."""
 
     def __init__(self, ctx: Context, feats: list):
         self.ctx, self.feats = ctx, feats
         self.pred: dict[int, tuple[float, float, float, list[str]]] = {}
-        self.tie: dict[int, float] = {}
+        self.prior = ctx.law.prior_dataset(ctx.dataset) if ctx.objective == "low" else None
+        self.by_prior: dict[int, float] = {}
 
     def run(self, idx: list[int]) -> None:
         todo = [i for i in idx if i not in self.pred]
@@ -59,25 +66,17 @@ class _Scorer:
             top, low, high = self.ctx.law.predict_many(fs, offset=self.ctx.offset)
             for j, i in enumerate(part):
                 self.pred[i] = (float(top[j]), float(low[j]), float(high[j]), self.ctx.law.notes(fs[j]))
-            self._tie_breaks(part, fs)
-
-    def _tie_breaks(self, part: list[int], fs: list) -> None:
-        """An uncalibrated 'custom' dataset's interval starts at chance for every point, so its low end ranks
-        nothing and the cheapest point won (an S/16 100M-sample plan for $10,000, and so the pilots' target):
-        there ties go by the objective of its prior, the LAION-400M law, whose shape the pilots then fit."""
-        custom = [(i, replace(f, dataset=CUSTOM_PRIOR)) for i, f in zip(part, fs) if f.dataset == "custom"]
-        if custom:
-            top, low, _ = self.ctx.law.predict_many([f for _, f in custom])
-            for (i, _), t, lo in zip(custom, top, low):
-                self.tie[i] = float(lo if self.ctx.objective == "low" else t)
+            if self.prior is not None:
+                _, low, _ = self.ctx.law.predict_many([replace(f, dataset=self.prior) for f in fs])
+                self.by_prior.update(zip(part, map(float, low)))
 
     def objective(self, i: int) -> float:
         top, low, _, _ = self.pred[i]
         return low if self.ctx.objective == "low" else top
 
-    def key(self, i: int) -> tuple[float, float]:
-        """The objective, then (where it ties by construction) the prior's."""
-        return self.objective(i), self.tie.get(i, 0.0)
+    def value(self, i: int) -> float:
+        """What ranks the points: the objective, or where it is the same for all (``prior``), the prior's."""
+        return self.objective(i) if self.prior is None else self.by_prior[i]
 
 
 def plan(ctx: Context, *, progress=None, **_ignored) -> Optional[Result]:
@@ -139,8 +138,8 @@ class _Search:
             self.by_feat.setdefault(i, []).append(k)
         self.feats = [features(*self._first(i), ctx.dataset) for i in range(len(index))]
         self.mean = law.mean(self.feats) + ctx.offset
-        self.bound = self._bounds()
         self.scorer = _Scorer(ctx, self.feats)
+        self.bound = self._bounds()
         self.order = sorted(range(len(self.feats)), key=lambda i: (-self.bound[i], self.by_feat[i][0]))
         self.best: Optional[int] = None
         self.groups: dict[tuple, int] = {}  # (encoder, side) -> its best point
@@ -151,9 +150,11 @@ class _Search:
         return p, c.samples
 
     def _bounds(self) -> np.ndarray:
-        """Upper bound of each point's objective: no interval is narrower than the forms' residual spread."""
-        law, feats = self.ctx.law, self.feats
+        """Upper bound of each point's ``_Scorer.value``: no interval is narrower than the forms' residual spread."""
+        law, feats, prior = self.ctx.law, self.feats, self.scorer.prior
         floor = law.z * law.sd_floor if self.ctx.objective == "low" else 0.0
+        if prior is not None:
+            return np.clip(law.mean([replace(f, dataset=prior) for f in feats]) - floor, 0.1, 100.0)
         bound = np.clip(self.mean - np.where([f.dataset in DATASETS for f in feats], floor, 0.0), 0.1, 100.0)
         if self.ctx.objective == "low":  # priors (demo, custom) have intervals of their own: bound by them exactly
             for i, f in enumerate(feats):
@@ -162,8 +163,8 @@ class _Search:
         return bound
 
     def rank(self, k: int) -> tuple:
-        """Larger is better: objective (then a prior's, ``_Scorer.key``), then cheaper, then earlier point."""
-        return (*self.scorer.key(self.fid[k]), -self.pts[k][1].device_hours, -k)
+        """Larger is better: objective (``_Scorer.value``), then cheaper, then earlier point."""
+        return (self.scorer.value(self.fid[k]), -self.pts[k][1].device_hours, -k)
 
     def _better(self, k: int, than: Optional[int]) -> bool:
         return than is None or self.rank(k) > self.rank(than)
@@ -184,7 +185,7 @@ class _Search:
         """(objective the winner and runners-up must be certified at, the inside plan's)."""
         if self.best is None:
             return -np.inf, -np.inf
-        obj = self.scorer.objective
+        obj = self.scorer.value
         bg = (self.pts[self.best][0].encoder, self.pts[self.best][0].side)
         others = sorted((obj(self.fid[k]) for g, k in self.groups.items() if g != bg), reverse=True)
         alt = others[N_ALTERNATIVES - 1] if len(others) >= N_ALTERNATIVES else -np.inf

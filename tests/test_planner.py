@@ -69,6 +69,22 @@ def test_search_equals_the_exhaustive_optimum(case):
     assert got == pytest.approx(others[:len(got)], abs=1e-9) and len(got) == min(5, len(others))
 
 
+@pytest.mark.parametrize("usd", [2_000, 10_000])
+def test_an_uncalibrated_custom_plan_is_the_exhaustive_optimum_of_its_prior(usd):
+    """Every plan's low end on uncalibrated custom data is chance, so the prior's (LAION-400M's) ranks them,
+    the runners-up too: the search over custom points equals the exhaustive optimum of the prior's."""
+    ctx = _ctx(usd=usd, dataset="custom")
+    res = optimize.plan(ctx)
+    prior = _exhaustive(_ctx(usd=usd, dataset="laion-400m"))
+    of = lambda plan: ctx.law.predict(features(plan.point, plan.samples, "laion-400m")).low  # noqa: E731
+    assert res.best.low == pytest.approx(0.1) and of(res.best) == pytest.approx(max(o for o, *_ in prior), abs=1e-9)
+    groups = {}
+    for o, _, p, _, _ in prior:
+        groups[(p.encoder, p.side)] = max(groups.get((p.encoder, p.side), -1e9), o)
+    others = sorted((v for g, v in groups.items() if g != (res.best.point.encoder, res.best.point.side)), reverse=True)
+    assert [of(a) for a in res.alternatives] == pytest.approx(others[:5], abs=1e-9)
+
+
 def test_a_bigger_budget_keeps_a_plan_inside_the_data():
     """A budget that buys more pre-training than any CLIPA run had still shows the best plan inside the
     data, at the longest pre-training the data holds ($100k said 'none fits'; $30k showed an L/16 below
