@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,38 @@ def test_a_suite_trains_each_pilot_on_every_process_it_is_given(tmp_path):
     assert proc.wait(timeout=120) == 130, rest[-3000:]
     assert rest.strip().splitlines()[-1].endswith(f"resume the suite with: clipa-run {suite_dir / 'suite.yaml'} "
                                                    f"--run-dir {root} --nproc 2 --device cpu"), rest[-3000:]
+
+
+def test_decoders_dying_in_a_pilot_say_how_to_resume_the_suite(tmp_path):
+    """A pilot whose decoding processes the system kills again and again (out of memory) stops after a
+    checkpoint, and says how to resume the suite (the pilots take their data from it), as Ctrl-C and a full
+    disk do; it said how to resume the pilot alone."""
+    pytest.importorskip("torch")
+    target = tmp_path / "tiny.yaml"
+    stages = [{**TARGET["stages"][0], "samples": 8 * 1536}, TARGET["stages"][1]]
+    target.write_text(yaml.safe_dump({**TARGET, "dataset": {**TARGET["dataset"], "workers": 1}, "stages": stages}))
+    suite_dir, root = tmp_path / "suite", tmp_path / "pilots"
+    assert run_app(plan_app, ["--pilot", "--target", str(target), "--hw", "cpu", "--pilot-share", "0.6",
+                              "--out", str(suite_dir)]) == 0
+    cmd = [sys.executable, "-m", "clipa.cli.run", str(suite_dir / "suite.yaml"), "--run-dir", str(root), "--device",
+           "cpu"]
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe would stop the run before the kills
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stderr=fh, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    killed: set[int] = set()
+    deadline = time.time() + 300
+    while proc.poll() is None and len(killed) < 3 and time.time() < deadline:  # each decoder as it starts
+        found = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True, text=True)
+        for pid in map(int, found.stdout.split()):
+            if pid not in killed and len(killed) < 3:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+        time.sleep(0.05)
+    code = proc.wait(timeout=300)
+    err = log.read_text()
+    assert code == 1 and "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: dataset.workers: a decoding process died 3 times"), last
+    assert "the newest complete checkpoint is " in last, last
+    assert last.endswith(f"resume the suite with: clipa-run {suite_dir / 'suite.yaml'} --run-dir {root} "
+                         "--device cpu"), last

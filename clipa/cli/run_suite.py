@@ -20,7 +20,7 @@ from clipa import recipe as recipe_mod
 from clipa import rundir
 from clipa import suite as suite_mod
 from clipa.backends.runstate import resume_command
-from clipa.errors import Interrupted, NoRoom
+from clipa.errors import DecodersDied, Interrupted, NoRoom
 
 
 def _cpu_s() -> float:
@@ -63,9 +63,9 @@ def run_suite(path: Path, backend, root: Optional[Path], opts, check, freeze) ->
         console.print(f"pilot {i + 1}/{len(recs)}: {p.name} ({p.scale:.4g}x the target's samples) -> {run_dir}")
         try:
             code = backend.launch(rpath, rec, run_dir, opts)
-        except (Interrupted, NoRoom) as e:  # resume the suite, not the pilot alone (its data comes from the suite)
-            said = f"{str(e).rsplit('resume with: ', 1)[0]}resume the suite with: {again}"
-            raise (Interrupted(e.signum, said) if isinstance(e, Interrupted) else NoRoom(said)) from None
+        except (Interrupted, NoRoom, DecodersDied) as e:  # resume the suite, not the pilot alone (its data
+            e.args = (f"{str(e).rsplit('resume with: ', 1)[0]}resume the suite with: {again}",)  # is the suite's)
+            raise
         if code:  # from torchrun (--nproc): its workers said how to resume the pilot alone, not the suite
             if code != 2:
                 console.print(f"suite {suite.name}: pilot {i + 1}/{len(recs)} stopped (exit {code}); resume the "
