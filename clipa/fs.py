@@ -14,6 +14,7 @@ when a URL is used: the planner imports this module and must start fast.
 """
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -189,6 +190,28 @@ def write_atomic(dest, data: Union[bytes, str], *, exclusive: bool = False) -> b
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_orphans(dest) -> None:
+    """Remove the temporary files of ``write_atomic(dest)`` whose writer no longer runs: a writer killed
+    (SIGKILL, or the system out of memory) leaves its part-written file, as its ``finally`` never runs."""
+    p = path(dest)
+    if isinstance(p, UrlPath):
+        return  # written directly there: nothing left over
+    for tmp in p.parent.glob(f".{glob.escape(p.name)}.*.tmp"):
+        pid = tmp.name[len(p.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def append_text(dest, text: str) -> None:

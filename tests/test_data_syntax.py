@@ -193,5 +193,12 @@ def test_a_tagging_process_killed_half_way_is_one_line_exit_1_and_the_shards_wri
     assert 1 <= len(done) < 8 and all(not n.startswith(".") for n in done), done  # no partial shard left
     assert last.startswith(f"error: a tagging process died (the system kills processes when memory runs out); "
                            f"{len(done)} of 8 shards in {out} are tagged, whole and kept"), last
+    # the killed tagger's part-written copy (its fs.write_atomic temporary file) is removed too, now or,
+    # where its parent was killed with it, by the next run
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = out / f".{done[0]}.{gone.pid}.0badf00d.tmp"
+    orphan.write_bytes(b"part of a shard")
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and f"{len(done)} of 8 shards in {out} already tagged" in again.stderr, again.stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"shard-{i:05d}.tar" for i in range(8)]  # and no orphan

@@ -72,6 +72,7 @@ def prepare(in_pattern: str, out_dir: Path, name: str | None = None, progress: b
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = name or model_name()
+    _remove_orphans(out_dir, shards)
     todo = [s for s in shards if not _tagged(s, out_dir / s.name, name)]
     if len(todo) < len(shards):
         print(f"syntax_prep: {len(shards) - len(todo)} of {len(shards)} shards in {out_dir} already tagged by "
@@ -97,6 +98,7 @@ def prepare(in_pattern: str, out_dir: Path, name: str | None = None, progress: b
                 except BaseException as e:
                     pool.shutdown(wait=True, cancel_futures=True)
                     if isinstance(e, cf.process.BrokenProcessPool):  # one was killed: the others went with it
+                        _remove_orphans(out_dir, todo)
                         done = sum(_tagged(s, out_dir / s.name, name) for s in shards)
                         raise DecodersDied(f"a tagging process died (the system kills processes when memory runs "
                                            f"out); {done} of {len(shards)} shards in {out_dir} are tagged, whole "
@@ -134,6 +136,14 @@ def untagged_note(rec) -> str | None:
                     f"predicted; tag once before: python -m clipa.backends.data.syntax_prep "
                     f"'{rec.dataset.train}' TAGGED_DIR, then set dataset.train to the shards in TAGGED_DIR")
     return None
+
+
+def _remove_orphans(out_dir: Path, shards: Sequence[Path]) -> None:
+    """The part-written copies a killed tagger left in ``out_dir`` (``fs.write_atomic``'s temporary files)."""
+    from clipa import fs
+
+    for s in shards:
+        fs.remove_orphans(out_dir / s.name)
 
 
 def _tag_shard(src: Path, dst: Path, name: str) -> None:
