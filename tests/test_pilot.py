@@ -309,6 +309,9 @@ def test_the_pilots_of_your_own_data_prepare_the_plan_the_prior_law_makes(tmp_pa
     assert run_app(plan_app, ["--pilot", *data, "--dataset", "custom", "--out", str(tmp_path / "pilots")]) == 0
     assert json.loads(capsys.readouterr().out)["target"] == prior
     assert not prior.startswith("S16"), prior
+    assert run_app(plan_app, ["--pilot", *data[:-1], "--dataset", "custom", "--out", str(tmp_path / "pilots")]) == 0
+    assert ("target: the plan for this budget under the laion-400m law, your data's prior until the pilots calibrate "
+            "it; to pilot another run: --target RECIPE") in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize("args,word", [

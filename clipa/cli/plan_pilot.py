@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from clipa import recipe as recipe_mod
+from clipa.costmodels import accuracy_law
 from clipa.errors import UserError
 
 DEFAULT_DIR = Path("pilots")
@@ -91,6 +92,10 @@ def run(console: Console, *, target: Optional[Path], dataset: str, hw: Optional[
     console.print(t)
     console.print(f"predicted total {total:.4g} device-hours = {100 * total / hours:.1f}% of the budget's "
                   f"{hours:.4g} (at most {100 * share:g}%)", highlight=False)
+    law = accuracy_law.default() if cal is None else cal.accuracy_law(accuracy_law.default())
+    if target is None and (prior := law.prior_dataset(dataset)) is not None:
+        console.print(f"target: the plan for this budget under the {prior} law, your data's prior until the pilots "
+                      f"calibrate it; to pilot another run: --target RECIPE", highlight=False, soft_wrap=True)
     if rec.dataset.train is not None and rec.dataset.val is None:
         console.print("[yellow]warning:[/yellow] no --val: the pilots will not measure their zero-shot top-1, so "
                       "clipa-report --calibrate can fit their throughput but not the accuracy law (add --val, "
