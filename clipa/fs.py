@@ -194,7 +194,8 @@ def write_atomic(dest, data: Union[bytes, str], *, exclusive: bool = False) -> b
 
 def remove_orphans(dest) -> None:
     """Remove the temporary files of ``write_atomic(dest)`` whose writer no longer runs: a writer killed
-    (SIGKILL, or the system out of memory) leaves its part-written file, as its ``finally`` never runs."""
+    (SIGKILL, or the system out of memory) leaves its part-written file, as its ``finally`` never runs.
+    Writers are looked up on this host: a folder that writers on other hosts share is not for this."""
     p = path(dest)
     if isinstance(p, UrlPath):
         return  # written directly there: nothing left over

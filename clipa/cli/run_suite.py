@@ -63,8 +63,9 @@ def run_suite(path: Path, backend, root: Optional[Path], opts, check, freeze) ->
         console.print(f"pilot {i + 1}/{len(recs)}: {p.name} ({p.scale:.4g}x the target's samples) -> {run_dir}")
         try:
             code = backend.launch(rpath, rec, run_dir, opts)
-        except (Interrupted, NoRoom, DecodersDied) as e:  # resume the suite, not the pilot alone (its data
-            e.args = (f"{str(e).rsplit('resume with: ', 1)[0]}resume the suite with: {again}",)  # is the suite's)
+        except (Interrupted, NoRoom, DecodersDied) as e:
+            # resume the suite, not the pilot alone: its data comes from the suite
+            e.args = (f"{str(e).rsplit('resume with: ', 1)[0]}resume the suite with: {again}",)
             raise
         if code:  # from torchrun (--nproc): its workers said how to resume the pilot alone, not the suite
             if code != 2:
