@@ -316,7 +316,7 @@ class AccuracyLaw:
             return ["dataset demo: no published run (chance to 100% until calibrated on your runs)"]
         if f.dataset == "custom":  # and where even the prior extrapolates (its own dataset's coverage aside)
             prior = [fl.text for fl in self.extrapolation(replace(f, dataset=CUSTOM_PRIOR))
-                     if fl.text and not fl.text.startswith(f"dataset {CUSTOM_PRIOR}")]
+                     if fl.text and fl.term != "dataset"]
             return ["dataset custom: no published run (the LAION laws as a prior until calibrated on your runs)",
                     *(f"prior: {t}" for t in prior)]
         return [fl.text for fl in self.extrapolation(f) if fl.text]
